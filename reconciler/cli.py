@@ -1,0 +1,268 @@
+"""The `reconciler` command line: validate, plan, apply, graph, providers, version.
+
+Every option can also come from a `RECONCILER_*` environment variable (for
+example RECONCILER_ROOT, RECONCILER_STATE_DIR). Exit codes: 0 success (plan: no
+changes), 2 plan has changes, 1 any error. Errors are one clear message each,
+never a traceback (set RECONCILER_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from reconciler import __version__
+
+if TYPE_CHECKING:
+    from reconciler.engine import Engine, Result
+    from reconciler.model import DesiredState
+    from reconciler.registry import Registry
+    from reconciler.store import SqliteStore
+
+DEFAULT_STATE_DIR = ".reconciler"
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _colour(no_color: bool) -> bool:
+    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _registry(roots: tuple[str, ...]) -> Registry:
+    from reconciler.model import ProviderSettings
+    from reconciler.registry import Registry
+
+    resolved = tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
+    return Registry.discover(ProviderSettings(roots=resolved))
+
+
+def _load(path: Path, registry: Registry) -> DesiredState:
+    from reconciler.manifests import ManifestError, load
+
+    try:
+        return load(path, registry)
+    except ManifestError as exc:
+        click.echo(f"error: {path} is invalid, nothing applied: {exc}", err=True)
+        sys.exit(1)
+
+
+@contextmanager
+def _store(state_dir: Path, *, readonly: bool) -> Iterator[SqliteStore]:
+    from reconciler.store import SqliteStore, StoreError
+
+    try:
+        store = SqliteStore(state_dir, readonly=readonly)
+    except StoreError as exc:
+        _fail(str(exc))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _engine(registry: Registry, store: SqliteStore, **options: Any) -> Engine:
+    from reconciler.engine import Engine
+
+    return Engine(registry, store, **options)
+
+
+path_argument = click.argument(
+    "path", type=click.Path(path_type=Path, exists=True, file_okay=True, dir_okay=True)
+)
+root_option = click.option(
+    "--root",
+    "roots",
+    multiple=True,
+    metavar="DIR",
+    help="Directory the filesystem providers may touch (repeatable); env RECONCILER_ROOT.",
+)
+state_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the SQLite state lives.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+color_option = click.option("--no-color", is_flag=True, help="No ANSI colours.")
+
+
+@click.group(context_settings={"auto_envvar_prefix": "RECONCILER",
+                               "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="reconciler")
+def cli() -> None:
+    """GitOps reconciliation for files, directories, commands, databases and HTTP objects."""
+
+
+@cli.command()
+@path_argument
+@root_option
+def validate(path: Path, roots: tuple[str, ...]) -> None:
+    """Check every manifest under PATH; print all errors."""
+    desired = _load(path, _registry(roots))
+    click.echo(f"{path}: valid (revision {desired.revision}, {len(desired.resources)} resources)")
+
+
+@cli.command()
+@path_argument
+@root_option
+@state_option
+@json_option
+@color_option
+def plan(path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool,
+         no_color: bool) -> None:
+    """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
+    from reconciler.diff import CHANGING, plan_json, render_plan
+
+    registry = _registry(roots)
+    desired = _load(path, registry)
+    with _store(state_dir, readonly=True) as store:
+        planned = asyncio.run(_engine(registry, store).preview(desired))
+    if as_json:
+        click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
+    else:
+        header = (f"reconciler plan {path}  (revision {desired.revision}, "
+                  f"{len(desired.resources)} resources)")
+        click.echo(render_plan(planned, header=header, colour=_colour(no_color)), nl=False)
+    if any(p.action == "error" for p in planned):
+        sys.exit(1)
+    sys.exit(2 if any(p.action in CHANGING for p in planned) else 0)
+
+
+@cli.command()
+@path_argument
+@root_option
+@state_option
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Provider calls in flight at once.")
+@click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 20),
+              help="Retries of a temporary failure within this run, with backoff.")
+@click.option("--allow-mass-prune", is_flag=True,
+              help="Allow pruning all, or more than --max-prune-share, of the inventory.")
+@click.option("--max-prune-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Largest share of the inventory one revision may prune.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: on a terminal).")
+@json_option
+@color_option
+def apply(path: Path, roots: tuple[str, ...], state_dir: Path, concurrency: int, retries: int,
+          allow_mass_prune: bool, max_prune_share: float, progress: bool | None, as_json: bool,
+          no_color: bool) -> None:
+    """Converge the system to the manifests under PATH, once."""
+    from reconciler.diff import render_report, report_json
+    from reconciler.engine import MassPruneRefused
+
+    started = time.perf_counter()
+    registry = _registry(roots)
+    desired = _load(path, registry)
+    load_seconds = time.perf_counter() - started
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    with _store(state_dir, readonly=False) as store, _progress(
+        show_progress and not as_json, len(store.inventory()) + len(desired.resources)
+    ) as on_settled:
+        engine = _engine(registry, store, concurrency=concurrency, retries=retries,
+                         allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share,
+                         on_settled=on_settled)
+        try:
+            report = asyncio.run(engine.converge(desired))
+        except MassPruneRefused as exc:
+            _fail(f"{exc}; nothing applied")
+    if as_json:
+        click.echo(json.dumps(report_json(report, load_seconds=load_seconds), indent=2))
+    else:
+        click.echo(render_report(report, load_seconds=load_seconds, colour=_colour(no_color)),
+                   nl=False)
+    sys.exit(0 if report.ok else 1)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reconciling", total=total)
+        yield lambda result: bar.advance(task)
+
+
+@cli.command()
+@path_argument
+@root_option
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
+              show_default=True)
+def graph(path: Path, roots: tuple[str, ...], fmt: str) -> None:
+    """Print the dependency graph (explicit and implicit edges)."""
+    from reconciler import graph as graphs
+
+    desired = _load(path, _registry(roots))
+    render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
+    click.echo(render(desired.dependencies), nl=False)
+
+
+@cli.command()
+@root_option
+@json_option
+def providers(roots: tuple[str, ...], as_json: bool) -> None:
+    """List the installed providers and their spec fields."""
+    registry = _registry(roots)
+    rows = []
+    for kind in registry:
+        provider = registry[kind]
+        fields = [
+            {"name": f.alias or name, "type": _type_name(f.annotation), "required": f.is_required()}
+            for name, f in provider.Spec.model_fields.items()
+        ]
+        rows.append({"kind": kind, "module": type(provider).__module__,
+                     "summary": provider.summary, "fields": fields})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['kind']}  ({row['module']})")
+        if row["summary"]:
+            click.echo(f"  {row['summary']}")
+        for f in row["fields"]:
+            click.echo(f"    {f['name']:<10} {f['type']}{'  (required)' if f['required'] else ''}")
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"reconciler {__version__}")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="reconciler", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        from reconciler.registry import RegistryError
+
+        if isinstance(exc, RegistryError):
+            _fail(str(exc))
+        _fail(f"internal error: {type(exc).__name__}: {exc} (RECONCILER_DEBUG=1 for details)")

@@ -1,0 +1,176 @@
+"""Rendering of previews (what `plan` shows) and reports (what `apply` did), as
+Terraform-style text with optional ANSI colours, or as JSON data."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler.engine import Planned, Report
+from reconciler.model import Change
+
+MAX_DIFF_LINES = 20
+
+_SYMBOL = {
+    "create": ("+", "32"),
+    "update": ("~", "33"),
+    "drift": ("~", "33"),
+    "drift-warn": ("~", "35"),
+    "delete": ("-", "31"),
+    "release": ("-", "36"),
+    "error": ("!", "31;1"),
+}
+_NOTE = {
+    "drift": "(drifted: will heal)",
+    "drift-warn": "(drifted; policy warn: reported, not healed)",
+    "delete": "(created by reconciler: will delete)",
+    "release": "(adopted or prune: false: will release, object kept)",
+}
+CHANGING = frozenset({"create", "update", "drift", "delete", "release"})
+
+
+class _Style:
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def __call__(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _change_lines(change: Change, style: _Style) -> list[str]:
+    name = change.field.lstrip("/").replace("/", ".")
+    if change.sensitive:
+        return [f"{name}: (sensitive value)"]
+    before, after = change.before, change.after
+    if isinstance(before, str) and isinstance(after, str) and ("\n" in before or "\n" in after):
+        diff = [
+            line
+            for line in difflib.unified_diff(before.splitlines(), after.splitlines(), n=0,
+                                             lineterm="")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        lines = [f"{name}: {len(diff)} lines changed"]
+        for line in diff[:MAX_DIFF_LINES]:
+            code = "31" if line.startswith("-") else "32"
+            lines.append(style(code, f"  {line[0]}  {line[1:]}"))
+        if len(diff) > MAX_DIFF_LINES:
+            lines.append(f"  ... {len(diff) - MAX_DIFF_LINES} more")
+        return lines
+    if change.field == "/content" and before is None:
+        return []
+    return [f"{name}: {_value(before)} -> {_value(after)}"]
+
+
+def summary_counts(planned: Sequence[Planned]) -> Counter[str]:
+    return Counter(p.action for p in planned)
+
+
+def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str:
+    style = _Style(colour)
+    shown = [p for p in planned if p.action in _SYMBOL]
+    width = max((len(p.id) for p in shown), default=0)
+    out = [header, ""]
+    for item in shown:
+        symbol, code = _SYMBOL[item.action]
+        note = _NOTE.get(item.action, "")
+        line = f"  {style(code, symbol)} {item.id:<{width}}  {item.describe}"
+        if note:
+            line += f"   {note}"
+        out.append(line.rstrip())
+        if item.action == "error":
+            out.append(f"      {style('31', item.error or '')}")
+        elif item.plan is not None and item.action != "create":
+            for change in item.plan.changes:
+                out.extend(f"      {text}" for text in _change_lines(change, style))
+    if not shown:
+        out.append("  No changes. The system matches the desired state.")
+    counts = summary_counts(planned)
+    parts = [
+        f"{counts['create']} to create",
+        f"{counts['update'] + counts['drift']} to change",
+        f"{counts['delete']} to delete",
+    ]
+    if counts["release"]:
+        parts.append(f"{counts['release']} to release")
+    parts.append(f"{counts['none']} unchanged")
+    extra = []
+    if counts["drift-warn"]:
+        extra.append(f"{counts['drift-warn']} drifted (warn only)")
+    if counts["suspended"]:
+        extra.append(f"{counts['suspended']} suspended")
+    if counts["error"]:
+        extra.append(f"{counts['error']} could not be observed")
+    tail = f" ({', '.join(extra)})" if extra else ""
+    out += ["", f"Plan: {', '.join(parts)}.{tail}"]
+    return "\n".join(out) + "\n"
+
+
+def _change_json(change: Change) -> dict[str, Any]:
+    if change.sensitive:
+        return {"field": change.field, "sensitive": True}
+    return {"field": change.field, "before": change.before, "after": change.after}
+
+
+def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
+    return {
+        "revision": revision,
+        "changes": [
+            {
+                "id": p.id,
+                "action": p.action,
+                "describe": p.describe,
+                "changes": [_change_json(c) for c in p.plan.changes] if p.plan else [],
+                **({"error": p.error} if p.error else {}),
+            }
+            for p in planned
+            if p.action != "none"
+        ],
+        "summary": dict(summary_counts(planned)),
+    }
+
+
+REPORT_ORDER = ("created", "updated", "healed", "deleted", "released", "unchanged", "drifted",
+                "suspended", "failed", "blocked")
+
+
+def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
+    style = _Style(colour)
+    out = []
+    for result in report.results.values():
+        if result.action == "failed":
+            out.append(f"{style('31;1', 'failed ')} {result.id}: {result.error}")
+        elif result.action == "blocked":
+            out.append(f"{style('33', 'blocked')} {result.id}: {result.error}")
+        elif result.action == "drifted":
+            out.append(f"{style('35', 'drifted')} {result.id}: policy warn, not healed")
+    counts = ", ".join(f"{report.count(a)} {a}" for a in REPORT_ORDER)
+    status = style("32", "Apply complete") if report.ok else style("31;1", "Apply incomplete")
+    out.append(
+        f"{status}: {counts}. (revision {report.revision}, load {load_seconds:.2f} s, "
+        f"engine {report.seconds:.2f} s)"
+    )
+    return "\n".join(out) + "\n"
+
+
+def report_json(report: Report, *, load_seconds: float) -> dict[str, Any]:
+    return {
+        "revision": report.revision,
+        "ok": report.ok,
+        "counts": {a: report.count(a) for a in REPORT_ORDER},
+        "timings": {"load": load_seconds, "engine": report.seconds},
+        "results": [
+            {"id": r.id, "state": r.state.value, "action": r.action,
+             **({"error": r.error} if r.error else {})}
+            for r in report.results.values()
+            if r.action != "unchanged"
+        ],
+    }

@@ -1,0 +1,577 @@
+"""The engine: drives every resource of a desired state through the state
+machine, in dependency order, concurrently, and prunes what left the desired state.
+
+One task per resource runs the loop of DESIGN.md: look up the action for the
+current state, run it, ask `fsm.step` for the next state, record the transition.
+A task first waits for its dependencies to settle; a dependency that did not end
+in sync blocks it. Observation is batched: every observe request made in the same
+loop iteration goes to the provider in one `observe_many` call per kind, so a
+no-op pass over thousands of files costs one thread hop per batch, not per file.
+Side effects (apply, delete, observe batches) share a global concurrency limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from reconciler import fsm
+from reconciler.fsm import Event, State
+from reconciler.model import (
+    Action,
+    DesiredState,
+    Observed,
+    Plan,
+    Policy,
+    Provider,
+    ProviderError,
+    Resource,
+    ResourceId,
+    TemporaryError,
+)
+from reconciler.registry import Registry
+from reconciler.store.base import Record, Store
+
+MAX_BATCH = 2048
+SATISFIES_DEPENDENTS = frozenset({State.IN_SYNC, State.DRIFTED, State.SUSPENDED})
+"""Final states that let dependents proceed. Drifted under warn still exists, and a
+suspended resource was paused on purpose: neither blocks its dependents."""
+
+
+def backoff(
+    attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to `cap`, plus up to 50%."""
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return min(cap, delay * (1.0 + 0.5 * rng()))
+
+
+class MassPruneRefused(Exception):
+    pass
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    event: Event
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a pass did to one resource."""
+
+    id: ResourceId
+    state: State
+    action: str
+    """created, updated, healed, unchanged, drifted, deleted, released, failed,
+    blocked, suspended"""
+    error: str | None = None
+    plan: Plan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    revision: str
+    results: dict[ResourceId, Result]
+    seconds: float
+
+    def count(self, action: str) -> int:
+        return sum(1 for r in self.results.values() if r.action == action)
+
+    @property
+    def ok(self) -> bool:
+        return not any(r.action in ("failed", "blocked") for r in self.results.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One line of a preview: what apply would do to a resource, without doing it."""
+
+    id: ResourceId
+    kind: str
+    action: str
+    """create, update, drift (heal), drift-warn, delete, release, none, suspended, error"""
+    describe: str
+    plan: Plan | None = None
+    error: str | None = None
+
+
+class _Observer:
+    """Coalesces observe requests of one loop iteration into `observe_many` calls."""
+
+    def __init__(self, registry: Registry, limit: asyncio.Semaphore) -> None:
+        self._registry = registry
+        self._limit = limit
+        self._pending: dict[str, list[tuple[BaseModel, asyncio.Future[Observed | None]]]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def observe(self, kind: str, spec: BaseModel) -> asyncio.Future[Observed | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Observed | None] = loop.create_future()
+        self._pending.setdefault(kind, []).append((spec, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for kind, items in pending.items():
+            for start in range(0, len(items), MAX_BATCH):
+                batch = items[start : start + MAX_BATCH]
+                task = asyncio.create_task(self._run(kind, batch), name=f"observe {kind}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, kind: str, items: list[tuple[BaseModel, asyncio.Future[Observed | None]]]
+    ) -> None:
+        provider = self._registry[kind]
+        try:
+            async with self._limit:
+                seen = await provider.observe_many([spec for spec, _ in items])
+            if len(seen) != len(items):
+                raise ProviderError(
+                    f"{kind} provider returned {len(seen)} observations for {len(items)} specs"
+                )
+        except asyncio.CancelledError:
+            for _, future in items:
+                future.cancel()
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                items[0][1].set_exception(exc)
+                return
+            # one bad object must not fail its whole batch: observe one by one
+            await asyncio.gather(*(self._run(kind, [item]) for item in items))
+            return
+        for (_, future), observed in zip(items, seen, strict=True):
+            if not future.done():
+                future.set_result(observed)
+
+
+_FINAL_ACTIONS = {
+    State.FAILED: "failed",
+    State.BLOCKED: "blocked",
+    State.SUSPENDED: "suspended",
+    State.DRIFTED: "drifted",
+}
+
+
+def _dump(model: BaseModel) -> str:
+    return model.model_dump_json(by_alias=True)
+
+
+class _Work:
+    """One resource's pass: what the actions share between states."""
+
+    __slots__ = (
+        "changed",
+        "created",
+        "deps",
+        "observed",
+        "plan",
+        "policy_json",
+        "provider",
+        "record",
+        "resource",
+        "result",
+    )
+
+    def __init__(
+        self,
+        resource: Resource,
+        provider: Provider[Any],
+        record: Record | None,
+        deps: tuple[ResourceId, ...],
+    ) -> None:
+        self.resource = resource
+        self.provider = provider
+        self.record = record
+        self.deps = deps
+        self.changed = record is None or record.spec_hash != resource.spec_hash
+        self.created: bool | None = None if record is None else record.created
+        self.observed: Observed | None = None
+        self.plan: Plan | None = None
+        self.result = "unchanged"
+        self.policy_json = _dump(resource.policy)
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        *,
+        concurrency: int = 16,
+        retries: int = 0,
+        allow_mass_prune: bool = False,
+        max_prune_share: float = 0.5,
+        on_settled: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.concurrency = concurrency
+        self.retries = retries
+        self.allow_mass_prune = allow_mass_prune
+        self.max_prune_share = max_prune_share
+        self.on_settled = on_settled
+        self._actions: dict[State, Callable[[_Work], Awaitable[Outcome | None]]] = {
+            State.DETECTING: self._detect,
+            State.PLANNING: self._plan,
+            State.DRIFTED: self._drifted,
+            State.APPLYING: self._apply,
+            State.VERIFYING: self._verify,
+        }
+
+    # the pass
+
+    async def converge(self, desired: DesiredState) -> Report:
+        """Drive every resource until it rests; prune what left; one pass."""
+        started = time.perf_counter()
+        inventory = self.store.inventory()
+        removed = [rid for rid in inventory if rid not in desired.resources]
+        self._check_prune_share(removed, inventory)
+        self.store.set_revision(desired.revision)
+        limit = asyncio.Semaphore(self.concurrency)
+        observer = _Observer(self.registry, limit)
+        loop = asyncio.get_running_loop()
+        settled: dict[ResourceId, asyncio.Future[State]] = {
+            rid: loop.create_future() for rid in (*desired.resources, *removed)
+        }
+        results: dict[ResourceId, Result] = {}
+        pass_ = _Pass(self, desired, inventory, settled, results, observer, limit)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for rid in desired.resources:
+                    group.create_task(pass_.drive(rid), name=f"reconcile {rid}")
+                removed_set = set(removed)
+                old_dependents: dict[ResourceId, list[ResourceId]] = {rid: [] for rid in removed}
+                for rid in removed:
+                    for dep in inventory[rid].deps:
+                        if dep in removed_set:
+                            old_dependents[dep].append(rid)
+                for rid in removed:
+                    group.create_task(pass_.prune(rid, old_dependents[rid]), name=f"prune {rid}")
+        finally:
+            self.store.flush()
+        return Report(desired.revision, results, time.perf_counter() - started)
+
+    def _check_prune_share(self, removed: list[ResourceId], inventory: dict[str, Record]) -> None:
+        if not removed or self.allow_mass_prune:
+            return
+        share = len(removed) / len(inventory)
+        if len(removed) == len(inventory):
+            raise MassPruneRefused(
+                f"this revision would prune all {len(inventory)} managed resources; "
+                "refusing (pass --allow-mass-prune if that is intended)"
+            )
+        if share > self.max_prune_share:
+            raise MassPruneRefused(
+                f"this revision would prune {len(removed)} of {len(inventory)} managed "
+                f"resources ({share:.0%}, over the limit of {self.max_prune_share:.0%}); "
+                "refusing (pass --allow-mass-prune if that is intended)"
+            )
+
+    # preview (plan): observe and plan, no transitions, no side effects
+
+    async def preview(self, desired: DesiredState) -> list[Planned]:
+        inventory = self.store.inventory()
+        observer = _Observer(self.registry, asyncio.Semaphore(self.concurrency))
+
+        async def one(res: Resource) -> Planned:
+            provider = self.registry[res.kind]
+            describe = provider.describe(res.spec)
+            if res.policy.suspend:
+                return Planned(res.id, res.kind, "suspended", describe)
+            try:
+                observed = await observer.observe(res.kind, res.spec)
+                plan = provider.plan(res.spec, observed).without(res.policy.ignore_fields)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return Planned(res.id, res.kind, "error", describe, error=_error_text(exc))
+            record = inventory.get(res.id)
+            if plan.empty:
+                action = "none"
+            elif plan.action is Action.CREATE:
+                action = "create"
+            elif record is not None and record.spec_hash == res.spec_hash:
+                action = "drift" if res.policy.drift == "heal" else "drift-warn"
+            else:
+                action = "update"
+            return Planned(res.id, res.kind, action, describe, plan)
+
+        planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
+        for rid, record in inventory.items():
+            if rid in desired.resources:
+                continue
+            policy = Policy.model_validate_json(record.policy) if record.policy else Policy()
+            delete = bool(record.created) and policy.prune
+            planned.append(
+                Planned(
+                    rid,
+                    record.kind,
+                    "delete" if delete else "release",
+                    self._describe_stored(record),
+                )
+            )
+        return planned
+
+    def _describe_stored(self, record: Record) -> str:
+        provider = self.registry.get(record.kind)
+        if provider is None or record.spec is None:
+            return ""
+        try:
+            return provider.describe(provider.Spec.model_validate_json(record.spec))
+        except ValueError:
+            return ""
+
+    # actions, one per active state
+
+    async def _detect(self, work: _Work) -> Outcome:
+        work.observed = await self._observer.observe(work.resource.kind, work.resource.spec)
+        return Outcome(Event.OBSERVED)
+
+    async def _plan(self, work: _Work) -> Outcome:
+        res = work.resource
+        plan = work.provider.plan(res.spec, work.observed).without(res.policy.ignore_fields)
+        work.plan = plan
+        if plan.empty:
+            if work.created is None:
+                work.created = False  # found in place on first sight: adopted
+            self._converged(work)
+            return Outcome(Event.PLAN_EMPTY)
+        fields = ", ".join(c.field for c in plan.changes)
+        if plan.action is Action.CREATE or work.changed:
+            return Outcome(Event.PLAN_CHANGED, f"{plan.action}: {fields}")
+        work.result = "drifted"
+        return Outcome(Event.DRIFT, f"drifted: {fields}")
+
+    async def _drifted(self, work: _Work) -> Outcome | None:
+        if work.resource.policy.drift == "heal":
+            return Outcome(Event.HEAL)
+        return None
+
+    async def _apply(self, work: _Work) -> Outcome:
+        res, plan = work.resource, work.plan
+        assert plan is not None
+        if plan.action is Action.CREATE:
+            work.created = True
+            work.result = "created"
+        else:
+            if work.created is None:
+                work.created = False
+            work.result = "healed" if work.result == "drifted" else "updated"
+        self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
+        async with self._limit:
+            await work.provider.apply(res.spec, plan)
+        return Outcome(Event.APPLIED)
+
+    async def _verify(self, work: _Work) -> Outcome:
+        res = work.resource
+        observed = await self._observer.observe(res.kind, res.spec)
+        plan = work.provider.plan(res.spec, observed).without(res.policy.ignore_fields)
+        if plan.empty:
+            self._converged(work)
+            return Outcome(Event.VERIFIED)
+        fields = ", ".join(c.field for c in plan.changes)
+        return Outcome(
+            Event.NOT_CONVERGED,
+            error=f"provider did not converge: {fields} still differ after apply",
+        )
+
+    def _converged(self, work: _Work) -> None:
+        res, record = work.resource, work.record
+        if (
+            record is None
+            or record.spec_hash != res.spec_hash
+            or record.created != work.created
+            or record.policy != work.policy_json
+            or record.deps != work.deps
+            or record.attempts
+        ):
+            self.store.converged(
+                res.id, res.spec_hash, _dump(res.spec), work.policy_json, work.deps, work.created
+            )
+
+    # set per pass by _Pass (the actions read them)
+    _observer: _Observer
+    _limit: asyncio.Semaphore
+
+
+@dataclass
+class _Pass:
+    """The state of one `converge` call, shared by its resource tasks."""
+
+    engine: Engine
+    desired: DesiredState
+    inventory: dict[str, Record]
+    settled: dict[ResourceId, asyncio.Future[State]]
+    results: dict[ResourceId, Result]
+    observer: _Observer
+    limit: asyncio.Semaphore
+    errors: dict[ResourceId, str] = field(default_factory=dict)
+    retried: dict[ResourceId, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.engine._observer = self.observer
+        self.engine._limit = self.limit
+
+    def _step(self, rid: ResourceId, state: State, outcome: Outcome) -> State:
+        new = fsm.step(state, outcome.event)
+        self.engine.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+        return new
+
+    def _settle(self, rid: ResourceId, result: Result) -> None:
+        self.results[rid] = result
+        self.settled[rid].set_result(result.state)
+        if self.engine.on_settled is not None:
+            self.engine.on_settled(result)
+
+    async def _dependencies_ready(self, deps: Iterable[ResourceId]) -> bool:
+        ready = True
+        for dep in deps:
+            if await self.settled[dep] not in SATISFIES_DEPENDENTS:
+                ready = False
+        return ready
+
+    async def drive(self, rid: ResourceId) -> None:
+        res = self.desired.resources[rid]
+        deps = self.desired.dependencies.get(rid, ())
+        work = _Work(res, self.engine.registry[res.kind], self.inventory.get(rid), deps)
+        try:
+            ready = await self._dependencies_ready(deps)
+            state = await self._run(work, ready)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a provider or the engine: record, never crash
+            state, self.errors[rid] = State.FAILED, _error_text(exc)
+            self.engine.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
+        action = _FINAL_ACTIONS.get(state, work.result)
+        error = self.errors.get(rid) if action in ("failed", "blocked") else None
+        self._settle(rid, Result(rid, state, action, error, work.plan))
+
+    async def _run(self, work: _Work, ready: bool) -> State:
+        """The events that start a pass, by the state the resource was left in."""
+        rid, res, record = work.resource.id, work.resource, work.record
+        state = record.state if record is not None else None
+        if state is None:
+            state = State.PENDING
+            self.engine.store.transition(rid, None, state, "new", None, None)
+        if res.policy.suspend:
+            if state is not State.SUSPENDED:
+                state = self._step(rid, state, Outcome(Event.SUSPEND))
+            return state
+        if state is State.SUSPENDED:
+            state = self._step(rid, state, Outcome(Event.RESUME))
+        elif state in fsm.ACTIVE:
+            state = self._step(rid, state, Outcome(Event.RESTART, "resumed after a stop"))
+        elif state in (State.PENDING, State.BLOCKED):
+            if not ready:
+                return self._block(rid, state, work.deps)
+            start = Event.START if state is State.PENDING else Event.DEPENDENCY_READY
+            state = self._step(rid, state, Outcome(start))
+        elif state is State.FAILED:
+            state = self._step(rid, state, Outcome(Event.RETRY))
+        else:
+            event = Event.SPEC_CHANGED if work.changed else Event.RESYNC
+            state = self._step(rid, state, Outcome(event))
+        if not ready:
+            return self._block(rid, state, work.deps)
+        return await self._loop(work, state)
+
+    def _block(self, rid: ResourceId, state: State, deps: tuple[ResourceId, ...]) -> State:
+        waiting = [d for d in deps if self.settled[d].result() not in SATISFIES_DEPENDENTS]
+        reason = "waiting for " + ", ".join(f"{d} ({self.settled[d].result()})" for d in waiting)
+        self.errors[rid] = reason
+        return self._step(rid, state, Outcome(Event.DEPENDENCY_NOT_READY, reason, reason))
+
+    async def _loop(self, work: _Work, state: State) -> State:
+        """The state machine proper: action, step, record, until a rest state."""
+        rid = work.resource.id
+        actions = self.engine._actions
+        while (action := actions.get(state)) is not None:
+            try:
+                outcome = await action(work)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors[rid] = _error_text(exc)
+                state = self._step(rid, state, Outcome(Event.ERROR, error=self.errors[rid]))
+                if not await self._retry(work, exc):
+                    return state
+                state = self._step(rid, state, Outcome(Event.RETRY))
+                continue
+            if outcome is None:
+                break
+            state = self._step(rid, state, outcome)
+            if outcome.error is not None:
+                self.errors[rid] = outcome.error
+                await self._retry(work, None)
+        return state
+
+    async def _retry(self, work: _Work, exc: BaseException | None) -> bool:
+        """After a failure: record the attempt and its backoff; wait it out and
+        return True when this pass may try again (temporary errors, retries left)."""
+        rid = work.resource.id
+        done = self.retried.get(rid, 0)
+        attempts = (work.record.attempts if work.record is not None else 0) + 1 + done
+        delay = backoff(attempts)
+        if isinstance(exc, TemporaryError) and exc.delay is not None:
+            delay = exc.delay
+        self.engine.store.schedule_retry(rid, attempts, time.time() + delay)
+        if not isinstance(exc, TemporaryError) or done >= self.engine.retries:
+            return False
+        self.retried[rid] = done + 1
+        self.engine.store.flush()
+        await asyncio.sleep(delay)
+        return True
+
+    async def prune(self, rid: ResourceId, dependents: list[ResourceId]) -> None:
+        """Delete (created) or release (adopted) a resource that left the desired
+        state, after everything that depended on it is gone."""
+        for dependent in dependents:
+            await self.settled[dependent]
+        record = self.inventory[rid]
+        store = self.engine.store
+        state = self._step(rid, record.state, Outcome(Event.REMOVE, "removed from desired state"))
+        try:
+            policy = Policy.model_validate_json(record.policy) if record.policy else Policy()
+            if record.created and policy.prune:
+                provider = self.engine.registry.get(record.kind)
+                if provider is None:
+                    raise ProviderError(f"no provider for kind {record.kind!r}; cannot delete")
+                if record.spec is None:
+                    raise ProviderError("no recorded spec; cannot delete")
+                spec = provider.Spec.model_validate_json(record.spec)
+                async with self.limit:
+                    await provider.delete(spec)
+                action, reason = "deleted", "deleted (created by reconciler)"
+            else:
+                action, reason = "released", "released (adopted, or prune: false)"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = _error_text(exc)
+            state = self._step(rid, state, Outcome(Event.ERROR, error=error))
+            self._settle(rid, Result(rid, state, "failed", error))
+            return
+        state = self._step(rid, state, Outcome(Event.PRUNED, reason))
+        store.forget(rid)
+        self._settle(rid, Result(rid, state, action))

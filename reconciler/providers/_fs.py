@@ -1,0 +1,195 @@
+"""What the filesystem providers share: path rules, mode and ownership fields,
+and the observation of metadata.
+
+Safety rules, in one place: paths are absolute, lexically normal and inside an
+allowed root (checked at load time); before any write the parent's real path is
+checked again, so a symlinked directory cannot carry a write outside the roots.
+Only symlinks are ever replaced by something else; files and directories found
+where another type is wanted are reported, never destroyed.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from reconciler.model import Change, PermanentError, ProviderSettings, SpecError, TemporaryError
+
+
+def _mode(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            f'expected an octal string such as "0640", found {value!r} '
+            "(quote it: YAML reads an unquoted 0640 as the number 416)"
+        )
+    text = value.strip()
+    if not (3 <= len(text) <= 4) or any(c not in "01234567" for c in text):
+        raise ValueError(f'expected an octal string such as "0640", found {value!r}')
+    return f"{int(text, 8):04o}"
+
+
+def _principal(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a name or a numeric id, found {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("expected a name or a numeric id, found an empty string")
+    return text
+
+
+Mode = Annotated[str, BeforeValidator(_mode)]
+Principal = Annotated[str, BeforeValidator(_principal)]
+
+
+class PathSpec(BaseModel):
+    """Fields shared by every filesystem spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+
+
+def check_path(path: str, settings: ProviderSettings) -> None:
+    """Raise SpecError unless `path` is absolute, normal and under an allowed root."""
+    if not path.startswith("/"):
+        raise SpecError("path", f"expected an absolute path, found {path!r}")
+    parts = path.split("/")
+    if ".." in parts or "." in parts:
+        raise SpecError("path", f"'.' and '..' are not allowed in a path, found {path!r}")
+    normal = os.path.normpath(path)
+    if normal != path.rstrip("/") or path == "/":
+        raise SpecError("path", f"expected a normalized path such as {normal!r}, found {path!r}")
+    if not settings.roots:
+        raise SpecError(
+            "path", f"{path} is outside the allowed roots (none given: pass --root DIR)"
+        )
+    if not any(
+        normal == root or normal.startswith(root.rstrip("/") + "/") for root in settings.roots
+    ):
+        raise SpecError(
+            "path", f"{path} is outside the allowed roots ({', '.join(settings.roots)})"
+        )
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_parent_inside_roots(path: str, settings: ProviderSettings) -> None:
+    """Before a write: the parent's real path must still be inside a root."""
+    parent = os.path.realpath(os.path.dirname(path))
+    for root in settings.roots:
+        if _under(parent, os.path.realpath(root)):
+            return
+    raise PermanentError(
+        f"{path}: parent resolves to {parent}, outside the allowed roots; refusing to write"
+    )
+
+
+@lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@lru_cache(maxsize=256)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def uid_of(owner: str) -> int:
+    if owner.isdigit():
+        return int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise PermanentError(f"no such user {owner!r}") from None
+
+
+def gid_of(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise PermanentError(f"no such group {group!r}") from None
+
+
+def file_type(st: os.stat_result) -> str:
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def metadata(st: os.stat_result) -> dict[str, Any]:
+    """Type, mode and ownership of an lstat result, as observed fields."""
+    return {
+        "type": file_type(st),
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
+
+
+def metadata_changes(
+    observed: dict[str, Any] | Any, mode: str | None, owner: str | None, group: str | None
+) -> list[Change]:
+    """Changes to mode, owner and group; unset fields are not managed."""
+    changes: list[Change] = []
+    if mode is not None and observed["mode"] != mode:
+        changes.append(Change("/mode", observed["mode"], mode))
+    if owner is not None:
+        current = str(observed["uid"]) if owner.isdigit() else _user_name(observed["uid"])
+        if current != owner:
+            changes.append(Change("/owner", current, owner))
+    if group is not None:
+        current = str(observed["gid"]) if group.isdigit() else _group_name(observed["gid"])
+        if current != group:
+            changes.append(Change("/group", current, group))
+    return changes
+
+
+def set_metadata(path: str, mode: str | None, owner: str | None, group: str | None) -> None:
+    """chmod/chown without following a symlink at `path`."""
+    if owner is not None or group is not None:
+        os.chown(
+            path,
+            uid_of(owner) if owner is not None else -1,
+            gid_of(group) if group is not None else -1,
+            follow_symlinks=False,
+        )
+    if mode is not None:
+        os.chmod(path, int(mode, 8))
+
+
+def os_error(action: str, path: str, exc: OSError) -> Exception:
+    """A provider error that names the action, the path and the system's reason."""
+    message = f"{action} {path}: {exc.strerror or exc}"
+    if isinstance(exc, PermissionError):
+        return TemporaryError(message + " (permission denied: check the daemon's user and --root)")
+    return TemporaryError(message)
+
+
+def lstat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None

@@ -1,0 +1,122 @@
+"""`Directory`: a directory's existence, mode and ownership; parents are created.
+
+Deleting removes the directory only when it is empty: entries that reconciler
+does not manage are never removed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Sequence
+
+from reconciler.model import (
+    NO_CHANGES,
+    Action,
+    Change,
+    Observed,
+    PermanentError,
+    Plan,
+    PrepareContext,
+    Provider,
+    ProviderSettings,
+)
+from reconciler.providers import _fs
+
+
+class DirectorySpec(_fs.PathSpec):
+    mode: _fs.Mode | None = None
+    owner: _fs.Principal | None = None
+    group: _fs.Principal | None = None
+
+
+class DirectoryProvider(Provider[DirectorySpec]):
+    kind = "Directory"
+    Spec = DirectorySpec
+    summary = "A directory (parents created): mode, owner, group."
+
+    def prepare(self, spec: DirectorySpec, ctx: PrepareContext) -> DirectorySpec:
+        _fs.check_path(spec.path, self.settings)
+        return spec
+
+    def describe(self, spec: DirectorySpec) -> str:
+        return spec.path
+
+    def path(self, spec: DirectorySpec) -> str | None:
+        return spec.path
+
+    async def observe_many(self, specs: Sequence[DirectorySpec]) -> list[Observed | None]:
+        return await asyncio.to_thread(_observe_all, [s.path for s in specs])
+
+    def plan(self, spec: DirectorySpec, observed: Observed | None) -> Plan:
+        if observed is None:
+            changes = [Change("/type", None, "directory")]
+            changes += [
+                Change(f"/{name}", None, value)
+                for name in ("mode", "owner", "group")
+                if (value := getattr(spec, name)) is not None
+            ]
+            return Plan(Action.CREATE, tuple(changes))
+        if observed["type"] != "directory":
+            return Plan(Action.UPDATE, (Change("/type", observed["type"], "directory"),))
+        changes = _fs.metadata_changes(observed, spec.mode, spec.owner, spec.group)
+        return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
+
+    async def apply(self, spec: DirectorySpec, plan: Plan) -> None:
+        await asyncio.to_thread(_apply, spec, plan, self.settings)
+
+    async def delete(self, spec: DirectorySpec) -> None:
+        await asyncio.to_thread(_delete, spec.path)
+
+
+def _observe_all(paths: list[str]) -> list[Observed | None]:
+    observed: list[Observed | None] = []
+    for path in paths:
+        st = _fs.lstat_or_none(path)
+        observed.append(None if st is None else _fs.metadata(st))
+    return observed
+
+
+def _apply(spec: DirectorySpec, plan: Plan, settings: ProviderSettings) -> None:
+    path = spec.path
+    try:
+        st = _fs.lstat_or_none(path)
+        if st is not None:
+            kind = _fs.file_type(st)
+            if kind == "symlink":
+                _fs.check_parent_inside_roots(path, settings)
+                os.unlink(path)
+                st = None
+            elif kind != "directory":
+                raise PermanentError(f"{path} is a {kind}; refusing to replace it with a directory")
+        if st is None:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            _fs.check_parent_inside_roots(path, settings)
+            os.mkdir(path, 0o755)
+            if spec.mode is None:
+                os.chmod(path, 0o755)  # independent of the process umask
+        _fs.set_metadata(path, spec.mode, spec.owner, spec.group)
+    except OSError as exc:
+        raise _fs.os_error(
+            "create" if plan.action is Action.CREATE else "update", path, exc
+        ) from exc
+
+
+def _delete(path: str) -> None:
+    st = _fs.lstat_or_none(path)
+    if st is None:
+        return
+    if _fs.file_type(st) != "directory":
+        raise PermanentError(f"{path} is no longer a directory; refusing to delete it")
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            left = sorted(os.listdir(path))
+            shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+            raise PermanentError(
+                f"{path} is not empty ({len(left)} entries not managed here: {shown}); "
+                "remove them or set policy.prune: false"
+            ) from None
+        raise _fs.os_error("delete", path, exc) from exc

@@ -1,0 +1,251 @@
+"""`File`: a regular file's content, mode and ownership.
+
+Content comes from exactly one of `content` (inline), `source` (a file of the
+config tree) or `template` (a Jinja2 template of the config tree, rendered with
+`vars` and StrictUndefined). Sources and templates are resolved at load time, so
+a missing file or a template error rejects the revision before anything runs.
+Writes are atomic: a temporary file in the target's directory, fsync, rename;
+a symlink at the path is replaced, never written through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import model_validator
+
+from reconciler.model import (
+    NO_CHANGES,
+    Action,
+    Change,
+    Observed,
+    PermanentError,
+    Plan,
+    PrepareContext,
+    Provider,
+    ProviderSettings,
+    SpecError,
+)
+from reconciler.providers import _fs
+
+MAX_CONTENT = 16 * 1024 * 1024
+"""Files larger than this are compared by digest only and never shown in diffs."""
+
+_SHOWN = 1024 * 1024
+
+
+class FileSpec(_fs.PathSpec):
+    content: str | None = None
+    source: str | None = None
+    template: str | None = None
+    vars: dict[str, Any] | None = None
+    mode: _fs.Mode | None = None
+    owner: _fs.Principal | None = None
+    group: _fs.Principal | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> FileSpec:
+        given = [n for n in ("content", "source", "template") if getattr(self, n) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"expected exactly one of content, source, template; found {found}")
+        if self.vars is not None and self.template is None:
+            raise ValueError("vars is only used with template")
+        return self
+
+
+def _inside(ctx: PrepareContext, field: str, relative: str) -> Path:
+    """A file named relative to the manifest, which must stay inside the config tree."""
+    if relative.startswith("/"):
+        raise SpecError(field, f"expected a path relative to the manifest, found {relative!r}")
+    target = (ctx.manifest.parent / relative).resolve()
+    root = ctx.config_root.resolve()
+    if target != root and root not in target.parents:
+        raise SpecError(field, f"{relative!r} points outside the config repository")
+    if not target.is_file():
+        raise SpecError(field, f"{relative!r} not found (looked for {target})")
+    return target
+
+
+def _read_text(path: Path, field: str, relative: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(field, f"{relative!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise SpecError(field, f"cannot read {relative!r}: {exc.strerror}") from None
+
+
+def _render(ctx: PrepareContext, relative: str, variables: dict[str, Any]) -> str:
+    import jinja2  # only manifests with templates pay for the import
+
+    source = _inside(ctx, "template", relative)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+    try:
+        template = env.from_string(_read_text(source, "template", relative))
+        return template.render(**variables)
+    except jinja2.TemplateSyntaxError as exc:
+        raise SpecError("template", f"{relative}:{exc.lineno}: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise SpecError("template", f"{relative}: {exc.message}") from None
+    except Exception as exc:  # anything the template itself raises while rendering
+        raise SpecError("template", f"{relative}: {type(exc).__name__}: {exc}") from None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FileProvider(Provider[FileSpec]):
+    kind = "File"
+    Spec = FileSpec
+    summary = "A regular file: content (inline, source or Jinja2 template), mode, owner, group."
+
+    def prepare(self, spec: FileSpec, ctx: PrepareContext) -> FileSpec:
+        _fs.check_path(spec.path, self.settings)
+        if spec.source is not None:
+            text = _read_text(_inside(ctx, "source", spec.source), "source", spec.source)
+        elif spec.template is not None:
+            text = _render(ctx, spec.template, spec.vars or {})
+        else:
+            return spec
+        return spec.model_copy(update={"content": text})
+
+    def describe(self, spec: FileSpec) -> str:
+        return spec.path
+
+    def path(self, spec: FileSpec) -> str | None:
+        return spec.path
+
+    async def observe_many(self, specs: Sequence[FileSpec]) -> list[Observed | None]:
+        return await asyncio.to_thread(_observe_all, [s.path for s in specs])
+
+    def plan(self, spec: FileSpec, observed: Observed | None) -> Plan:
+        content = spec.content or ""
+        if observed is None:
+            changes = [Change("/content", None, content)]
+            changes += [
+                Change(f"/{name}", None, value)
+                for name in ("mode", "owner", "group")
+                if (value := getattr(spec, name)) is not None
+            ]
+            return Plan(Action.CREATE, tuple(changes))
+        if observed["type"] != "file":
+            return Plan(Action.UPDATE, (Change("/type", observed["type"], "file"),))
+        changes = []
+        if observed["sha256"] != _digest(content.encode()):
+            changes.append(Change("/content", observed["content"], content))
+        changes += _fs.metadata_changes(observed, spec.mode, spec.owner, spec.group)
+        return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
+
+    async def apply(self, spec: FileSpec, plan: Plan) -> None:
+        await asyncio.to_thread(_apply, spec, plan, self.settings)
+
+    async def delete(self, spec: FileSpec) -> None:
+        await asyncio.to_thread(_delete, spec.path)
+
+
+def _observe_all(paths: list[str]) -> list[Observed | None]:
+    return [_observe(path) for path in paths]
+
+
+def _observe(path: str) -> Observed | None:
+    st = _fs.lstat_or_none(path)
+    if st is None:
+        return None
+    observed = _fs.metadata(st)
+    if observed["type"] != "file":
+        return observed
+    try:
+        if st.st_size > MAX_CONTENT:
+            observed["sha256"] = _digest_file(path)
+            observed["content"] = None
+            return observed
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise _fs.os_error("read", path, exc) from exc
+    observed["sha256"] = _digest(data)
+    observed["content"] = data.decode("utf-8", "replace") if len(data) <= _SHOWN else None
+    return observed
+
+
+def _digest_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _apply(spec: FileSpec, plan: Plan, settings: ProviderSettings) -> None:
+    path = spec.path
+    fields = {c.field for c in plan.changes}
+    if "/type" in fields:
+        st = _fs.lstat_or_none(path)
+        if st is not None and _fs.file_type(st) == "directory":
+            raise PermanentError(f"{path} is a directory; refusing to replace it with a file")
+        if st is not None and _fs.file_type(st) not in ("symlink", "file"):
+            raise PermanentError(f"{path} is a special file; refusing to replace it")
+    try:
+        if plan.action is Action.CREATE or fields & {"/type", "/content"}:
+            _write_atomically(spec, settings)
+        else:
+            _fs.set_metadata(path, spec.mode, spec.owner, spec.group)
+    except OSError as exc:
+        raise _fs.os_error("write", path, exc) from exc
+
+
+def _write_atomically(spec: FileSpec, settings: ProviderSettings) -> None:
+    path = spec.path
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    _fs.check_parent_inside_roots(path, settings)
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    mode = spec.mode
+    if mode is None:
+        st = _fs.lstat_or_none(path)
+        keep = st is not None and _fs.file_type(st) == "file"
+        mode = f"{st.st_mode & 0o7777:04o}" if keep and st is not None else "0644"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            data = memoryview((spec.content or "").encode())
+            while data:
+                data = data[os.write(fd, data) :]
+            if spec.owner is not None or spec.group is not None:
+                os.fchown(
+                    fd,
+                    _fs.uid_of(spec.owner) if spec.owner is not None else -1,
+                    _fs.gid_of(spec.group) if spec.group is not None else -1,
+                )
+            os.fchmod(fd, int(mode, 8))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _delete(path: str) -> None:
+    st = _fs.lstat_or_none(path)
+    if st is None:
+        return
+    if _fs.file_type(st) == "directory":
+        raise PermanentError(f"{path} is now a directory; refusing to delete it as a file")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _fs.os_error("delete", path, exc) from exc

@@ -1,0 +1,97 @@
+"""The state store interface the engine depends on, and its records.
+
+The store holds the inventory (what reconciler manages and whether it created
+each object), each resource's status, the revisions applied and a bounded
+history of transitions. SQLite implements it today; a networked store can
+implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.fsm import State
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One managed resource as last recorded."""
+
+    id: str
+    kind: str
+    name: str
+    spec_hash: str | None
+    """Hash of the last spec that converged; None until one has."""
+    spec: str | None
+    """JSON of the last spec reconciler acted on, kept for deletion."""
+    policy: str | None
+    deps: tuple[str, ...]
+    created: bool | None
+    """True: created by reconciler (deleted on prune); False: adopted (released)."""
+    state: State
+    last_transition: float
+    last_error: str | None
+    attempts: int
+    next_attempt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    seq: int
+    ts: float
+    id: str
+    kind: str
+    from_state: State | None
+    to_state: State
+    event: str
+    reason: str | None
+
+
+class Store(Protocol):
+    def inventory(self) -> dict[str, Record]: ...
+
+    def transition(
+        self,
+        rid: str,
+        from_state: State | None,
+        to_state: State,
+        event: str,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a transition (and the status it leaves); `error` None clears it."""
+
+    def intend(
+        self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
+    ) -> None:
+        """Record the spec about to be acted on, durably, before any side effect."""
+
+    def converged(
+        self,
+        rid: str,
+        spec_hash: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+    ) -> None:
+        """Record that `spec_hash` converged (buffered, no flush needed)."""
+
+    def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None: ...
+
+    def forget(self, rid: str) -> None: ...
+
+    def set_revision(self, revision: str) -> None: ...
+
+    def last_revision(self) -> str | None: ...
+
+    def history(self, rid: str | None = None, limit: int = 100) -> list[Transition]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
