@@ -132,3 +132,28 @@ def mermaid() -> str:
             lines.append(f"    {source} --> {row.target}: {row.event}")
     lines.append(f"    {State.GONE} --> [*]")
     return "\n".join(lines) + "\n"
+
+
+def document() -> str:
+    """The text of docs/state-machine.md, generated from TABLE."""
+    def sources(row: Row) -> str:
+        if len(row.sources) < 6:
+            return ", ".join(sorted(row.sources))
+        return "any but " + ", ".join(sorted(ALL - row.sources))
+
+    rows = "\n".join(f"| {sources(r)} | {r.event} | {r.target} |" for r in TABLE)
+    return (
+        "# The resource state machine\n\n"
+        "Generated from `reconciler/fsm.py` by `python -m reconciler.fsm > "
+        "docs/state-machine.md`; a test fails when this page and the table differ.\n\n"
+        f"Active states (an action is under way): {', '.join(sorted(ACTIVE))}.\n\n"
+        "| from | event | to |\n|---|---|---|\n"
+        f"{rows}\n\n"
+        "```mermaid\n"
+        f"{mermaid()}"
+        "```\n"
+    )
+
+
+if __name__ == "__main__":
+    print(document(), end="")

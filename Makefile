@@ -1,0 +1,41 @@
+# Everything the README promises, from a fresh clone: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+DEMO_ROOT ?= /tmp/reconciler-demo
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Apply the bundled demo config repository into a sandbox, then show that a
+# second plan finds nothing to do.
+demo: install
+	$(BIN)/reconciler apply configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
+	$(BIN)/reconciler plan configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: install
+	$(BIN)/mypy --strict reconciler
+
+unit: install
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: install
+	$(PY) bench/run.py --sizes 1000 10000
+
+clean:
+	rm -rf $(VENV) .reconciler .mypy_cache .ruff_cache .pytest_cache *.egg-info
