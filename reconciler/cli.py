@@ -99,8 +99,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 color_option = click.option("--no-color", is_flag=True, help="No ANSI colours.")
 
 
-@click.group(context_settings={"auto_envvar_prefix": "RECONCILER",
-                               "help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"auto_envvar_prefix": "RECONCILER", "help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, "--version", prog_name="reconciler")
 def cli() -> None:
     """GitOps reconciliation for files, directories, commands, databases and HTTP objects."""
@@ -121,8 +122,9 @@ def validate(path: Path, roots: tuple[str, ...]) -> None:
 @state_option
 @json_option
 @color_option
-def plan(path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool,
-         no_color: bool) -> None:
+def plan(
+    path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool, no_color: bool
+) -> None:
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan
 
@@ -133,8 +135,10 @@ def plan(path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool,
     if as_json:
         click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
     else:
-        header = (f"reconciler plan {path}  (revision {desired.revision}, "
-                  f"{len(desired.resources)} resources)")
+        header = (
+            f"reconciler plan {path}  (revision {desired.revision}, "
+            f"{len(desired.resources)} resources)"
+        )
         click.echo(render_plan(planned, header=header, colour=_colour(no_color)), nl=False)
     if any(p.action == "error" for p in planned):
         sys.exit(1)
@@ -145,21 +149,49 @@ def plan(path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool,
 @path_argument
 @root_option
 @state_option
-@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 1024),
-              help="Provider calls in flight at once.")
-@click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 20),
-              help="Retries of a temporary failure within this run, with backoff.")
-@click.option("--allow-mass-prune", is_flag=True,
-              help="Allow pruning all, or more than --max-prune-share, of the inventory.")
-@click.option("--max-prune-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="Largest share of the inventory one revision may prune.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar (default: on a terminal).")
+@click.option(
+    "--concurrency",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Provider calls in flight at once.",
+)
+@click.option(
+    "--retries",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries of a temporary failure within this run, with backoff.",
+)
+@click.option(
+    "--allow-mass-prune",
+    is_flag=True,
+    help="Allow pruning all, or more than --max-prune-share, of the inventory.",
+)
+@click.option(
+    "--max-prune-share",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Largest share of the inventory one revision may prune.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
 @json_option
 @color_option
-def apply(path: Path, roots: tuple[str, ...], state_dir: Path, concurrency: int, retries: int,
-          allow_mass_prune: bool, max_prune_share: float, progress: bool | None, as_json: bool,
-          no_color: bool) -> None:
+def apply(
+    path: Path,
+    roots: tuple[str, ...],
+    state_dir: Path,
+    concurrency: int,
+    retries: int,
+    allow_mass_prune: bool,
+    max_prune_share: float,
+    progress: bool | None,
+    as_json: bool,
+    no_color: bool,
+) -> None:
     """Converge the system to the manifests under PATH, once."""
     from reconciler.diff import render_report, report_json
     from reconciler.engine import MassPruneRefused
@@ -169,12 +201,21 @@ def apply(path: Path, roots: tuple[str, ...], state_dir: Path, concurrency: int,
     desired = _load(path, registry)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
-    with _store(state_dir, readonly=False) as store, _progress(
-        show_progress and not as_json, len(store.inventory()) + len(desired.resources)
-    ) as on_settled:
-        engine = _engine(registry, store, concurrency=concurrency, retries=retries,
-                         allow_mass_prune=allow_mass_prune, max_prune_share=max_prune_share,
-                         on_settled=on_settled)
+    with (
+        _store(state_dir, readonly=False) as store,
+        _progress(
+            show_progress and not as_json, len(store.inventory()) + len(desired.resources)
+        ) as on_settled,
+    ):
+        engine = _engine(
+            registry,
+            store,
+            concurrency=concurrency,
+            retries=retries,
+            allow_mass_prune=allow_mass_prune,
+            max_prune_share=max_prune_share,
+            on_settled=on_settled,
+        )
         try:
             report = asyncio.run(engine.converge(desired))
         except MassPruneRefused as exc:
@@ -182,8 +223,9 @@ def apply(path: Path, roots: tuple[str, ...], state_dir: Path, concurrency: int,
     if as_json:
         click.echo(json.dumps(report_json(report, load_seconds=load_seconds), indent=2))
     else:
-        click.echo(render_report(report, load_seconds=load_seconds, colour=_colour(no_color)),
-                   nl=False)
+        click.echo(
+            render_report(report, load_seconds=load_seconds, colour=_colour(no_color)), nl=False
+        )
     sys.exit(0 if report.ok else 1)
 
 
@@ -202,8 +244,9 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | 
 @cli.command()
 @path_argument
 @root_option
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+)
 def graph(path: Path, roots: tuple[str, ...], fmt: str) -> None:
     """Print the dependency graph (explicit and implicit edges)."""
     from reconciler import graph as graphs
@@ -219,15 +262,21 @@ def graph(path: Path, roots: tuple[str, ...], fmt: str) -> None:
 def providers(roots: tuple[str, ...], as_json: bool) -> None:
     """List the installed providers and their spec fields."""
     registry = _registry(roots)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for kind in registry:
         provider = registry[kind]
         fields = [
             {"name": f.alias or name, "type": _type_name(f.annotation), "required": f.is_required()}
             for name, f in provider.Spec.model_fields.items()
         ]
-        rows.append({"kind": kind, "module": type(provider).__module__,
-                     "summary": provider.summary, "fields": fields})
+        rows.append(
+            {
+                "kind": kind,
+                "module": type(provider).__module__,
+                "summary": provider.summary,
+                "fields": fields,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -54,8 +54,9 @@ def _change_lines(change: Change, style: _Style) -> list[str]:
     if isinstance(before, str) and isinstance(after, str) and ("\n" in before or "\n" in after):
         diff = [
             line
-            for line in difflib.unified_diff(before.splitlines(), after.splitlines(), n=0,
-                                             lineterm="")
+            for line in difflib.unified_diff(
+                before.splitlines(), after.splitlines(), n=0, lineterm=""
+            )
             if line[:1] in "+-" and not line.startswith(("+++", "---"))
         ]
         lines = [f"{name}: {len(diff)} lines changed"]
@@ -138,8 +139,18 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
     }
 
 
-REPORT_ORDER = ("created", "updated", "healed", "deleted", "released", "unchanged", "drifted",
-                "suspended", "failed", "blocked")
+REPORT_ORDER = (
+    "created",
+    "updated",
+    "healed",
+    "deleted",
+    "released",
+    "unchanged",
+    "drifted",
+    "suspended",
+    "failed",
+    "blocked",
+)
 
 
 def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
@@ -168,8 +179,12 @@ def report_json(report: Report, *, load_seconds: float) -> dict[str, Any]:
         "counts": {a: report.count(a) for a in REPORT_ORDER},
         "timings": {"load": load_seconds, "engine": report.seconds},
         "results": [
-            {"id": r.id, "state": r.state.value, "action": r.action,
-             **({"error": r.error} if r.error else {})}
+            {
+                "id": r.id,
+                "state": r.state.value,
+                "action": r.action,
+                **({"error": r.error} if r.error else {}),
+            }
             for r in report.results.values()
             if r.action != "unchanged"
         ],

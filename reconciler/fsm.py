@@ -136,6 +136,7 @@ def mermaid() -> str:
 
 def document() -> str:
     """The text of docs/state-machine.md, generated from TABLE."""
+
     def sources(row: Row) -> str:
         if len(row.sources) < 6:
             return ", ".join(sorted(row.sources))

@@ -27,8 +27,13 @@ class Sandbox:
         path.write_text(textwrap.dedent(text).lstrip())
         return path
 
-    def run(self, *args: str, check: int | None = None,
-            env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        check: int | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: object,
+    ) -> subprocess.CompletedProcess[str]:
         """Run `reconciler <command> <config> --root <root> --state-dir <state> ...`."""
         command, *rest = args
         argv = [sys.executable, "-m", "reconciler", command]
@@ -37,8 +42,7 @@ class Sandbox:
         elif command in ("validate", "graph"):
             argv += [str(self.config), "--root", str(self.root)]
         argv += rest
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
-                                **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, **kwargs)  # type: ignore[call-overload]
         if check is not None:
             assert result.returncode == check, (
                 f"exit {result.returncode}, expected {check}\n"
