@@ -16,12 +16,12 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from reconciler import fsm
+from reconciler import fsm, graph
 from reconciler.fsm import Event, State
 from reconciler.model import (
     Action,
@@ -82,11 +82,14 @@ class Result:
     plan: Plan | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Report:
     revision: str
     results: dict[ResourceId, Result]
     seconds: float
+
+    def __repr__(self) -> str:  # asyncio reprs a finished task's result: keep it short
+        return f"<Report {self.revision}: {len(self.results)} resources, {self.seconds:.3f} s>"
 
     def count(self, action: str) -> int:
         return sum(1 for r in self.results.values() if r.action == action)
@@ -165,6 +168,9 @@ class _Observer:
                 future.set_result(observed)
 
 
+_CLEAN_CHECK = (Event.RESYNC, Event.OBSERVED, Event.PLAN_EMPTY)
+"""The events of a drift check that finds nothing: InSync back to InSync."""
+
 _FINAL_ACTIONS = {
     State.FAILED: "failed",
     State.BLOCKED: "blocked",
@@ -199,6 +205,7 @@ class _Work:
         provider: Provider[Any],
         record: Record | None,
         deps: tuple[ResourceId, ...],
+        policy_json: str,
     ) -> None:
         self.resource = resource
         self.provider = provider
@@ -209,10 +216,12 @@ class _Work:
         self.observed: Observed | None = None
         self.plan: Plan | None = None
         self.result = "unchanged"
-        self.policy_json = _dump(resource.policy)
+        self.policy_json = policy_json
 
 
 class Engine:
+    """Converges desired states; one `converge` call is one pass over all resources."""
+
     def __init__(
         self,
         registry: Registry,
@@ -231,46 +240,21 @@ class Engine:
         self.allow_mass_prune = allow_mass_prune
         self.max_prune_share = max_prune_share
         self.on_settled = on_settled
-        self._actions: dict[State, Callable[[_Work], Awaitable[Outcome | None]]] = {
-            State.DETECTING: self._detect,
-            State.PLANNING: self._plan,
-            State.DRIFTED: self._drifted,
-            State.APPLYING: self._apply,
-            State.VERIFYING: self._verify,
-        }
-
-    # the pass
 
     async def converge(self, desired: DesiredState) -> Report:
-        """Drive every resource until it rests; prune what left; one pass."""
+        """Drive every resource until it rests and prune what left; one pass.
+        Raises MassPruneRefused before touching anything."""
         started = time.perf_counter()
         inventory = self.store.inventory()
         removed = [rid for rid in inventory if rid not in desired.resources]
         self._check_prune_share(removed, inventory)
         self.store.set_revision(desired.revision)
-        limit = asyncio.Semaphore(self.concurrency)
-        observer = _Observer(self.registry, limit)
-        loop = asyncio.get_running_loop()
-        settled: dict[ResourceId, asyncio.Future[State]] = {
-            rid: loop.create_future() for rid in (*desired.resources, *removed)
-        }
-        results: dict[ResourceId, Result] = {}
-        pass_ = _Pass(self, desired, inventory, settled, results, observer, limit)
+        pass_ = _Pass(self, desired, inventory)
         try:
-            async with asyncio.TaskGroup() as group:
-                for rid in desired.resources:
-                    group.create_task(pass_.drive(rid), name=f"reconcile {rid}")
-                removed_set = set(removed)
-                old_dependents: dict[ResourceId, list[ResourceId]] = {rid: [] for rid in removed}
-                for rid in removed:
-                    for dep in inventory[rid].deps:
-                        if dep in removed_set:
-                            old_dependents[dep].append(rid)
-                for rid in removed:
-                    group.create_task(pass_.prune(rid, old_dependents[rid]), name=f"prune {rid}")
+            await pass_.run(removed)
         finally:
             self.store.flush()
-        return Report(desired.revision, results, time.perf_counter() - started)
+        return Report(desired.revision, pass_.results, time.perf_counter() - started)
 
     def _check_prune_share(self, removed: list[ResourceId], inventory: dict[str, Record]) -> None:
         if not removed or self.allow_mass_prune:
@@ -288,9 +272,9 @@ class Engine:
                 "refusing (pass --allow-mass-prune if that is intended)"
             )
 
-    # preview (plan): observe and plan, no transitions, no side effects
-
     async def preview(self, desired: DesiredState) -> list[Planned]:
+        """What `converge` would do, from one observation of everything; no
+        transitions, no writes, no side effects."""
         inventory = self.store.inventory()
         observer = _Observer(self.registry, asyncio.Semaphore(self.concurrency))
 
@@ -319,18 +303,10 @@ class Engine:
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
         for rid, record in inventory.items():
-            if rid in desired.resources:
-                continue
-            policy = Policy.model_validate_json(record.policy) if record.policy else Policy()
-            delete = bool(record.created) and policy.prune
-            planned.append(
-                Planned(
-                    rid,
-                    record.kind,
-                    "delete" if delete else "release",
-                    self._describe_stored(record),
-                )
-            )
+            if rid not in desired.resources:
+                delete = bool(record.created) and _stored_policy(record).prune
+                action = "delete" if delete else "release"
+                planned.append(Planned(rid, record.kind, action, self._describe_stored(record)))
         return planned
 
     def _describe_stored(self, record: Record) -> str:
@@ -342,10 +318,236 @@ class Engine:
         except ValueError:
             return ""
 
+
+def _stored_policy(record: Record) -> Policy:
+    return Policy.model_validate_json(record.policy) if record.policy else Policy()
+
+
+class _Pass:
+    """One `converge` call: the resource tasks, their shared observer and limit,
+    and the state machine's actions."""
+
+    def __init__(self, engine: Engine, desired: DesiredState, inventory: dict[str, Record]):
+        self.engine = engine
+        self.store = engine.store
+        self.registry = engine.registry
+        self.desired = desired
+        self.inventory = inventory
+        self.limit = asyncio.Semaphore(engine.concurrency)
+        self.observer = _Observer(engine.registry, self.limit)
+        self.settled: dict[ResourceId, asyncio.Future[State]] = {}
+        self.results: dict[ResourceId, Result] = {}
+        self.errors: dict[ResourceId, str] = {}
+        self.held: dict[ResourceId, list[tuple[State, State, Outcome]]] = {}
+        self.retried: dict[ResourceId, int] = {}
+        self._commit: asyncio.Future[None] | None = None
+        self._policies: dict[int, str] = {}
+        self.actions: dict[State, Callable[[_Work], Awaitable[Outcome | None]]] = {
+            State.DETECTING: self._detect,
+            State.PLANNING: self._plan,
+            State.DRIFTED: self._drifted,
+            State.APPLYING: self._apply,
+            State.VERIFYING: self._verify,
+        }
+
+    async def run(self, removed: list[ResourceId]) -> None:
+        loop = asyncio.get_running_loop()
+        for rid in (*self.desired.resources, *removed):
+            self.settled[rid] = loop.create_future()
+        checks = await self._observe_in_sync()
+        async with asyncio.TaskGroup() as group:
+            for rid in graph.topological_order(self.desired.dependencies):
+                if rid in checks and self._clean_check(rid, checks[rid]):
+                    continue
+                group.create_task(self.drive(rid), name=f"reconcile {rid}")
+            removed_set = set(removed)
+            dependents: dict[ResourceId, list[ResourceId]] = {rid: [] for rid in removed}
+            for rid in removed:
+                for dep in self.inventory[rid].deps:
+                    if dep in removed_set:
+                        dependents[dep].append(rid)
+            for rid in removed:
+                group.create_task(self.prune(rid, dependents[rid]), name=f"prune {rid}")
+
+    # the fast path: resources in sync with an unchanged spec
+
+    async def _observe_in_sync(self) -> dict[ResourceId, Observed | BaseException | None]:
+        """Observe, all at once, every resource that was in sync with this spec.
+        Observation has no side effects, so dependency order does not matter."""
+        candidates = [
+            res
+            for rid, res in self.desired.resources.items()
+            if (record := self.inventory.get(rid)) is not None
+            and record.state is State.IN_SYNC
+            and record.spec_hash == res.spec_hash
+            and not res.policy.suspend
+        ]
+        futures = [self.observer.observe(res.kind, res.spec) for res in candidates]
+        seen = await asyncio.gather(*futures, return_exceptions=True)
+        return {res.id: observed for res, observed in zip(candidates, seen, strict=True)}
+
+    def _clean_check(self, rid: ResourceId, observed: Observed | BaseException | None) -> bool:
+        """Settle a drift check that finds nothing, inline: the machine steps
+        InSync -> Detecting -> Planning -> InSync and nothing is written. Anything
+        else (drift, an error, a dependency not yet settled) takes the full path."""
+        if isinstance(observed, BaseException):
+            return False
+        deps = self.desired.dependencies.get(rid, ())
+        for dep in deps:
+            future = self.settled[dep]
+            if not future.done() or future.result() not in SATISFIES_DEPENDENTS:
+                return False
+        res = self.desired.resources[rid]
+        try:
+            plan = self.registry[res.kind].plan(res.spec, observed)
+        except Exception:
+            return False
+        if not plan.without(res.policy.ignore_fields).empty:
+            return False
+        state = State.IN_SYNC
+        for event in _CLEAN_CHECK:
+            state = fsm.step(state, event)
+        self._converged(self._work(res, deps))
+        self._settle(rid, Result(rid, state, "unchanged"))
+        return True
+
+    def _work(self, res: Resource, deps: tuple[ResourceId, ...]) -> _Work:
+        policy_json = self._policies.get(id(res.policy))
+        if policy_json is None:  # resources share policy objects: dump each once
+            policy_json = self._policies[id(res.policy)] = _dump(res.policy)
+        return _Work(res, self.registry[res.kind], self.inventory.get(res.id), deps, policy_json)
+
+    # the full path: one task per resource
+
+    def _step(self, rid: ResourceId, state: State, outcome: Outcome) -> State:
+        new = fsm.step(state, outcome.event)
+        held = self.held.get(rid)
+        if held is not None:
+            held.append((state, new, outcome))
+        else:
+            self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+        return new
+
+    def _release_held(self, rid: ResourceId, state: State) -> None:
+        """End of a drift check: a clean one (back in sync, nothing done) leaves no
+        history; any other outcome records every transition it made, in order."""
+        held = self.held.pop(rid, None)
+        if held is None or (state is State.IN_SYNC and rid not in self.errors):
+            return
+        for source, target, outcome in held:
+            self.store.transition(rid, source, target, outcome.event, outcome.reason, outcome.error)
+
+    def _settle(self, rid: ResourceId, result: Result) -> None:
+        self.results[rid] = result
+        self.settled[rid].set_result(result.state)
+        if self.engine.on_settled is not None:
+            self.engine.on_settled(result)
+
+    async def _dependencies_ready(self, deps: Iterable[ResourceId]) -> bool:
+        ready = True
+        for dep in deps:
+            if await self.settled[dep] not in SATISFIES_DEPENDENTS:
+                ready = False
+        return ready
+
+    async def drive(self, rid: ResourceId) -> None:
+        res = self.desired.resources[rid]
+        deps = self.desired.dependencies.get(rid, ())
+        work = self._work(res, deps)
+        try:
+            ready = await self._dependencies_ready(deps)
+            state = await self._start(work, ready)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a provider or the engine: record, never crash
+            state, self.errors[rid] = State.FAILED, _error_text(exc)
+            self.held.pop(rid, None)
+            self.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
+        self._release_held(rid, state)
+        action = _FINAL_ACTIONS.get(state, work.result)
+        error = self.errors.get(rid) if action in ("failed", "blocked") else None
+        self._settle(rid, Result(rid, state, action, error, work.plan))
+
+    async def _start(self, work: _Work, ready: bool) -> State:
+        """The event that starts a pass, chosen by the state the resource was left in."""
+        rid, res, record = work.resource.id, work.resource, work.record
+        state = record.state if record is not None else None
+        if state is None:
+            state = State.PENDING
+            self.store.transition(rid, None, state, "new", None, None)
+        if res.policy.suspend:
+            if state is not State.SUSPENDED:
+                state = self._step(rid, state, Outcome(Event.SUSPEND))
+            return state
+        if state is State.SUSPENDED:
+            state = self._step(rid, state, Outcome(Event.RESUME))
+        elif state in fsm.ACTIVE:
+            state = self._step(rid, state, Outcome(Event.RESTART, "resumed after a stop"))
+        elif state in (State.PENDING, State.BLOCKED):
+            if not ready:
+                return self._block(rid, state, work.deps)
+            start = Event.START if state is State.PENDING else Event.DEPENDENCY_READY
+            state = self._step(rid, state, Outcome(start))
+        elif state is State.FAILED:
+            state = self._step(rid, state, Outcome(Event.RETRY))
+        else:
+            event = Event.SPEC_CHANGED if work.changed else Event.RESYNC
+            if state is State.IN_SYNC and event is Event.RESYNC:
+                self.held[rid] = []
+            state = self._step(rid, state, Outcome(event))
+        if not ready:
+            return self._block(rid, state, work.deps)
+        return await self._loop(work, state)
+
+    def _block(self, rid: ResourceId, state: State, deps: tuple[ResourceId, ...]) -> State:
+        waiting = [d for d in deps if self.settled[d].result() not in SATISFIES_DEPENDENTS]
+        reason = "waiting for " + ", ".join(f"{d} ({self.settled[d].result()})" for d in waiting)
+        self.errors[rid] = reason
+        return self._step(rid, state, Outcome(Event.DEPENDENCY_NOT_READY, reason, reason))
+
+    async def _loop(self, work: _Work, state: State) -> State:
+        """The state machine proper: action, step, record, until a rest state."""
+        rid = work.resource.id
+        while (action := self.actions.get(state)) is not None:
+            try:
+                outcome = await action(work)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors[rid] = _error_text(exc)
+                state = self._step(rid, state, Outcome(Event.ERROR, error=self.errors[rid]))
+                if not await self._retry(work, exc):
+                    return state
+                state = self._step(rid, state, Outcome(Event.RETRY))
+                continue
+            if outcome is None:
+                break
+            state = self._step(rid, state, outcome)
+            if outcome.error is not None:
+                self.errors[rid] = outcome.error
+                await self._retry(work, None)
+        return state
+
+    async def _retry(self, work: _Work, exc: BaseException | None) -> bool:
+        """After a failure: record the attempt and its backoff; wait it out and
+        return True when this pass may try again (temporary errors, retries left)."""
+        rid = work.resource.id
+        done = self.retried.get(rid, 0)
+        attempts = (work.record.attempts if work.record is not None else 0) + 1 + done
+        delay = backoff(attempts)
+        if isinstance(exc, TemporaryError) and exc.delay is not None:
+            delay = exc.delay
+        self.store.schedule_retry(rid, attempts, time.time() + delay)
+        if not isinstance(exc, TemporaryError) or done >= self.engine.retries:
+            return False
+        self.retried[rid] = done + 1
+        await asyncio.sleep(delay)
+        return True
+
     # actions, one per active state
 
     async def _detect(self, work: _Work) -> Outcome:
-        work.observed = await self._observer.observe(work.resource.kind, work.resource.spec)
+        work.observed = await self.observer.observe(work.resource.kind, work.resource.spec)
         return Outcome(Event.OBSERVED)
 
     async def _plan(self, work: _Work) -> Outcome:
@@ -379,21 +581,21 @@ class Engine:
                 work.created = False
             work.result = "healed" if work.result == "drifted" else "updated"
         self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
-        async with self._limit:
+        await self._durable()
+        async with self.limit:
             await work.provider.apply(res.spec, plan)
         return Outcome(Event.APPLIED)
 
     async def _verify(self, work: _Work) -> Outcome:
         res = work.resource
-        observed = await self._observer.observe(res.kind, res.spec)
+        observed = await self.observer.observe(res.kind, res.spec)
         plan = work.provider.plan(res.spec, observed).without(res.policy.ignore_fields)
         if plan.empty:
             self._converged(work)
             return Outcome(Event.VERIFIED)
         fields = ", ".join(c.field for c in plan.changes)
         return Outcome(
-            Event.NOT_CONVERGED,
-            error=f"provider did not converge: {fields} still differ after apply",
+            Event.NOT_CONVERGED, error=f"provider did not converge: {fields} still differ"
         )
 
     def _converged(self, work: _Work) -> None:
@@ -410,138 +612,26 @@ class Engine:
                 res.id, res.spec_hash, _dump(res.spec), work.policy_json, work.deps, work.created
             )
 
-    # set per pass by _Pass (the actions read them)
-    _observer: _Observer
-    _limit: asyncio.Semaphore
+    async def _durable(self) -> None:
+        """Commit buffered intent before a side effect. Every resource that reaches
+        this point in the same loop iteration shares one commit (group commit)."""
+        if self._commit is None:
+            loop = asyncio.get_running_loop()
+            self._commit = loop.create_future()
+            loop.call_soon(self._commit_now)
+        await asyncio.shield(self._commit)
 
-
-@dataclass
-class _Pass:
-    """The state of one `converge` call, shared by its resource tasks."""
-
-    engine: Engine
-    desired: DesiredState
-    inventory: dict[str, Record]
-    settled: dict[ResourceId, asyncio.Future[State]]
-    results: dict[ResourceId, Result]
-    observer: _Observer
-    limit: asyncio.Semaphore
-    errors: dict[ResourceId, str] = field(default_factory=dict)
-    retried: dict[ResourceId, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.engine._observer = self.observer
-        self.engine._limit = self.limit
-
-    def _step(self, rid: ResourceId, state: State, outcome: Outcome) -> State:
-        new = fsm.step(state, outcome.event)
-        self.engine.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
-        return new
-
-    def _settle(self, rid: ResourceId, result: Result) -> None:
-        self.results[rid] = result
-        self.settled[rid].set_result(result.state)
-        if self.engine.on_settled is not None:
-            self.engine.on_settled(result)
-
-    async def _dependencies_ready(self, deps: Iterable[ResourceId]) -> bool:
-        ready = True
-        for dep in deps:
-            if await self.settled[dep] not in SATISFIES_DEPENDENTS:
-                ready = False
-        return ready
-
-    async def drive(self, rid: ResourceId) -> None:
-        res = self.desired.resources[rid]
-        deps = self.desired.dependencies.get(rid, ())
-        work = _Work(res, self.engine.registry[res.kind], self.inventory.get(rid), deps)
+    def _commit_now(self) -> None:
+        commit, self._commit = self._commit, None
+        assert commit is not None
         try:
-            ready = await self._dependencies_ready(deps)
-            state = await self._run(work, ready)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug in a provider or the engine: record, never crash
-            state, self.errors[rid] = State.FAILED, _error_text(exc)
-            self.engine.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
-        action = _FINAL_ACTIONS.get(state, work.result)
-        error = self.errors.get(rid) if action in ("failed", "blocked") else None
-        self._settle(rid, Result(rid, state, action, error, work.plan))
-
-    async def _run(self, work: _Work, ready: bool) -> State:
-        """The events that start a pass, by the state the resource was left in."""
-        rid, res, record = work.resource.id, work.resource, work.record
-        state = record.state if record is not None else None
-        if state is None:
-            state = State.PENDING
-            self.engine.store.transition(rid, None, state, "new", None, None)
-        if res.policy.suspend:
-            if state is not State.SUSPENDED:
-                state = self._step(rid, state, Outcome(Event.SUSPEND))
-            return state
-        if state is State.SUSPENDED:
-            state = self._step(rid, state, Outcome(Event.RESUME))
-        elif state in fsm.ACTIVE:
-            state = self._step(rid, state, Outcome(Event.RESTART, "resumed after a stop"))
-        elif state in (State.PENDING, State.BLOCKED):
-            if not ready:
-                return self._block(rid, state, work.deps)
-            start = Event.START if state is State.PENDING else Event.DEPENDENCY_READY
-            state = self._step(rid, state, Outcome(start))
-        elif state is State.FAILED:
-            state = self._step(rid, state, Outcome(Event.RETRY))
+            self.store.flush()
+        except Exception as exc:
+            commit.set_exception(exc)
         else:
-            event = Event.SPEC_CHANGED if work.changed else Event.RESYNC
-            state = self._step(rid, state, Outcome(event))
-        if not ready:
-            return self._block(rid, state, work.deps)
-        return await self._loop(work, state)
+            commit.set_result(None)
 
-    def _block(self, rid: ResourceId, state: State, deps: tuple[ResourceId, ...]) -> State:
-        waiting = [d for d in deps if self.settled[d].result() not in SATISFIES_DEPENDENTS]
-        reason = "waiting for " + ", ".join(f"{d} ({self.settled[d].result()})" for d in waiting)
-        self.errors[rid] = reason
-        return self._step(rid, state, Outcome(Event.DEPENDENCY_NOT_READY, reason, reason))
-
-    async def _loop(self, work: _Work, state: State) -> State:
-        """The state machine proper: action, step, record, until a rest state."""
-        rid = work.resource.id
-        actions = self.engine._actions
-        while (action := actions.get(state)) is not None:
-            try:
-                outcome = await action(work)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors[rid] = _error_text(exc)
-                state = self._step(rid, state, Outcome(Event.ERROR, error=self.errors[rid]))
-                if not await self._retry(work, exc):
-                    return state
-                state = self._step(rid, state, Outcome(Event.RETRY))
-                continue
-            if outcome is None:
-                break
-            state = self._step(rid, state, outcome)
-            if outcome.error is not None:
-                self.errors[rid] = outcome.error
-                await self._retry(work, None)
-        return state
-
-    async def _retry(self, work: _Work, exc: BaseException | None) -> bool:
-        """After a failure: record the attempt and its backoff; wait it out and
-        return True when this pass may try again (temporary errors, retries left)."""
-        rid = work.resource.id
-        done = self.retried.get(rid, 0)
-        attempts = (work.record.attempts if work.record is not None else 0) + 1 + done
-        delay = backoff(attempts)
-        if isinstance(exc, TemporaryError) and exc.delay is not None:
-            delay = exc.delay
-        self.engine.store.schedule_retry(rid, attempts, time.time() + delay)
-        if not isinstance(exc, TemporaryError) or done >= self.engine.retries:
-            return False
-        self.retried[rid] = done + 1
-        self.engine.store.flush()
-        await asyncio.sleep(delay)
-        return True
+    # pruning
 
     async def prune(self, rid: ResourceId, dependents: list[ResourceId]) -> None:
         """Delete (created) or release (adopted) a resource that left the desired
@@ -549,17 +639,16 @@ class _Pass:
         for dependent in dependents:
             await self.settled[dependent]
         record = self.inventory[rid]
-        store = self.engine.store
         state = self._step(rid, record.state, Outcome(Event.REMOVE, "removed from desired state"))
         try:
-            policy = Policy.model_validate_json(record.policy) if record.policy else Policy()
-            if record.created and policy.prune:
-                provider = self.engine.registry.get(record.kind)
+            if record.created and _stored_policy(record).prune:
+                provider = self.registry.get(record.kind)
                 if provider is None:
                     raise ProviderError(f"no provider for kind {record.kind!r}; cannot delete")
                 if record.spec is None:
                     raise ProviderError("no recorded spec; cannot delete")
                 spec = provider.Spec.model_validate_json(record.spec)
+                await self._durable()
                 async with self.limit:
                     await provider.delete(spec)
                 action, reason = "deleted", "deleted (created by reconciler)"
@@ -573,5 +662,5 @@ class _Pass:
             self._settle(rid, Result(rid, state, "failed", error))
             return
         state = self._step(rid, state, Outcome(Event.PRUNED, reason))
-        store.forget(rid)
+        self.store.forget(rid)
         self._settle(rid, Result(rid, state, action))

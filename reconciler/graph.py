@@ -81,3 +81,19 @@ def to_dot(edges: Edges, label: Callable[[str], str] = str) -> str:
     lines += [f"    {quote(dep)} -> {quote(rid)};" for dep, rid in _sorted_edges(edges)]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def topological_order(edges: Edges) -> list[str]:
+    """Ids with every dependency before its dependents (Kahn); input must be acyclic.
+    Ties keep the input order, so the result is stable."""
+    remaining = {rid: sum(1 for d in deps if d in edges) for rid, deps in edges.items()}
+    reverse = dependents(edges)
+    order = [rid for rid, count in remaining.items() if count == 0]
+    for rid in order:  # the list grows while we walk it
+        for child in reverse.get(rid, ()):
+            remaining[child] -= 1
+            if remaining[child] == 0:
+                order.append(child)
+    if len(order) != len(edges):
+        raise ValueError("dependency cycle")
+    return order

@@ -28,6 +28,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler import graph
 from reconciler.model import (
     API_VERSION,
+    DEFAULT_POLICY,
     DesiredState,
     Location,
     Policy,
@@ -78,16 +79,48 @@ class _DuplicateKey(yaml.MarkedYAMLError):
     pass
 
 
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS: dict[str, str] = {}
+"""Tags of plain scalars already resolved: manifests repeat the same keys."""
+
+
 class _Loader(yaml.CSafeLoader):
-    pass
+    """libyaml parsing and composition; tags of plain scalars memoized (the safe
+    resolver has no path resolvers, so non-plain nodes take the default tags)."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode:
+            if not implicit[0]:
+                return _STR
+            tag = _PLAIN_TAGS.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+                if len(_PLAIN_TAGS) < 4096:
+                    _PLAIN_TAGS[value] = tag
+            return tag
+        return _MAP if kind is MappingNode else _SEQ
 
 
-def _construct_mapping(loader: _Loader, node: MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
+def _construct(loader: _Loader, node: Node) -> Any:
+    """Build Python data from a composed node: plain dicts, lists and str directly,
+    other tags through PyYAML's safe constructors; duplicate keys are errors."""
+    cls = type(node)
+    tag = node.tag
+    if cls is ScalarNode:
+        return node.value if tag == _STR else loader.construct_object(node, deep=True)
+    if cls is SequenceNode and tag == _SEQ:
+        return [_construct(loader, child) for child in node.value]
+    if not isinstance(node, MappingNode) or tag != _MAP:
+        return loader.construct_object(node, deep=True)
+    if any(key.tag == _MERGE for key, _ in node.value):
+        loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
+        key = _construct(loader, key_node)
         try:
             first = lines.get(key)
         except TypeError:
@@ -99,11 +132,8 @@ def _construct_mapping(loader: _Loader, node: MappingNode) -> dict[Any, Any]:
                 None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
             )
         lines[key] = key_node.start_mark.line + 1
-        mapping[key] = loader.construct_object(value_node)
+        mapping[key] = _construct(loader, value_node)
     return mapping
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 def _expanded_size(node: Node, limit: int) -> int:
@@ -241,7 +271,7 @@ class _Documents:
                             f"aliases expand to over {self.limits.max_nodes} nodes",
                             node.start_mark,
                         )
-                yield node, loader.construct_document(node)
+                yield node, _construct(loader, node)
         finally:
             loader.dispose()
 
@@ -327,8 +357,10 @@ class _Documents:
             )
             ok = False
         policy_data = data.get("policy") or {}
-        policy: Policy | None = None
-        if not isinstance(policy_data, dict):
+        policy: Policy | None = DEFAULT_POLICY if policy_data == {} else None
+        if policy is not None:
+            pass
+        elif not isinstance(policy_data, dict):
             self._issue(file, node, ("policy",), "expected a mapping")
             ok = False
         else:

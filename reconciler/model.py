@@ -84,6 +84,9 @@ class Policy(BaseModel):
         return value
 
 
+DEFAULT_POLICY = Policy()
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a document came from: file relative to the config root, 1-based line."""

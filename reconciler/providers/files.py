@@ -34,10 +34,9 @@ from reconciler.model import (
 )
 from reconciler.providers import _fs
 
-MAX_CONTENT = 16 * 1024 * 1024
-"""Files larger than this are compared by digest only and never shown in diffs."""
-
-_SHOWN = 1024 * 1024
+MAX_SHOWN = 1024 * 1024
+"""Files up to this size are read and compared as text (and shown in diffs);
+larger ones are compared by SHA-256 digest only."""
 
 
 class FileSpec(_fs.PathSpec):
@@ -141,8 +140,13 @@ class FileProvider(Provider[FileSpec]):
         if observed["type"] != "file":
             return Plan(Action.UPDATE, (Change("/type", observed["type"], "file"),))
         changes = []
-        if observed["sha256"] != _digest(content.encode()):
-            changes.append(Change("/content", observed["content"], content))
+        seen = observed["content"]
+        if seen is not None and not observed["binary"]:
+            same = seen == content
+        else:
+            same = observed["sha256"] == _digest(content.encode())
+        if not same:
+            changes.append(Change("/content", seen, content))
         changes += _fs.metadata_changes(observed, spec.mode, spec.owner, spec.group)
         return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
 
@@ -164,23 +168,30 @@ def _observe(path: str) -> Observed | None:
     observed = _fs.metadata(st)
     if observed["type"] != "file":
         return observed
+    observed["content"], observed["sha256"], observed["binary"] = None, None, False
     try:
-        if st.st_size > MAX_CONTENT:
-            observed["sha256"] = _digest_file(path)
-            observed["content"] = None
+        if st.st_size > MAX_SHOWN:
+            with open(path, "rb") as handle:
+                observed["sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
             return observed
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            # sized by the lstat: a 1 MiB read buffer per small file costs more than the I/O
+            data = os.read(fd, st.st_size + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise _fs.os_error("read", path, exc) from exc
-    observed["sha256"] = _digest(data)
-    observed["content"] = data.decode("utf-8", "replace") if len(data) <= _SHOWN else None
+    if len(data) > st.st_size:  # changed while we looked: report it as unknown content
+        observed["sha256"] = _digest(data)
+        return observed
+    try:
+        observed["content"] = data.decode()
+    except UnicodeDecodeError:
+        observed["content"] = data.decode("utf-8", "replace")
+        observed["binary"] = True
+        observed["sha256"] = _digest(data)
     return observed
-
-
-def _digest_file(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _apply(spec: FileSpec, plan: Plan, settings: ProviderSettings) -> None:

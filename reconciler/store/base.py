@@ -69,7 +69,8 @@ class Store(Protocol):
     def intend(
         self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
     ) -> None:
-        """Record the spec about to be acted on, durably, before any side effect."""
+        """Record the spec about to be acted on (buffered); the caller flushes before
+        the side effect, so intent is durable before any object exists."""
 
     def converged(
         self,

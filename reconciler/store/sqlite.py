@@ -75,6 +75,83 @@ def _empty(rid: str, now: float) -> Record:
     return Record(rid, kind, name, None, None, None, (), None, State.PENDING, now, None, 0, None)
 
 
+@dataclasses.dataclass(slots=True)
+class _Row:
+    """A mutable copy of one Record, updated in place by buffered writes."""
+
+    id: str
+    kind: str
+    name: str
+    spec_hash: str | None
+    spec: str | None
+    policy: str | None
+    deps: tuple[str, ...]
+    created: bool | None
+    state: State
+    last_transition: float
+    last_error: str | None
+    attempts: int
+    next_attempt: float | None
+
+    @classmethod
+    def of(cls, record: Record) -> _Row:
+        return cls(
+            record.id,
+            record.kind,
+            record.name,
+            record.spec_hash,
+            record.spec,
+            record.policy,
+            record.deps,
+            record.created,
+            record.state,
+            record.last_transition,
+            record.last_error,
+            record.attempts,
+            record.next_attempt,
+        )
+
+    def record(self) -> Record:
+        return Record(
+            self.id,
+            self.kind,
+            self.name,
+            self.spec_hash,
+            self.spec,
+            self.policy,
+            self.deps,
+            self.created,
+            self.state,
+            self.last_transition,
+            self.last_error,
+            self.attempts,
+            self.next_attempt,
+        )
+
+    def resource_values(self) -> tuple[object, ...]:
+        created = None if self.created is None else int(self.created)
+        return (
+            self.id,
+            self.kind,
+            self.name,
+            self.spec_hash,
+            self.spec,
+            self.policy,
+            json.dumps(self.deps),
+            created,
+        )
+
+    def status_values(self) -> tuple[object, ...]:
+        return (
+            self.id,
+            self.state.value,
+            self.last_transition,
+            self.last_error,
+            self.attempts,
+            self.next_attempt,
+        )
+
+
 class SqliteStore:
     def __init__(
         self, state_dir: Path, *, readonly: bool = False, history_limit: int = 50_000
@@ -83,13 +160,14 @@ class SqliteStore:
         self.readonly = readonly
         self.history_limit = history_limit
         self._lock_fd: int | None = None
-        self._records: dict[str, Record] | None = None
-        self._status: dict[str, Record] = {}
-        self._resources: dict[str, Record] = {}
+        self._loaded: dict[str, Record] | None = None
+        """Records as read from the database; rows written since live in _rows."""
+        self._rows: dict[str, _Row] = {}
+        self._dirty_status: set[str] = set()
+        self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
         self._events: list[tuple[float, str, str | None, str, str, str | None]] = []
         self._revisions: list[tuple[str, float]] = []
-        self._persisted: set[str] = set()
         self._db: sqlite3.Connection | None
         if readonly:
             self._db = self._open_readonly()
@@ -173,10 +251,12 @@ class SqliteStore:
     # reading
 
     def inventory(self) -> dict[str, Record]:
-        if self._records is None:
-            self._records = self._load()
-            self._persisted = set(self._records)
-        return dict(self._records)
+        if self._loaded is None:
+            self._loaded = self._load()
+        records = dict(self._loaded)
+        for rid, row in self._rows.items():
+            records[rid] = row.record()
+        return records
 
     def _load(self) -> dict[str, Record]:
         if self._db is None:
@@ -186,23 +266,38 @@ class SqliteStore:
             "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt "
             "FROM resources r JOIN status s ON s.id = r.id"
         )
+        states = {state.value: state for state in State}
         return {
-            row[0]: Record(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                tuple(json.loads(row[6])),
-                None if row[7] is None else bool(row[7]),
-                State(row[8]),
-                row[9],
-                row[10],
-                row[11],
-                row[12],
+            rid: Record(
+                rid,
+                kind,
+                name,
+                spec_hash,
+                spec,
+                policy,
+                () if deps == "[]" else tuple(json.loads(deps)),
+                None if created is None else bool(created),
+                states[state],
+                last_transition,
+                last_error,
+                attempts,
+                next_attempt,
             )
-            for row in rows
+            for (
+                rid,
+                kind,
+                name,
+                spec_hash,
+                spec,
+                policy,
+                deps,
+                created,
+                state,
+                last_transition,
+                last_error,
+                attempts,
+                next_attempt,
+            ) in rows
         }
 
     def last_revision(self) -> str | None:
@@ -241,19 +336,21 @@ class SqliteStore:
 
     # writing (buffered)
 
-    def _get(self, rid: str, now: float) -> Record:
-        records = self._records if self._records is not None else self.inventory()
-        assert self._records is not None
-        return records.get(rid) or _empty(rid, now)
-
-    def _put(self, record: Record, *, resource: bool = False) -> None:
-        assert self._records is not None
-        self._records[record.id] = record
-        self._forgotten.discard(record.id)
-        self._status[record.id] = record
-        if resource or record.id not in self._persisted:
-            self._resources[record.id] = record
-            self._persisted.add(record.id)
+    def _row(self, rid: str) -> _Row:
+        row = self._rows.get(rid)
+        if row is not None:
+            return row
+        if self._loaded is None:
+            self._loaded = self._load()
+        loaded = self._loaded.get(rid)
+        if loaded is not None:
+            row = self._rows[rid] = _Row.of(loaded)
+        else:
+            row = self._rows[rid] = _Row.of(_empty(rid, time.time()))
+            self._forgotten.discard(rid)
+            self._dirty_resources.add(rid)
+            self._dirty_status.add(rid)
+        return row
 
     def transition(
         self,
@@ -265,19 +362,17 @@ class SqliteStore:
         error: str | None = None,
     ) -> None:
         now = time.time()
-        old = self._get(rid, now)
-        self._put(dataclasses.replace(old, state=to_state, last_transition=now, last_error=error))
+        row = self._row(rid)
+        row.state, row.last_transition, row.last_error = to_state, now, error
+        self._dirty_status.add(rid)
         self._events.append((now, rid, from_state, to_state, event, reason))
 
     def intend(
         self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
     ) -> None:
-        old = self._get(rid, time.time())
-        self._put(
-            dataclasses.replace(old, spec=spec, policy=policy, deps=deps, created=created),
-            resource=True,
-        )
-        self.flush()
+        row = self._row(rid)
+        row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
+        self._dirty_resources.add(rid)
 
     def converged(
         self,
@@ -288,31 +383,29 @@ class SqliteStore:
         deps: tuple[str, ...],
         created: bool | None,
     ) -> None:
-        old = self._get(rid, time.time())
-        self._put(
-            dataclasses.replace(
-                old,
-                spec_hash=spec_hash,
-                spec=spec,
-                policy=policy,
-                deps=deps,
-                created=created,
-                attempts=0,
-                next_attempt=None,
-            ),
-            resource=True,
+        row = self._row(rid)
+        row.spec_hash, row.spec, row.policy, row.deps, row.created = (
+            spec_hash,
+            spec,
+            policy,
+            deps,
+            created,
         )
+        row.attempts, row.next_attempt = 0, None
+        self._dirty_resources.add(rid)
+        self._dirty_status.add(rid)
 
     def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None:
-        old = self._get(rid, time.time())
-        self._put(dataclasses.replace(old, attempts=attempts, next_attempt=next_attempt))
+        row = self._row(rid)
+        row.attempts, row.next_attempt = attempts, next_attempt
+        self._dirty_status.add(rid)
 
     def forget(self, rid: str) -> None:
-        if self._records is not None:
-            self._records.pop(rid, None)
-        self._status.pop(rid, None)
-        self._resources.pop(rid, None)
-        self._persisted.discard(rid)
+        self._rows.pop(rid, None)
+        if self._loaded is not None:
+            self._loaded.pop(rid, None)
+        self._dirty_status.discard(rid)
+        self._dirty_resources.discard(rid)
         self._forgotten.add(rid)
 
     def set_revision(self, revision: str) -> None:
@@ -322,43 +415,26 @@ class SqliteStore:
         if self._db is None or self.readonly:
             return
         if not (
-            self._status or self._resources or self._forgotten or self._events or self._revisions
+            self._dirty_status
+            or self._dirty_resources
+            or self._forgotten
+            or self._events
+            or self._revisions
         ):
             return
+        rows = self._rows
         db = self._db
         with self._transaction():
             db.execute("BEGIN")
-            if self._resources:
+            if self._dirty_resources:
                 db.executemany(
                     "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.id,
-                            r.kind,
-                            r.name,
-                            r.spec_hash,
-                            r.spec,
-                            r.policy,
-                            json.dumps(r.deps),
-                            None if r.created is None else int(r.created),
-                        )
-                        for r in self._resources.values()
-                    ],
+                    [rows[rid].resource_values() for rid in self._dirty_resources],
                 )
-            if self._status:
+            if self._dirty_status:
                 db.executemany(
                     "INSERT OR REPLACE INTO status VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.id,
-                            r.state.value,
-                            r.last_transition,
-                            r.last_error,
-                            r.attempts,
-                            r.next_attempt,
-                        )
-                        for r in self._status.values()
-                    ],
+                    [rows[rid].status_values() for rid in self._dirty_status],
                 )
             if self._forgotten:
                 gone = [(rid,) for rid in self._forgotten]
@@ -379,8 +455,8 @@ class SqliteStore:
                 db.execute(
                     "DELETE FROM revisions WHERE seq <= (SELECT max(seq) FROM revisions) - 1000"
                 )
-        self._status.clear()
-        self._resources.clear()
+        self._dirty_status.clear()
+        self._dirty_resources.clear()
         self._forgotten.clear()
         self._events.clear()
         self._revisions.clear()
