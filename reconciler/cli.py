@@ -13,10 +13,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from reconciler.store import SqliteStore
 
 DEFAULT_STATE_DIR = ".reconciler"
+T = TypeVar("T")
 
 
 def _fail(message: str) -> NoReturn:
@@ -76,6 +77,19 @@ def _engine(registry: Registry, store: SqliteStore, **options: Any) -> Engine:
     from reconciler.engine import Engine
 
     return Engine(registry, store, **options)
+
+
+def _run(work: Callable[[], Awaitable[T]], threads: int) -> T:
+    """Run a coroutine with a thread pool as wide as the concurrency limit, since
+    providers run their blocking I/O through asyncio.to_thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main() -> T:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reconciler-io")
+        asyncio.get_running_loop().set_default_executor(pool)
+        return await work()
+
+    return asyncio.run(main())
 
 
 path_argument = click.argument(
@@ -131,7 +145,8 @@ def plan(
     registry = _registry(roots)
     desired = _load(path, registry)
     with _store(state_dir, readonly=True) as store:
-        planned = asyncio.run(_engine(registry, store).preview(desired))
+        engine = _engine(registry, store)
+        planned = _run(lambda: engine.preview(desired), engine.concurrency)
     if as_json:
         click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
     else:
@@ -217,7 +232,7 @@ def apply(
             on_settled=on_settled,
         )
         try:
-            report = asyncio.run(engine.converge(desired))
+            report = _run(lambda: engine.converge(desired), concurrency)
         except MassPruneRefused as exc:
             _fail(f"{exc}; nothing applied")
     if as_json:
