@@ -48,7 +48,7 @@ def backoff(
     attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: Callable[[], float] = random.random
 ) -> float:
     """Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to `cap`, plus up to 50%."""
-    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), 62))
     return min(cap, delay * (1.0 + 0.5 * rng()))
 
 
@@ -197,6 +197,7 @@ class _Work:
         "record",
         "resource",
         "result",
+        "retried",
     )
 
     def __init__(
@@ -216,6 +217,7 @@ class _Work:
         self.observed: Observed | None = None
         self.plan: Plan | None = None
         self.result = "unchanged"
+        self.retried = False
         self.policy_json = policy_json
 
 
@@ -420,22 +422,29 @@ class _Pass:
     # the full path: one task per resource
 
     def _step(self, rid: ResourceId, state: State, outcome: Outcome) -> State:
+        """One transition, recorded; a drift check's first steps are held back until
+        it is clear whether it finds anything."""
         new = fsm.step(state, outcome.event)
         held = self.held.get(rid)
         if held is not None:
-            held.append((state, new, outcome))
-        else:
-            self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+            if outcome.event in _CLEAN_CHECK:
+                held.append((state, new, outcome))
+                return new
+            self._write_held(rid)
+        self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
         return new
 
-    def _release_held(self, rid: ResourceId, state: State) -> None:
-        """End of a drift check: a clean one (back in sync, nothing done) leaves no
-        history; any other outcome records every transition it made, in order."""
-        held = self.held.pop(rid, None)
-        if held is None or (state is State.IN_SYNC and rid not in self.errors):
-            return
-        for source, target, outcome in held:
+    def _write_held(self, rid: ResourceId) -> None:
+        for source, target, outcome in self.held.pop(rid, ()):
             self.store.transition(rid, source, target, outcome.event, outcome.reason, outcome.error)
+
+    def _end_check(self, rid: ResourceId, state: State) -> None:
+        """A drift check that went InSync -> Detecting -> Planning -> InSync without
+        an error leaves no history (a clean check); anything else is recorded."""
+        if rid in self.held and state is State.IN_SYNC and rid not in self.errors:
+            del self.held[rid]
+        else:
+            self._write_held(rid)
 
     def _settle(self, rid: ResourceId, result: Result) -> None:
         self.results[rid] = result
@@ -461,9 +470,9 @@ class _Pass:
             raise
         except Exception as exc:  # a bug in a provider or the engine: record, never crash
             state, self.errors[rid] = State.FAILED, _error_text(exc)
-            self.held.pop(rid, None)
+            self._write_held(rid)
             self.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
-        self._release_held(rid, state)
+        self._end_check(rid, state)
         action = _FINAL_ACTIONS.get(state, work.result)
         error = self.errors.get(rid) if action in ("failed", "blocked") else None
         self._settle(rid, Result(rid, state, action, error, work.plan))
@@ -538,9 +547,11 @@ class _Pass:
         if isinstance(exc, TemporaryError) and exc.delay is not None:
             delay = exc.delay
         self.store.schedule_retry(rid, attempts, time.time() + delay)
+        work.retried = True
         if not isinstance(exc, TemporaryError) or done >= self.engine.retries:
             return False
         self.retried[rid] = done + 1
+        work.retried = True
         await asyncio.sleep(delay)
         return True
 
@@ -560,7 +571,7 @@ class _Pass:
             self._converged(work)
             return Outcome(Event.PLAN_EMPTY)
         fields = ", ".join(c.field for c in plan.changes)
-        if plan.action is Action.CREATE or work.changed:
+        if work.changed:
             return Outcome(Event.PLAN_CHANGED, f"{plan.action}: {fields}")
         work.result = "drifted"
         return Outcome(Event.DRIFT, f"drifted: {fields}")
@@ -575,11 +586,12 @@ class _Pass:
         assert plan is not None
         if plan.action is Action.CREATE:
             work.created = True
-            work.result = "created"
+        elif work.created is None:
+            work.created = False
+        if work.result == "drifted":
+            work.result = "healed"
         else:
-            if work.created is None:
-                work.created = False
-            work.result = "healed" if work.result == "drifted" else "updated"
+            work.result = "created" if plan.action is Action.CREATE else "updated"
         self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
         await self._durable()
         async with self.limit:
@@ -607,6 +619,7 @@ class _Pass:
             or record.policy != work.policy_json
             or record.deps != work.deps
             or record.attempts
+            or work.retried
         ):
             self.store.converged(
                 res.id, res.spec_hash, _dump(res.spec), work.policy_json, work.deps, work.created

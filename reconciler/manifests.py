@@ -115,11 +115,15 @@ def _construct(loader: _Loader, node: Node) -> Any:
         return [_construct(loader, child) for child in node.value]
     if not isinstance(node, MappingNode) or tag != _MAP:
         return loader.construct_object(node, deep=True)
-    if any(key.tag == _MERGE for key, _ in node.value):
-        loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
+    own = node.value
+    if any(key.tag == _MERGE for key, _ in own):
+        own = [(k, v) for k, v in own if k.tag != _MERGE]
+        loader.flatten_mapping(node)  # merged pairs first; the mapping's own keys win
+        for key_node, value_node in node.value[: len(node.value) - len(own)]:
+            mapping[_construct(loader, key_node)] = _construct(loader, value_node)
     lines: dict[Any, int] = {}
-    for key_node, value_node in node.value:
+    for key_node, value_node in own:
         key = _construct(loader, key_node)
         try:
             first = lines.get(key)
@@ -136,16 +140,19 @@ def _construct(loader: _Loader, node: Node) -> Any:
     return mapping
 
 
-def _expanded_size(node: Node, limit: int) -> int:
-    """Node count with every alias expanded, memoized per node; stops past `limit`."""
+def _expanded_size(node: Node, limit: int) -> int | None:
+    """Node count with every alias expanded, memoized per node; stops past `limit`.
+    None when an alias refers to a node that contains it (a recursive structure)."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
     stack: list[tuple[Node, bool]] = [(node, False)]
     while stack:
         current, children_done = stack.pop()
-        if id(current) in sizes:
+        key = id(current)
+        if key in sizes:
             continue
         if isinstance(current, ScalarNode):
-            sizes[id(current)] = 1
+            sizes[key] = 1
             continue
         children: list[Node] = (
             [n for pair in current.value for n in pair]
@@ -153,11 +160,15 @@ def _expanded_size(node: Node, limit: int) -> int:
             else list(current.value)
         )
         if children_done:
+            open_nodes.discard(key)
             total = 1 + sum(sizes[id(c)] for c in children)
             if total > limit:
                 return total
-            sizes[id(current)] = total
+            sizes[key] = total
+        elif key in open_nodes:
+            return None
         else:
+            open_nodes.add(key)
             stack.append((current, True))
             stack.extend((c, False) for c in children if id(c) not in sizes)
     return sizes[id(node)]
@@ -187,18 +198,22 @@ def _field(path: tuple[str | int, ...]) -> str:
     return text
 
 
-def manifest_files(root: Path) -> list[Path]:
-    """The manifests of a config tree in a stable order; hidden directories skipped."""
+def tree_files(root: Path) -> list[Path]:
+    """Every file of a config tree in a stable order; hidden files and directories
+    (such as .git) skipped. Manifests are the `*.yaml`/`*.yml` among them."""
     if root.is_file():
         return [root]
     found = [
         p
         for p in root.rglob("*")
-        if p.suffix in (".yaml", ".yml")
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
+        if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()
     ]
     return sorted(found)
+
+
+def manifest_files(root: Path) -> list[Path]:
+    """The manifests of a config tree, in the order they are loaded."""
+    return [p for p in tree_files(root) if p.suffix in (".yaml", ".yml")]
 
 
 class _Documents:
@@ -255,6 +270,14 @@ class _Documents:
         except RecursionError:
             self.issues.append(Issue(shown, None, "", "invalid YAML: nested too deeply"))
 
+    def add_other(self, path: Path) -> None:
+        try:
+            self.digest.update(str(path.relative_to(self.root)).encode() + b"\0")
+            with path.open("rb") as handle:
+                self.digest.update(hashlib.file_digest(handle, "sha256").digest())
+        except OSError:
+            pass  # unreadable non-manifest files matter only if referenced; prepare says so
+
     def _documents(self, text: str, check_aliases: bool) -> Iterator[tuple[Node, Any]]:
         loader = _Loader(text)
         try:
@@ -264,13 +287,13 @@ class _Documents:
                     continue
                 if check_aliases:
                     size = _expanded_size(node, self.limits.max_nodes)
-                    if size > self.limits.max_nodes:
-                        raise yaml.MarkedYAMLError(
-                            None,
-                            None,
-                            f"aliases expand to over {self.limits.max_nodes} nodes",
-                            node.start_mark,
+                    if size is None or size > self.limits.max_nodes:
+                        problem = (
+                            "an alias refers to a node that contains it (recursive structure)"
+                            if size is None
+                            else f"aliases expand to over {self.limits.max_nodes} nodes"
                         )
+                        raise yaml.MarkedYAMLError(None, None, problem, node.start_mark)
                 yield node, _construct(loader, node)
         finally:
             loader.dispose()
@@ -369,7 +392,7 @@ class _Documents:
             except ValidationError as exc:
                 self._validation(file, node, ("policy",), Policy, exc)
                 ok = False
-        if not ok or provider is None or policy is None or not isinstance(spec_data, dict):
+        if provider is None or not isinstance(spec_data, dict):
             return
         try:
             spec = provider.Spec.model_validate(spec_data)
@@ -379,6 +402,8 @@ class _Documents:
             return
         except SpecError as exc:
             self._issue(file, node, ("spec", exc.field), str(exc))
+            return
+        if not ok or policy is None:
             return
         spec_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
         labels = data["metadata"].get("labels") or {}
@@ -491,8 +516,11 @@ def load(
     if not path.exists():
         raise ManifestError([Issue(str(path), None, "", "no such file or directory")])
     docs = _Documents(root, registry, limits or Limits())
-    for file in manifest_files(path):
-        docs.add_file(file)
+    for file in tree_files(path):
+        if file.suffix in (".yaml", ".yml") or path.is_file():
+            docs.add_file(file)
+        else:  # sources and templates are part of the revision too
+            docs.add_other(file)
     edges = docs.cross_checks()
     if docs.issues:
         raise ManifestError(docs.issues)

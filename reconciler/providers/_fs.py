@@ -63,7 +63,7 @@ def check_path(path: str, settings: ProviderSettings) -> None:
     if ".." in parts or "." in parts:
         raise SpecError("path", f"'.' and '..' are not allowed in a path, found {path!r}")
     normal = os.path.normpath(path)
-    if normal != path.rstrip("/") or path == "/":
+    if normal != path or path == "/":
         raise SpecError("path", f"expected a normalized path such as {normal!r}, found {path!r}")
     if not settings.roots:
         raise SpecError(

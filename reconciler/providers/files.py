@@ -85,18 +85,36 @@ def _render(ctx: PrepareContext, relative: str, variables: dict[str, Any]) -> st
     import jinja2  # only manifests with templates pay for the import
 
     source = _inside(ctx, "template", relative)
+    root = ctx.config_root.resolve()
     env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+        loader=jinja2.FileSystemLoader(root),  # {% include %} stays inside the config tree
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
     )
+    name = source.relative_to(root).as_posix()
     try:
-        template = env.from_string(_read_text(source, "template", relative))
-        return template.render(**variables)
+        return env.get_template(name).render(**variables)
     except jinja2.TemplateSyntaxError as exc:
-        raise SpecError("template", f"{relative}:{exc.lineno}: {exc.message}") from None
-    except jinja2.UndefinedError as exc:
-        raise SpecError("template", f"{relative}: {exc.message}") from None
-    except Exception as exc:  # anything the template itself raises while rendering
-        raise SpecError("template", f"{relative}: {type(exc).__name__}: {exc}") from None
+        where = exc.name or name
+        raise SpecError("template", f"{where}:{exc.lineno}: {exc.message}") from None
+    except UnicodeDecodeError:
+        raise SpecError("template", f"{relative!r} is not UTF-8 text") from None
+    except Exception as exc:  # undefined variables, and anything a template raises
+        message = exc.message if isinstance(exc, jinja2.UndefinedError) else str(exc)
+        raise SpecError("template", f"{_template_line(exc, root, name)}: {message}") from None
+
+
+def _template_line(exc: BaseException, root: Path, name: str) -> str:
+    """`file:line` of the innermost template frame of a rendering error."""
+    where = name
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith(str(root)):
+            where = f"{Path(filename).relative_to(root).as_posix()}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
 
 
 def _digest(data: bytes) -> str:

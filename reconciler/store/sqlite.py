@@ -177,13 +177,18 @@ class SqliteStore:
         except OSError as exc:
             raise StoreError(f"cannot create state directory {state_dir}: {exc.strerror}") from exc
         self._lock(state_dir)
+        self._db = None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if self._db is not None:
+                self._db.close()
             self._unlock()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"state database {self.path}: {exc}") from exc
 
     def _open_readonly(self) -> sqlite3.Connection | None:
@@ -195,6 +200,7 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"state database {self.path}: {exc}") from exc
         if version != SCHEMA_VERSION:
+            db.close()
             raise StoreError(
                 f"state database {self.path} has schema {version}, this version uses "
                 f"{SCHEMA_VERSION}: run apply once to migrate"

@@ -640,7 +640,7 @@ CASES: list[Case] = [
         "two resources claim one path spelt with a trailing slash",
         {"a.yaml": dir_doc("d1", "$ROOT/d") + "---\n" + dir_doc("d2", "$ROOT/d/")},
         # either refused as unnormalized or reported as a second claim: never both managed
-        [("a.yaml", 12, "spec.path", r"(also managed by Directory/d1 \(a\.yaml:1\)|normalized)")],
+        [("a.yaml", 13, "spec.path", r"(also managed by Directory/d1 \(a\.yaml:1\)|normalized)")],
     ),
 ]
 
