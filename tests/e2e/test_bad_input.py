@@ -226,6 +226,21 @@ def test_a_rejected_revision_keeps_the_last_good_one(sandbox: Sandbox) -> None:
     assert "spec.mode" in planned.stderr
 
 
+@pytest.mark.parametrize("content", [b"\x00garbage" * 100, b"SQLite format 3\x00garbage"])
+def test_a_corrupt_state_database_is_reported(sandbox: Sandbox, content: bytes) -> None:
+    path = sandbox.root / "a.txt"
+    sandbox.write("a.yaml", doc("File", "a", {"path": str(path), "content": "x\n"}))
+    sandbox.state.mkdir()
+    database = sandbox.state / "state.db"
+    database.write_bytes(content)
+
+    for command in ("apply", "plan"):
+        result = sandbox.run(command, check=1)
+        assert "state database" in result.stderr and str(database) in result.stderr
+    assert not path.exists()
+    assert database.read_bytes() == content
+
+
 # errors while applying: reported per resource, the others go on
 
 

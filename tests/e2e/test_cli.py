@@ -40,10 +40,6 @@ def docs(*documents: str) -> str:
     return "---\n".join(documents)
 
 
-def output(result: Any) -> str:
-    return f"{result.stdout}\n{result.stderr}"
-
-
 # one lifecycle per kind
 
 
@@ -236,6 +232,37 @@ def test_prune_keeps_a_directory_with_unmanaged_entries(sandbox: Sandbox) -> Non
     assert re.search(r"- Directory/old\s.*will delete", planned.stdout), "still in the inventory"
 
 
+def test_many_resources_in_one_pass(sandbox: Sandbox) -> None:
+    root = sandbox.root
+    count = 200
+    sandbox.write(
+        "many.yaml",
+        docs(
+            doc("Directory", "many", {"path": str(root / "many")}),
+            *(
+                doc(
+                    "File",
+                    f"f{n:03}",
+                    {"path": str(root / f"many/{n:03}.txt"), "content": f"{n}\n"},
+                )
+                for n in range(count)
+            ),
+        ),
+    )
+    created = sandbox.run("apply", check=0)
+    assert f"{count + 1} created" in created.stdout
+    assert all((root / f"many/{n:03}.txt").read_text() == f"{n}\n" for n in range(count))
+
+    for n in (7, 100, 199):
+        (root / f"many/{n:03}.txt").write_text("edited\n")
+    planned = sandbox.run("plan", check=2)
+    changed = re.findall(r"^\s+~ (File/f\d+)\s", planned.stdout, re.M)
+    assert changed == ["File/f007", "File/f100", "File/f199"], planned.stdout
+    healed = sandbox.run("apply", check=0)
+    assert "3 healed" in healed.stdout and f"{count - 2} unchanged" in healed.stdout
+    assert all((root / f"many/{n:03}.txt").read_text() == f"{n}\n" for n in range(count))
+
+
 # JSON output
 
 
@@ -254,7 +281,7 @@ def test_plan_json_and_apply_json(sandbox: Sandbox) -> None:
     assert set(planned) == {"revision", "changes", "summary"}
     assert planned["summary"] == {"create": 3}
     by_id = {c["id"]: c for c in planned["changes"]}
-    assert set(by_id) == {"Directory/d", "File/d", "Symlink/l"} - {"File/d"} | {"File/f"}
+    assert set(by_id) == {"Directory/d", "File/f", "Symlink/l"}
     assert by_id["File/f"]["action"] == "create"
     assert by_id["File/f"]["describe"] == str(root / "d/f.txt")
     assert {"field": "/content", "before": None, "after": "one\ntwo\n"} in by_id["File/f"][

@@ -21,11 +21,12 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from reconciler.model import Plan, PrepareContext, Provider, ProviderSettings
@@ -121,6 +122,9 @@ class Case:
     drifts: tuple[Drift, ...]
     invalid: tuple[Invalid, ...]
     snapshot: Callable[[Path], Snapshot] = tree_snapshot
+    """The state of the real system, compared to prove a call had no side effects."""
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+    """For example a skipif for a case whose server is not available."""
 
     def __str__(self) -> str:
         return self.kind
@@ -142,7 +146,8 @@ class Harness:
     def parse(self, data: SpecData) -> BaseModel:
         """What the loader does to a spec: validate, then prepare."""
         spec = self.provider.Spec.model_validate(data)
-        return self.provider.prepare(spec, self.ctx)
+        prepared: BaseModel = self.provider.prepare(spec, self.ctx)
+        return prepared
 
     def spec(self, n: int = 0) -> tuple[SpecData, BaseModel]:
         data = self.case.spec(self.root, n)
@@ -224,6 +229,10 @@ def _file_retarget(data: SpecData) -> None:
     os.symlink(other.name, data["path"])
 
 
+def _write(data: SpecData, content: bytes) -> None:
+    Path(data["path"]).write_bytes(content)
+
+
 def _append(data: SpecData) -> None:
     with open(data["path"], "a") as handle:
         handle.write("edited by hand\n")
@@ -239,8 +248,8 @@ FILE = Case(
     exists=_lexists,
     drifts=(
         Drift("content", "/content", _append),
-        Drift("truncated", "/content", lambda d: Path(d["path"]).write_text("")),
-        Drift("binary", "/content", lambda d: Path(d["path"]).write_bytes(b"\x00\xff\xfe\n")),
+        Drift("truncated", "/content", lambda d: _write(d, b"")),
+        Drift("binary", "/content", lambda d: _write(d, b"\x00\xff\xfe\n")),
         Drift("mode", "/mode", lambda d: os.chmod(d["path"], 0o666)),
         Drift("owner", "/owner", lambda d: os.chown(d["path"], 0, -1)),
         Drift("group", "/group", lambda d: os.chown(d["path"], -1, 0)),
@@ -374,4 +383,13 @@ SYMLINK = Case(
 )
 
 
-CASES: tuple[Case, ...] = (FILE, DIRECTORY, SYMLINK)
+FILESYSTEM_CASES: tuple[Case, ...] = (FILE, DIRECTORY, SYMLINK)
+"""The cases the filesystem safety tests also run on."""
+
+CASES: tuple[Case, ...] = (*FILESYSTEM_CASES,)
+"""Every provider the shared scenarios run on: add a provider's case here."""
+
+
+def params(cases: Sequence[Case]) -> list[Any]:
+    """Cases as pytest parameters, with their ids and marks."""
+    return [pytest.param(case, id=case.kind, marks=case.marks) for case in cases]

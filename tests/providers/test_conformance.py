@@ -7,6 +7,7 @@ Everything runs on real temporary directories through the provider API
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
 import pwd
@@ -23,6 +24,7 @@ from tests.providers.conformance import (
     CASES,
     DIRECTORY,
     FILE,
+    FILESYSTEM_CASES,
     SYMLINK,
     Case,
     Drift,
@@ -31,11 +33,12 @@ from tests.providers.conformance import (
     SpecData,
     fields,
     mode_of,
+    params,
     tree_snapshot,
 )
 
 
-@pytest.fixture(params=CASES, ids=str)
+@pytest.fixture(params=params(CASES))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     case: Case = request.param
     return Harness(case, tmp_path)
@@ -75,7 +78,7 @@ async def test_second_run_is_idempotent(harness: Harness) -> None:
 
 
 DRIFTS = [
-    pytest.param(case, drift, id=f"{case.kind}-{drift.name}")
+    pytest.param(case, drift, id=f"{case.kind}-{drift.name}", marks=case.marks)
     for case in CASES
     for drift in case.drifts
 ]
@@ -163,7 +166,7 @@ async def test_plan_and_observe_have_no_side_effects(harness: Harness) -> None:
 
 
 INVALID = [
-    pytest.param(case, invalid, id=f"{case.kind}-{invalid.name}")
+    pytest.param(case, invalid, id=f"{case.kind}-{invalid.name}", marks=case.marks)
     for case in CASES
     for invalid in case.invalid
 ]
@@ -487,7 +490,7 @@ PRINCIPALS = [
 
 
 @pytest.mark.parametrize(("owner", "group", "uid", "gid"), PRINCIPALS)
-@pytest.mark.parametrize("case", [FILE, DIRECTORY], ids=str)
+@pytest.mark.parametrize("case", params([FILE, DIRECTORY]))
 async def test_owner_and_group_by_name_and_numeric_id(
     tmp_path: Path, case: Case, owner: str | int, group: str | int, uid: int, gid: int
 ) -> None:
@@ -522,7 +525,7 @@ async def test_owner_change_alone_is_healed_without_rewriting(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("depth", ["direct", "nested"])
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", params(FILESYSTEM_CASES))
 async def test_a_symlinked_parent_cannot_carry_a_write_outside_the_root(
     tmp_path: Path, case: Case, depth: str
 ) -> None:
@@ -541,3 +544,21 @@ async def test_a_symlinked_parent_cannot_carry_a_write_outside_the_root(
         await harness.provider.apply(spec, plan)
 
     assert tree_snapshot(outside) == before
+
+
+@pytest.mark.parametrize("case", params(FILESYSTEM_CASES))
+async def test_a_special_file_is_observed_without_blocking_and_never_replaced(
+    tmp_path: Path, case: Case
+) -> None:
+    harness = Harness(case, tmp_path)
+    data, spec = harness.spec()
+    os.mkfifo(data["path"])  # opening a FIFO for reading would hang the observer
+    before = harness.snapshot()
+
+    plan = await asyncio.wait_for(harness.plan(spec), timeout=10)
+    assert fields(plan) == {"/type"}
+    with pytest.raises(PermanentError, match="refusing"):
+        await harness.provider.apply(spec, plan)
+
+    assert harness.snapshot() == before
+    assert stat.S_ISFIFO(os.lstat(data["path"]).st_mode)
