@@ -249,14 +249,46 @@ class Engine:
         started = time.perf_counter()
         inventory = self.store.inventory()
         removed = [rid for rid in inventory if rid not in desired.resources]
-        self._check_prune_share(removed, inventory)
+        handovers = self._handovers(desired, inventory, removed)
+        self._check_prune_share([r for r in removed if r not in handovers], inventory)
         self.store.set_revision(desired.revision)
-        pass_ = _Pass(self, desired, inventory)
+        pass_ = _Pass(self, desired, inventory, handovers)
         try:
             await pass_.run(removed)
         finally:
             self.store.flush()
         return Report(desired.revision, pass_.results, time.perf_counter() - started)
+
+    def _handovers(
+        self, desired: DesiredState, inventory: dict[str, Record], removed: list[ResourceId]
+    ) -> dict[ResourceId, ResourceId]:
+        """Removed resources whose object (same path) a resource of the new desired
+        state now owns, such as a rename: the old id is released, never deleted,
+        and the new id inherits whether reconciler created the object."""
+        if not removed:
+            return {}
+        owners: dict[str, ResourceId] = {}
+        for rid, res in desired.resources.items():
+            path = self.registry[res.kind].path(res.spec)
+            if path is not None:
+                owners[path] = rid
+        handovers = {}
+        for rid in removed:
+            spec = self._stored_spec(inventory[rid])
+            provider = self.registry.get(inventory[rid].kind)
+            path = provider.path(spec) if provider is not None and spec is not None else None
+            if path is not None and path in owners:
+                handovers[rid] = owners[path]
+        return handovers
+
+    def _stored_spec(self, record: Record) -> BaseModel | None:
+        provider = self.registry.get(record.kind)
+        if provider is None or record.spec is None:
+            return None
+        try:
+            return provider.Spec.model_validate_json(record.spec)
+        except ValueError:
+            return None
 
     def _check_prune_share(self, removed: list[ResourceId], inventory: dict[str, Record]) -> None:
         if not removed or self.allow_mass_prune:
@@ -304,21 +336,21 @@ class Engine:
             return Planned(res.id, res.kind, action, describe, plan)
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
-        for rid, record in inventory.items():
-            if rid not in desired.resources:
-                delete = bool(record.created) and _stored_policy(record).prune
-                action = "delete" if delete else "release"
-                planned.append(Planned(rid, record.kind, action, self._describe_stored(record)))
+        removed = [rid for rid in inventory if rid not in desired.resources]
+        handovers = self._handovers(desired, inventory, removed)
+        for rid in removed:
+            record = inventory[rid]
+            spec = self._stored_spec(record)
+            provider = self.registry.get(record.kind)
+            describe = provider.describe(spec) if provider is not None and spec is not None else ""
+            if rid in handovers:
+                action, describe = "release", f"{describe}   (now managed as {handovers[rid]})"
+            elif record.created and _stored_policy(record).prune:
+                action = "delete"
+            else:
+                action = "release"
+            planned.append(Planned(rid, record.kind, action, describe.strip()))
         return planned
-
-    def _describe_stored(self, record: Record) -> str:
-        provider = self.registry.get(record.kind)
-        if provider is None or record.spec is None:
-            return ""
-        try:
-            return provider.describe(provider.Spec.model_validate_json(record.spec))
-        except ValueError:
-            return ""
 
 
 def _stored_policy(record: Record) -> Policy:
@@ -329,12 +361,20 @@ class _Pass:
     """One `converge` call: the resource tasks, their shared observer and limit,
     and the state machine's actions."""
 
-    def __init__(self, engine: Engine, desired: DesiredState, inventory: dict[str, Record]):
+    def __init__(
+        self,
+        engine: Engine,
+        desired: DesiredState,
+        inventory: dict[str, Record],
+        handovers: dict[ResourceId, ResourceId],
+    ):
         self.engine = engine
         self.store = engine.store
         self.registry = engine.registry
         self.desired = desired
         self.inventory = inventory
+        self.handovers = handovers
+        self.inherited = {new: inventory[old].created for old, new in handovers.items()}
         self.limit = asyncio.Semaphore(engine.concurrency)
         self.observer = _Observer(engine.registry, self.limit)
         self.settled: dict[ResourceId, asyncio.Future[State]] = {}
@@ -417,7 +457,10 @@ class _Pass:
         policy_json = self._policies.get(id(res.policy))
         if policy_json is None:  # resources share policy objects: dump each once
             policy_json = self._policies[id(res.policy)] = _dump(res.policy)
-        return _Work(res, self.registry[res.kind], self.inventory.get(res.id), deps, policy_json)
+        work = _Work(res, self.registry[res.kind], self.inventory.get(res.id), deps, policy_json)
+        if work.record is None and res.id in self.inherited:
+            work.created = self.inherited[res.id]
+        return work
 
     # the full path: one task per resource
 
@@ -654,7 +697,9 @@ class _Pass:
         record = self.inventory[rid]
         state = self._step(rid, record.state, Outcome(Event.REMOVE, "removed from desired state"))
         try:
-            if record.created and _stored_policy(record).prune:
+            if rid in self.handovers:
+                action, reason = "released", f"released: now managed as {self.handovers[rid]}"
+            elif record.created and _stored_policy(record).prune:
                 provider = self.registry.get(record.kind)
                 if provider is None:
                     raise ProviderError(f"no provider for kind {record.kind!r}; cannot delete")

@@ -19,7 +19,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from reconciler.model import Change, PermanentError, ProviderSettings, SpecError, TemporaryError
+from reconciler.model import (
+    Action,
+    Change,
+    PermanentError,
+    Plan,
+    ProviderSettings,
+    SpecError,
+    TemporaryError,
+)
 
 
 def _mode(value: Any) -> str:
@@ -81,15 +89,31 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def check_parent_inside_roots(path: str, settings: ProviderSettings) -> None:
-    """Before a write: the parent's real path must still be inside a root."""
-    parent = os.path.realpath(os.path.dirname(path))
+def _check_inside_roots(path: str, real: str, settings: ProviderSettings) -> None:
     for root in settings.roots:
-        if _under(parent, os.path.realpath(root)):
+        if _under(real, os.path.realpath(root)):
             return
     raise PermanentError(
-        f"{path}: parent resolves to {parent}, outside the allowed roots; refusing to write"
+        f"{path}: resolves to {real}, outside the allowed roots; refusing to write"
     )
+
+
+def make_parent(path: str, settings: ProviderSettings) -> str:
+    """Create the parent directories of `path` (mode 0755) and return the parent.
+
+    The nearest existing ancestor is resolved first, so a symlink planted in the
+    path cannot make us create anything outside the allowed roots; the parent is
+    resolved again afterwards, closing the window between the two.
+    """
+    parent = os.path.dirname(path)
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    _check_inside_roots(path, os.path.realpath(existing), settings)
+    if existing != parent:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    _check_inside_roots(path, os.path.realpath(parent), settings)
+    return parent
 
 
 @lru_cache(maxsize=256)
@@ -165,8 +189,17 @@ def metadata_changes(
     return changes
 
 
+def planned(spec: Any, plan: Plan, field: str) -> Any:
+    """The spec's value of `field` if the plan changes it (or creates, or replaces
+    an object of another type), else None:
+    fields a plan leaves out, such as policy.ignoreFields, are left as they are."""
+    if plan.action is Action.CREATE or any(c.field in (f"/{field}", "/type") for c in plan.changes):
+        return getattr(spec, field)
+    return None
+
+
 def set_metadata(path: str, mode: str | None, owner: str | None, group: str | None) -> None:
-    """chmod/chown without following a symlink at `path`."""
+    """chmod/chown without following a symlink at `path`; None leaves a field alone."""
     if owner is not None or group is not None:
         os.chown(
             path,

@@ -80,27 +80,26 @@ def _observe_all(paths: list[str]) -> list[Observed | None]:
 
 def _apply(spec: DirectorySpec, plan: Plan, settings: ProviderSettings) -> None:
     path = spec.path
+    mode, owner, group = (_fs.planned(spec, plan, f) for f in ("mode", "owner", "group"))
     try:
         st = _fs.lstat_or_none(path)
         if st is not None:
             kind = _fs.file_type(st)
             if kind == "symlink":
-                _fs.check_parent_inside_roots(path, settings)
+                _fs.make_parent(path, settings)
                 os.unlink(path)
                 st = None
             elif kind != "directory":
                 raise PermanentError(f"{path} is a {kind}; refusing to replace it with a directory")
         if st is None:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            _fs.check_parent_inside_roots(path, settings)
+            _fs.make_parent(path, settings)
             os.mkdir(path, 0o755)
-            if spec.mode is None:
+            if mode is None:
                 os.chmod(path, 0o755)  # independent of the process umask
-        _fs.set_metadata(path, spec.mode, spec.owner, spec.group)
+        _fs.set_metadata(path, mode, owner, group)
     except OSError as exc:
-        raise _fs.os_error(
-            "create" if plan.action is Action.CREATE else "update", path, exc
-        ) from exc
+        verb = "create" if plan.action is Action.CREATE else "update"
+        raise _fs.os_error(verb, path, exc) from exc
 
 
 def _delete(path: str) -> None:

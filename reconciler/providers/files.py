@@ -221,38 +221,46 @@ def _apply(spec: FileSpec, plan: Plan, settings: ProviderSettings) -> None:
             raise PermanentError(f"{path} is a directory; refusing to replace it with a file")
         if st is not None and _fs.file_type(st) not in ("symlink", "file"):
             raise PermanentError(f"{path} is a special file; refusing to replace it")
+    mode, owner, group = (_fs.planned(spec, plan, f) for f in ("mode", "owner", "group"))
     try:
         if plan.action is Action.CREATE or fields & {"/type", "/content"}:
-            _write_atomically(spec, settings)
+            _write_atomically(spec, mode, owner, group, settings)
         else:
-            _fs.set_metadata(path, spec.mode, spec.owner, spec.group)
+            _fs.set_metadata(path, mode, owner, group)
     except OSError as exc:
         raise _fs.os_error("write", path, exc) from exc
 
 
-def _write_atomically(spec: FileSpec, settings: ProviderSettings) -> None:
+def _write_atomically(
+    spec: FileSpec,
+    mode: str | None,
+    owner: str | None,
+    group: str | None,
+    settings: ProviderSettings,
+) -> None:
+    """Temporary file beside the target, fsync, rename. Metadata the plan does not
+    change is carried over from the file being replaced."""
     path = spec.path
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    _fs.check_parent_inside_roots(path, settings)
+    directory = _fs.make_parent(path, settings)
     temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    mode = spec.mode
+    st = _fs.lstat_or_none(path)
+    old = st if st is not None and _fs.file_type(st) == "file" else None
     if mode is None:
-        st = _fs.lstat_or_none(path)
-        keep = st is not None and _fs.file_type(st) == "file"
-        mode = f"{st.st_mode & 0o7777:04o}" if keep and st is not None else "0644"
+        mode = f"{old.st_mode & 0o7777:04o}" if old is not None else (spec.mode or "0644")
+    uid = _fs.uid_of(owner) if owner is not None else (old.st_uid if old is not None else -1)
+    gid = _fs.gid_of(group) if group is not None else (old.st_gid if old is not None else -1)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
             data = memoryview((spec.content or "").encode())
             while data:
                 data = data[os.write(fd, data) :]
-            if spec.owner is not None or spec.group is not None:
-                os.fchown(
-                    fd,
-                    _fs.uid_of(spec.owner) if spec.owner is not None else -1,
-                    _fs.gid_of(spec.group) if spec.group is not None else -1,
-                )
+            if (uid, gid) != (-1, -1):
+                try:
+                    os.fchown(fd, uid, gid)
+                except PermissionError:
+                    if owner is not None or group is not None:
+                        raise  # asked for: an error; only carrying over: best effort
             os.fchmod(fd, int(mode, 8))
             os.fsync(fd)
         finally:

@@ -91,11 +91,9 @@ def _apply(spec: SymlinkSpec, settings: ProviderSettings) -> None:
     st = _fs.lstat_or_none(path)
     if st is not None and (kind := _fs.file_type(st)) != "symlink":
         raise PermanentError(f"{path} is a {kind}; refusing to replace it with a symlink")
-    directory = os.path.dirname(path)
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        _fs.check_parent_inside_roots(path, settings)
+        directory = _fs.make_parent(path, settings)
+        temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         os.symlink(spec.target, temp)
         try:
             os.rename(temp, path)

@@ -195,7 +195,11 @@ class SqliteStore:
         if not self.path.exists():
             return None
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            # With no writer active (no WAL file) open immutable: SQLite then creates no
+            # -wal/-shm files, so a read-only look leaves the state directory untouched.
+            wal = self.path.with_name(self.path.name + "-wal")
+            flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+            db = sqlite3.connect(f"file:{self.path}?{flags}", uri=True, isolation_level=None)
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"state database {self.path}: {exc}") from exc
