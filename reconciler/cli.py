@@ -1,9 +1,10 @@
 """The `reconciler` command line: validate, plan, apply, graph, providers, version.
 
-Every option can also come from a `RECONCILER_*` environment variable (for
-example RECONCILER_ROOT, RECONCILER_STATE_DIR). Exit codes: 0 success (plan: no
-changes), 2 plan has changes, 1 any error. Errors are one clear message each,
-never a traceback (set RECONCILER_DEBUG=1 to see one).
+RECONCILER_ROOT and RECONCILER_STATE_DIR set --root and --state-dir for every
+command; any other option comes from RECONCILER_<COMMAND>_<OPTION> (for example
+RECONCILER_APPLY_CONCURRENCY). Exit codes: 0 success (plan: no changes), 2 plan
+has changes, 1 any error. Errors are one clear message each, never a traceback
+(set RECONCILER_DEBUG=1 to see one).
 """
 
 from __future__ import annotations
@@ -100,14 +101,17 @@ root_option = click.option(
     "roots",
     multiple=True,
     metavar="DIR",
-    help="Directory the filesystem providers may touch (repeatable); env RECONCILER_ROOT.",
+    envvar="RECONCILER_ROOT",
+    help="Directory the filesystem providers may touch (repeatable; "
+    "env RECONCILER_ROOT, several separated by spaces).",
 )
 state_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=DEFAULT_STATE_DIR,
     show_default=True,
-    help="Where the SQLite state lives.",
+    envvar="RECONCILER_STATE_DIR",
+    help="Where the SQLite state lives (env RECONCILER_STATE_DIR).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 color_option = click.option("--no-color", is_flag=True, help="No ANSI colours.")
@@ -147,6 +151,7 @@ def plan(
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
         planned = _run(lambda: engine.preview(desired), engine.concurrency)
+        refusal = engine.prune_refusal(desired)
     if as_json:
         click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
     else:
@@ -155,6 +160,8 @@ def plan(
             f"{len(desired.resources)} resources)"
         )
         click.echo(render_plan(planned, header=header, colour=_colour(no_color)), nl=False)
+    if refusal is not None:
+        click.echo(f"warning: apply would refuse: {refusal}", err=True)
     if any(p.action == "error" for p in planned):
         sys.exit(1)
     sys.exit(2 if any(p.action in CHANGING for p in planned) else 0)
@@ -327,15 +334,22 @@ def version() -> None:
 
 
 def main() -> None:
+    """Entry point: exit 1 on every error, usage errors included (2 is plan's
+    "changes"), and a one-line message instead of a traceback."""
     try:
-        cli.main(prog_name="reconciler", standalone_mode=True)
-    except KeyboardInterrupt:
+        cli.main(prog_name="reconciler", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(1)
+    except (KeyboardInterrupt, click.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
     except SystemExit:
         raise
     except Exception as exc:
-        if os.environ.get("RECONCILER_DEBUG"):
+        if os.environ.get("RECONCILER_DEBUG", "") not in ("", "0"):
             raise
         from reconciler.registry import RegistryError
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reconciler.engine import Planned, Report
-from reconciler.model import Change
+from reconciler.model import Action, Change
 
 MAX_DIFF_LINES = 20
 
@@ -59,7 +59,7 @@ def _change_lines(change: Change, style: _Style) -> list[str]:
             )
             if line[:1] in "+-" and not line.startswith(("+++", "---"))
         ]
-        lines = [f"{name}: {len(diff)} lines changed"]
+        lines = [f"{name}: {len(diff)} line{'' if len(diff) == 1 else 's'} changed"]
         for line in diff[:MAX_DIFF_LINES]:
             code = "31" if line.startswith("-") else "32"
             lines.append(style(code, f"  {line[0]}  {line[1:]}"))
@@ -82,14 +82,17 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
     out = [header, ""]
     for item in shown:
         symbol, code = _SYMBOL[item.action]
-        note = _NOTE.get(item.action, "")
+        note = item.note or _NOTE.get(item.action, "")
         line = f"  {style(code, symbol)} {item.id:<{width}}  {item.describe}"
         if note:
             line += f"   {note}"
         out.append(line.rstrip())
         if item.action == "error":
             out.append(f"      {style('31', item.error or '')}")
-        elif item.plan is not None and item.action != "create":
+        elif item.plan is not None and item.plan.action is Action.CREATE:
+            if item.action != "create":
+                out.append("      missing: removed out of band")
+        elif item.plan is not None:
             for change in item.plan.changes:
                 out.extend(f"      {text}" for text in _change_lines(change, style))
     if not shown:

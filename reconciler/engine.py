@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from reconciler import fsm, graph
 from reconciler.fsm import Event, State
 from reconciler.model import (
+    PREPARED,
     Action,
     DesiredState,
     Observed,
@@ -110,6 +111,7 @@ class Planned:
     describe: str
     plan: Plan | None = None
     error: str | None = None
+    note: str | None = None
 
 
 class _Observer:
@@ -250,7 +252,9 @@ class Engine:
         inventory = self.store.inventory()
         removed = [rid for rid in inventory if rid not in desired.resources]
         handovers = self._handovers(desired, inventory, removed)
-        self._check_prune_share([r for r in removed if r not in handovers], inventory)
+        refusal = self._prune_refusal([r for r in removed if r not in handovers], inventory)
+        if refusal is not None:
+            raise MassPruneRefused(refusal)
         self.store.set_revision(desired.revision)
         pass_ = _Pass(self, desired, inventory, handovers)
         try:
@@ -286,25 +290,33 @@ class Engine:
         if provider is None or record.spec is None:
             return None
         try:
-            return provider.Spec.model_validate_json(record.spec)
+            return provider.Spec.model_validate_json(record.spec, context=PREPARED)
         except ValueError:
             return None
 
-    def _check_prune_share(self, removed: list[ResourceId], inventory: dict[str, Record]) -> None:
+    def prune_refusal(self, desired: DesiredState) -> str | None:
+        """Why `converge` would refuse this desired state (mass prune), or None."""
+        inventory = self.store.inventory()
+        removed = [rid for rid in inventory if rid not in desired.resources]
+        handovers = self._handovers(desired, inventory, removed)
+        return self._prune_refusal([r for r in removed if r not in handovers], inventory)
+
+    def _prune_refusal(self, removed: list[ResourceId], inventory: dict[str, Record]) -> str | None:
         if not removed or self.allow_mass_prune:
-            return
+            return None
         share = len(removed) / len(inventory)
         if len(removed) == len(inventory):
-            raise MassPruneRefused(
+            return (
                 f"this revision would prune all {len(inventory)} managed resources; "
                 "refusing (pass --allow-mass-prune if that is intended)"
             )
         if share > self.max_prune_share:
-            raise MassPruneRefused(
+            return (
                 f"this revision would prune {len(removed)} of {len(inventory)} managed "
                 f"resources ({share:.0%}, over the limit of {self.max_prune_share:.0%}); "
                 "refusing (pass --allow-mass-prune if that is intended)"
             )
+        return None
 
     async def preview(self, desired: DesiredState) -> list[Planned]:
         """What `converge` would do, from one observation of everything; no
@@ -327,12 +339,11 @@ class Engine:
             record = inventory.get(res.id)
             if plan.empty:
                 action = "none"
-            elif plan.action is Action.CREATE:
-                action = "create"
             elif record is not None and record.spec_hash == res.spec_hash:
+                # a drift check, as in the engine: even an object deleted by hand
                 action = "drift" if res.policy.drift == "heal" else "drift-warn"
             else:
-                action = "update"
+                action = "create" if plan.action is Action.CREATE else "update"
             return Planned(res.id, res.kind, action, describe, plan)
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
@@ -343,13 +354,14 @@ class Engine:
             spec = self._stored_spec(record)
             provider = self.registry.get(record.kind)
             describe = provider.describe(spec) if provider is not None and spec is not None else ""
+            note = None
             if rid in handovers:
-                action, describe = "release", f"{describe}   (now managed as {handovers[rid]})"
+                action, note = "release", f"(renamed: now managed as {handovers[rid]}, kept)"
             elif record.created and _stored_policy(record).prune:
                 action = "delete"
             else:
                 action = "release"
-            planned.append(Planned(rid, record.kind, action, describe.strip()))
+            planned.append(Planned(rid, record.kind, action, describe, note=note))
         return planned
 
 
@@ -705,7 +717,7 @@ class _Pass:
                     raise ProviderError(f"no provider for kind {record.kind!r}; cannot delete")
                 if record.spec is None:
                     raise ProviderError("no recorded spec; cannot delete")
-                spec = provider.Spec.model_validate_json(record.spec)
+                spec = provider.Spec.model_validate_json(record.spec, context=PREPARED)
                 await self._durable()
                 async with self.limit:
                     await provider.delete(spec)

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 API_VERSION = "reconciler/v1"
 
@@ -203,6 +203,16 @@ class PrepareContext:
 
     manifest: Path
     config_root: Path
+
+
+PREPARED: Mapping[str, Any] = {"prepared": True}
+"""Validation context of a spec read back after `Provider.prepare` (from the state
+store): validators of what only a user writes (such as "exactly one of") skip it."""
+
+
+def is_prepared(info: ValidationInfo) -> bool:
+    context = info.context
+    return isinstance(context, Mapping) and bool(context.get("prepared"))
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)

@@ -109,7 +109,10 @@ def make_parent(path: str, settings: ProviderSettings) -> str:
     existing = parent
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
-    _check_inside_roots(path, os.path.realpath(existing), settings)
+    if not any(_under(root, existing) for root in settings.roots):
+        # below a root that exists: what exists must resolve inside a root. (Above a
+        # root that does not exist yet, everything below `existing` is created by us.)
+        _check_inside_roots(path, os.path.realpath(existing), settings)
     if existing != parent:
         os.makedirs(parent, mode=0o755, exist_ok=True)
     _check_inside_roots(path, os.path.realpath(parent), settings)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import ValidationInfo, model_validator
 
 from reconciler.model import (
     NO_CHANGES,
@@ -31,6 +31,7 @@ from reconciler.model import (
     Provider,
     ProviderSettings,
     SpecError,
+    is_prepared,
 )
 from reconciler.providers import _fs
 
@@ -49,7 +50,9 @@ class FileSpec(_fs.PathSpec):
     group: _fs.Principal | None = None
 
     @model_validator(mode="after")
-    def _one_origin(self) -> FileSpec:
+    def _one_origin(self, info: ValidationInfo) -> FileSpec:
+        if is_prepared(info):  # prepare() filled content in beside source/template
+            return self
         given = [n for n in ("content", "source", "template") if getattr(self, n) is not None]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
