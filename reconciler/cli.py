@@ -50,11 +50,18 @@ def _registry(roots: tuple[str, ...]) -> Registry:
     return Registry.discover(ProviderSettings(roots=resolved))
 
 
-def _load(path: Path, registry: Registry) -> DesiredState:
-    from reconciler.manifests import ManifestError, load
+def _load(
+    path: Path, registry: Registry, state_dir: Path | None = None, *, write_cache: bool = False
+) -> DesiredState:
+    """Load and validate; with a state dir, through the cache of validated trees
+    in it (read-only unless `write_cache`)."""
+    from reconciler.manifests import Cache, ManifestError, load
 
+    cache = None
+    if state_dir is not None:
+        cache = Cache(state_dir / "cache", registry.fingerprint(), write=write_cache)
     try:
-        return load(path, registry)
+        return load(path, registry, cache=cache)
     except ManifestError as exc:
         click.echo(f"error: {path} is invalid, nothing applied: {exc}", err=True)
         sys.exit(1)
@@ -147,7 +154,7 @@ def plan(
     from reconciler.diff import CHANGING, plan_json, render_plan
 
     registry = _registry(roots)
-    desired = _load(path, registry)
+    desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
         planned = _run(lambda: engine.preview(desired), engine.concurrency)
@@ -220,7 +227,7 @@ def apply(
 
     started = time.perf_counter()
     registry = _registry(roots)
-    desired = _load(path, registry)
+    desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
     with (

@@ -14,16 +14,17 @@ alias bomb is refused instead of expanded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
+import pickle
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler import graph
 from reconciler.model import (
@@ -39,6 +40,9 @@ from reconciler.model import (
     SpecError,
     resource_id,
 )
+
+if TYPE_CHECKING:
+    from yaml.nodes import Node
 
 _ENVELOPE = ("apiVersion", "kind", "metadata", "spec", "policy")
 _METADATA = ("name", "labels", "annotations")
@@ -73,122 +77,6 @@ class ManifestError(Exception):
         self.issues = issues
         noun = "error" if len(issues) == 1 else "errors"
         super().__init__(f"{len(issues)} {noun}:\n" + "\n".join(f"  {i}" for i in issues))
-
-
-class _DuplicateKey(yaml.MarkedYAMLError):
-    pass
-
-
-_STR = "tag:yaml.org,2002:str"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-_MERGE = "tag:yaml.org,2002:merge"
-_PLAIN_TAGS: dict[str, str] = {}
-"""Tags of plain scalars already resolved: manifests repeat the same keys."""
-
-
-class _Loader(yaml.CSafeLoader):
-    """libyaml parsing and composition; tags of plain scalars memoized (the safe
-    resolver has no path resolvers, so non-plain nodes take the default tags)."""
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is ScalarNode:
-            if not implicit[0]:
-                return _STR
-            tag = _PLAIN_TAGS.get(value)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
-                if len(_PLAIN_TAGS) < 4096:
-                    _PLAIN_TAGS[value] = tag
-            return tag
-        return _MAP if kind is MappingNode else _SEQ
-
-
-def _construct(loader: _Loader, node: Node) -> Any:
-    """Build Python data from a composed node: plain dicts, lists and str directly,
-    other tags through PyYAML's safe constructors; duplicate keys are errors."""
-    cls = type(node)
-    tag = node.tag
-    if cls is ScalarNode:
-        return node.value if tag == _STR else loader.construct_object(node, deep=True)
-    if cls is SequenceNode and tag == _SEQ:
-        return [_construct(loader, child) for child in node.value]
-    if not isinstance(node, MappingNode) or tag != _MAP:
-        return loader.construct_object(node, deep=True)
-    mapping: dict[Any, Any] = {}
-    own = node.value
-    if any(key.tag == _MERGE for key, _ in own):
-        own = [(k, v) for k, v in own if k.tag != _MERGE]
-        loader.flatten_mapping(node)  # merged pairs first; the mapping's own keys win
-        for key_node, value_node in node.value[: len(node.value) - len(own)]:
-            mapping[_construct(loader, key_node)] = _construct(loader, value_node)
-    lines: dict[Any, int] = {}
-    for key_node, value_node in own:
-        key = _construct(loader, key_node)
-        try:
-            first = lines.get(key)
-        except TypeError:
-            raise _DuplicateKey(
-                None, None, f"a mapping key must be a scalar, found {key!r}", key_node.start_mark
-            ) from None
-        if first is not None:
-            raise _DuplicateKey(
-                None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
-            )
-        lines[key] = key_node.start_mark.line + 1
-        mapping[key] = _construct(loader, value_node)
-    return mapping
-
-
-def _expanded_size(node: Node, limit: int) -> int | None:
-    """Node count with every alias expanded, memoized per node; stops past `limit`.
-    None when an alias refers to a node that contains it (a recursive structure)."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(node, False)]
-    while stack:
-        current, children_done = stack.pop()
-        key = id(current)
-        if key in sizes:
-            continue
-        if isinstance(current, ScalarNode):
-            sizes[key] = 1
-            continue
-        children: list[Node] = (
-            [n for pair in current.value for n in pair]
-            if isinstance(current, MappingNode)
-            else list(current.value)
-        )
-        if children_done:
-            open_nodes.discard(key)
-            total = 1 + sum(sizes[id(c)] for c in children)
-            if total > limit:
-                return total
-            sizes[key] = total
-        elif key in open_nodes:
-            return None
-        else:
-            open_nodes.add(key)
-            stack.append((current, True))
-            stack.extend((c, False) for c in children if id(c) not in sizes)
-    return sizes[id(node)]
-
-
-def _line_of(node: Node, path: tuple[str | int, ...]) -> int:
-    """The line of the value at `path` in a document, as deep as it exists."""
-    for part in path:
-        if isinstance(node, MappingNode):
-            for key, value in node.value:
-                if isinstance(key, ScalarNode) and key.value == str(part):
-                    node = value
-                    break
-            else:
-                break
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
-    return int(node.start_mark.line) + 1
 
 
 def _field(path: tuple[str | int, ...]) -> str:
@@ -227,79 +115,35 @@ class _Documents:
         self.resources: dict[ResourceId, Resource] = {}
         self.nodes: dict[ResourceId, Node] = {}
         self.seen_ids: set[ResourceId] = set()
-        self.digest = hashlib.sha256()
 
-    def add_file(self, path: Path) -> None:
-        shown = str(path.relative_to(self.root)) if path != self.root else path.name
-        try:
-            size = path.stat().st_size
-            if size > self.limits.max_file_bytes:
-                self.issues.append(
-                    Issue(
-                        shown,
-                        None,
-                        "",
-                        f"file is {size} bytes, over the limit of {self.limits.max_file_bytes}",
-                    )
-                )
-                return
-            raw = path.read_bytes()
-        except OSError as exc:
-            self.issues.append(Issue(shown, None, "", f"cannot read: {exc.strerror}"))
-            return
-        self.digest.update(shown.encode() + b"\0" + raw + b"\0")
+    def add_file(self, path: Path, shown: str, raw: bytes) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.issues.append(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
             return
+        from reconciler import yamlload  # only a tree not found in the cache is parsed
+
         ctx = PrepareContext(manifest=path, config_root=self.root)
-        check_aliases = "&" in text
         try:
-            for node, data in self._documents(text, check_aliases):
+            for node, data in yamlload.documents(text, self.limits.max_nodes):
                 self._add_document(shown, node, data, ctx)
-        except yaml.MarkedYAMLError as exc:
+        except yamlload.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = None if mark is None else mark.line + 1
             problem = exc.problem or str(exc)
-            if exc.context and not isinstance(exc, _DuplicateKey):
+            if exc.context and not isinstance(exc, yamlload.DuplicateKey):
                 problem = f"{problem} ({exc.context})"
             self.issues.append(Issue(shown, line, "", f"invalid YAML: {problem}"))
-        except yaml.YAMLError as exc:
+        except yamlload.YAMLError as exc:
             self.issues.append(Issue(shown, None, "", f"invalid YAML: {exc}"))
         except RecursionError:
             self.issues.append(Issue(shown, None, "", "invalid YAML: nested too deeply"))
 
-    def add_other(self, path: Path) -> None:
-        try:
-            self.digest.update(str(path.relative_to(self.root)).encode() + b"\0")
-            with path.open("rb") as handle:
-                self.digest.update(hashlib.file_digest(handle, "sha256").digest())
-        except OSError:
-            pass  # unreadable non-manifest files matter only if referenced; prepare says so
-
-    def _documents(self, text: str, check_aliases: bool) -> Iterator[tuple[Node, Any]]:
-        loader = _Loader(text)
-        try:
-            while loader.check_node():
-                node = loader.get_node()
-                if node is None:
-                    continue
-                if check_aliases:
-                    size = _expanded_size(node, self.limits.max_nodes)
-                    if size is None or size > self.limits.max_nodes:
-                        problem = (
-                            "an alias refers to a node that contains it (recursive structure)"
-                            if size is None
-                            else f"aliases expand to over {self.limits.max_nodes} nodes"
-                        )
-                        raise yaml.MarkedYAMLError(None, None, problem, node.start_mark)
-                yield node, _construct(loader, node)
-        finally:
-            loader.dispose()
-
     def _issue(self, file: str, node: Node, path: tuple[str | int, ...], message: str) -> None:
-        self.issues.append(Issue(file, _line_of(node, path), _field(path), message))
+        from reconciler.yamlload import line_of
+
+        self.issues.append(Issue(file, line_of(node, path), _field(path), message))
 
     def _validation(
         self,
@@ -504,28 +348,112 @@ class _Documents:
         return edges
 
 
+@dataclass(frozen=True, slots=True)
+class Cache:
+    """Where validated desired states are kept between runs, keyed by the digest
+    of the config tree and `fingerprint` (the providers, their settings and the
+    code of reconciler itself): an unchanged tree is not parsed again."""
+
+    directory: Path
+    fingerprint: str
+    write: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: Path
+    shown: str
+    raw: bytes | None
+    """Bytes of a manifest; None for other files (hashed, not kept) and errors."""
+    problem: str | None = None
+
+
+def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str]:
+    """Every file of the tree (manifests read, others hashed) and the tree digest."""
+    digest = hashlib.sha256()
+    files = []
+    for file in tree_files(path):
+        shown = str(file.relative_to(root)) if file != root else file.name
+        manifest = file.suffix in (".yaml", ".yml") or file == path
+        try:
+            if not manifest:
+                with file.open("rb") as handle:
+                    file_hash = hashlib.file_digest(handle, "sha256").digest()
+                digest.update(shown.encode() + b"\0" + file_hash)
+                continue
+            size = file.stat().st_size
+            if size > limits.max_file_bytes:
+                problem = f"file is {size} bytes, over the limit of {limits.max_file_bytes}"
+                files.append(_File(file, shown, None, problem))
+                continue
+            raw = file.read_bytes()
+        except OSError as exc:
+            if manifest:  # other files matter only when referenced; prepare says so
+                files.append(_File(file, shown, None, f"cannot read: {exc.strerror}"))
+            continue
+        digest.update(shown.encode() + b"\0" + hashlib.sha256(raw).digest())
+        files.append(_File(file, shown, raw))
+    return files, digest.hexdigest()
+
+
+def _cached(cache: Cache, key: str) -> DesiredState | None:
+    try:
+        with (cache.directory / f"{key}.pickle").open("rb") as handle:
+            state = pickle.load(handle)
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged or foreign cache entry is only a miss
+        return None
+    return state if isinstance(state, DesiredState) else None
+
+
+def _store_cached(cache: Cache, key: str, state: DesiredState) -> None:
+    """Keep only the newest entry; a failure to write costs only the next parse."""
+    try:
+        cache.directory.mkdir(parents=True, exist_ok=True)
+        temp = cache.directory / f".{key}.{os.getpid()}.tmp"
+        with temp.open("wb") as handle:
+            pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        temp.replace(cache.directory / f"{key}.pickle")
+        for old in cache.directory.glob("*.pickle"):
+            if old.name != f"{key}.pickle":
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def load(
     path: Path,
     registry: Mapping[str, Provider[Any]],
     *,
     limits: Limits | None = None,
     revision: str | None = None,
+    cache: Cache | None = None,
 ) -> DesiredState:
     """Load and validate every manifest under `path`; raise ManifestError."""
     root = path if path.is_dir() else path.parent
     if not path.exists():
         raise ManifestError([Issue(str(path), None, "", "no such file or directory")])
-    docs = _Documents(root, registry, limits or Limits())
-    for file in tree_files(path):
-        if file.suffix in (".yaml", ".yml") or path.is_file():
-            docs.add_file(file)
-        else:  # sources and templates are part of the revision too
-            docs.add_other(file)
+    limits = limits or Limits()
+    files, digest = _read_tree(path, root, limits)
+    key = ""
+    if cache is not None:
+        key = hashlib.sha256(f"{digest}\0{cache.fingerprint}\0{limits}".encode()).hexdigest()
+        state = _cached(cache, key)
+        if state is not None:
+            return dataclasses.replace(state, revision=revision or digest[:12])
+    docs = _Documents(root, registry, limits)
+    for file in files:
+        if file.raw is None:
+            docs.issues.append(Issue(file.shown, None, "", file.problem or "unreadable"))
+        else:
+            docs.add_file(file.path, file.shown, file.raw)
     edges = docs.cross_checks()
     if docs.issues:
         raise ManifestError(docs.issues)
-    return DesiredState(
-        revision=revision or docs.digest.hexdigest()[:12],
-        resources=docs.resources,
-        dependencies=edges,
+    state = DesiredState(
+        revision=revision or digest[:12], resources=docs.resources, dependencies=edges
     )
+    if cache is not None and cache.write:
+        _store_cached(cache, key, state)
+    return state

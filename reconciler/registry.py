@@ -3,8 +3,10 @@ entry-point group, built-ins included, keyed by kind."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from reconciler.model import Provider, ProviderSettings
@@ -46,6 +48,29 @@ class Registry(Mapping[str, Provider[Any]]):
                 )
             providers.append(provider_class(settings))
         return cls(providers)
+
+    def fingerprint(self) -> str:
+        """What a validated desired state depends on besides the config tree: each
+        provider's class, settings and code (module files' size and mtime), and the
+        code of reconciler itself. A cache keyed by it goes stale on any change."""
+        import reconciler
+
+        parts = [reconciler.__version__]
+        files = set(Path(reconciler.__file__).parent.rglob("*.py"))
+        for kind in sorted(self._by_kind):
+            provider = self._by_kind[kind]
+            cls = type(provider)
+            parts.append(f"{kind}={cls.__module__}:{cls.__qualname__}:{provider.settings!r}")
+            module = sys.modules.get(cls.__module__)
+            if module is not None and getattr(module, "__file__", None):
+                files.add(Path(str(module.__file__)))
+        for file in sorted(files):
+            try:
+                st = file.stat()
+            except OSError:
+                continue
+            parts.append(f"{file}:{st.st_size}:{st.st_mtime_ns}")
+        return "\n".join(parts)
 
     def __getitem__(self, kind: str) -> Provider[Any]:
         return self._by_kind[kind]
