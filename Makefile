@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m compileall -q reconciler
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,6 +36,7 @@ unit: install
 test: lint typecheck unit
 
 bench: install
+	$(PY) -m compileall -q reconciler
 	$(PY) bench/run.py --sizes 1000 10000
 
 clean:
