@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -40,6 +40,9 @@ from reconciler.registry import Registry
 from reconciler.store.base import Record, Store
 
 MAX_BATCH = 2048
+"""Observations per observe_many call."""
+MAX_APPLY_BATCH = 32
+"""Applies per apply_many call: small, so batches still run side by side."""
 SATISFIES_DEPENDENTS = frozenset({State.IN_SYNC, State.DRIFTED, State.SUSPENDED})
 """Final states that let dependents proceed. Drifted under warn still exists, and a
 suspended resource was paused on purpose: neither blocks its dependents."""
@@ -114,20 +117,36 @@ class Planned:
     note: str | None = None
 
 
-class _Observer:
-    """Coalesces observe requests of one loop iteration into `observe_many` calls."""
+ResultT = TypeVar("ResultT")
 
-    def __init__(self, registry: Registry, limit: asyncio.Semaphore) -> None:
+
+class _Batcher(Generic[ResultT]):
+    """Coalesces the requests made in one loop iteration into one provider call
+    per kind and batch: `observe_many` for observations, `apply_many` for applies.
+    A call that fails as a whole is retried item by item, so one bad object
+    cannot fail the others of its batch."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        limit: asyncio.Semaphore,
+        call: Callable[[Provider[Any], list[Any]], Awaitable[Sequence[Any]]],
+        what: str,
+        max_batch: int,
+    ) -> None:
         self._registry = registry
         self._limit = limit
-        self._pending: dict[str, list[tuple[BaseModel, asyncio.Future[Observed | None]]]] = {}
+        self._call = call
+        self._what = what
+        self._max_batch = max_batch
+        self._pending: dict[str, list[tuple[Any, asyncio.Future[ResultT]]]] = {}
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def observe(self, kind: str, spec: BaseModel) -> asyncio.Future[Observed | None]:
+    def submit(self, kind: str, item: Any) -> asyncio.Future[ResultT]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Observed | None] = loop.create_future()
-        self._pending.setdefault(kind, []).append((spec, future))
+        future: asyncio.Future[ResultT] = loop.create_future()
+        self._pending.setdefault(kind, []).append((item, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -137,22 +156,19 @@ class _Observer:
         self._scheduled = False
         pending, self._pending = self._pending, {}
         for kind, items in pending.items():
-            for start in range(0, len(items), MAX_BATCH):
-                batch = items[start : start + MAX_BATCH]
-                task = asyncio.create_task(self._run(kind, batch), name=f"observe {kind}")
+            for start in range(0, len(items), self._max_batch):
+                batch = items[start : start + self._max_batch]
+                task = asyncio.create_task(self._run(kind, batch), name=f"{self._what} {kind}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _run(
-        self, kind: str, items: list[tuple[BaseModel, asyncio.Future[Observed | None]]]
-    ) -> None:
-        provider = self._registry[kind]
+    async def _run(self, kind: str, items: list[tuple[Any, asyncio.Future[ResultT]]]) -> None:
         try:
             async with self._limit:
-                seen = await provider.observe_many([spec for spec, _ in items])
-            if len(seen) != len(items):
+                results = await self._call(self._registry[kind], [item for item, _ in items])
+            if len(results) != len(items):
                 raise ProviderError(
-                    f"{kind} provider returned {len(seen)} observations for {len(items)} specs"
+                    f"{kind} provider answered {len(results)} of {len(items)} {self._what} items"
                 )
         except asyncio.CancelledError:
             for _, future in items:
@@ -162,12 +178,29 @@ class _Observer:
             if len(items) == 1:
                 items[0][1].set_exception(exc)
                 return
-            # one bad object must not fail its whole batch: observe one by one
             await asyncio.gather(*(self._run(kind, [item]) for item in items))
             return
-        for (_, future), observed in zip(items, seen, strict=True):
-            if not future.done():
-                future.set_result(observed)
+        for (_, future), result in zip(items, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+def _observer(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[Observed | None]:
+    async def call(provider: Provider[Any], specs: list[Any]) -> Sequence[Observed | None]:
+        return await provider.observe_many(specs)
+
+    return _Batcher(registry, limit, call, "observe", MAX_BATCH)
+
+
+def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[None]:
+    async def call(provider: Provider[Any], items: list[Any]) -> Sequence[BaseException | None]:
+        return await provider.apply_many(items)
+
+    return _Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH)
 
 
 _CLEAN_CHECK = (Event.RESYNC, Event.OBSERVED, Event.PLAN_EMPTY)
@@ -322,7 +355,7 @@ class Engine:
         """What `converge` would do, from one observation of everything; no
         transitions, no writes, no side effects."""
         inventory = self.store.inventory()
-        observer = _Observer(self.registry, asyncio.Semaphore(self.concurrency))
+        observer = _observer(self.registry, asyncio.Semaphore(self.concurrency))
 
         async def one(res: Resource) -> Planned:
             provider = self.registry[res.kind]
@@ -330,7 +363,7 @@ class Engine:
             if res.policy.suspend:
                 return Planned(res.id, res.kind, "suspended", describe)
             try:
-                observed = await observer.observe(res.kind, res.spec)
+                observed = await observer.submit(res.kind, res.spec)
                 plan = provider.plan(res.spec, observed).without(res.policy.ignore_fields)
             except asyncio.CancelledError:
                 raise
@@ -388,7 +421,8 @@ class _Pass:
         self.handovers = handovers
         self.inherited = {new: inventory[old].created for old, new in handovers.items()}
         self.limit = asyncio.Semaphore(engine.concurrency)
-        self.observer = _Observer(engine.registry, self.limit)
+        self.observer = _observer(engine.registry, self.limit)
+        self.applier = _applier(engine.registry, self.limit)
         self.settled: dict[ResourceId, asyncio.Future[State]] = {}
         self.results: dict[ResourceId, Result] = {}
         self.errors: dict[ResourceId, str] = {}
@@ -436,7 +470,7 @@ class _Pass:
             and record.spec_hash == res.spec_hash
             and not res.policy.suspend
         ]
-        futures = [self.observer.observe(res.kind, res.spec) for res in candidates]
+        futures = [self.observer.submit(res.kind, res.spec) for res in candidates]
         seen = await asyncio.gather(*futures, return_exceptions=True)
         return {res.id: observed for res, observed in zip(candidates, seen, strict=True)}
 
@@ -613,7 +647,7 @@ class _Pass:
     # actions, one per active state
 
     async def _detect(self, work: _Work) -> Outcome:
-        work.observed = await self.observer.observe(work.resource.kind, work.resource.spec)
+        work.observed = await self.observer.submit(work.resource.kind, work.resource.spec)
         return Outcome(Event.OBSERVED)
 
     async def _plan(self, work: _Work) -> Outcome:
@@ -649,13 +683,12 @@ class _Pass:
             work.result = "created" if plan.action is Action.CREATE else "updated"
         self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
         await self._durable()
-        async with self.limit:
-            await work.provider.apply(res.spec, plan)
+        await self.applier.submit(res.kind, (res.spec, plan))
         return Outcome(Event.APPLIED)
 
     async def _verify(self, work: _Work) -> Outcome:
         res = work.resource
-        observed = await self.observer.observe(res.kind, res.spec)
+        observed = await self.observer.submit(res.kind, res.spec)
         plan = work.provider.plan(res.spec, observed).without(res.policy.ignore_fields)
         if plan.empty:
             self._converged(work)

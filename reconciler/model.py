@@ -8,6 +8,7 @@ layer boundary is immutable.
 from __future__ import annotations
 
 import abc
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,6 +263,17 @@ class Provider(abc.ABC, Generic[SpecT]):
     @abc.abstractmethod
     async def apply(self, spec: SpecT, plan: Plan) -> None:
         """Carry out a non-empty plan."""
+
+    async def apply_many(self, items: Sequence[tuple[SpecT, Plan]]) -> list[BaseException | None]:
+        """Carry out several plans; per item None or the exception it raised. The
+        engine batches applies through this; override it to save round trips."""
+        results = await asyncio.gather(
+            *(self.apply(spec, plan) for spec, plan in items), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        return [result if isinstance(result, BaseException) else None for result in results]
 
     @abc.abstractmethod
     async def delete(self, spec: SpecT) -> None:

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -220,6 +221,24 @@ def os_error(action: str, path: str, exc: OSError) -> Exception:
     if isinstance(exc, PermissionError):
         return TemporaryError(message + " (permission denied: check the daemon's user and --root)")
     return TemporaryError(message)
+
+
+def apply_each(
+    apply: Callable[[Any, Plan, ProviderSettings], None],
+    items: Sequence[tuple[Any, Plan]],
+    settings: ProviderSettings,
+) -> list[BaseException | None]:
+    """Apply a batch in one worker thread: one thread hop per batch, not per object;
+    each item's failure is its own."""
+    results: list[BaseException | None] = []
+    for spec, plan in items:
+        try:
+            apply(spec, plan, settings)
+        except Exception as exc:
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
 
 
 def lstat_or_none(path: str) -> os.stat_result | None:

@@ -66,6 +66,11 @@ class DirectoryProvider(Provider[DirectorySpec]):
     async def apply(self, spec: DirectorySpec, plan: Plan) -> None:
         await asyncio.to_thread(_apply, spec, plan, self.settings)
 
+    async def apply_many(
+        self, items: Sequence[tuple[DirectorySpec, Plan]]
+    ) -> list[BaseException | None]:
+        return await asyncio.to_thread(_fs.apply_each, _apply, items, self.settings)
+
     async def delete(self, spec: DirectorySpec) -> None:
         await asyncio.to_thread(_delete, spec.path)
 

@@ -174,6 +174,11 @@ class FileProvider(Provider[FileSpec]):
     async def apply(self, spec: FileSpec, plan: Plan) -> None:
         await asyncio.to_thread(_apply, spec, plan, self.settings)
 
+    async def apply_many(
+        self, items: Sequence[tuple[FileSpec, Plan]]
+    ) -> list[BaseException | None]:
+        return await asyncio.to_thread(_fs.apply_each, _apply, items, self.settings)
+
     async def delete(self, spec: FileSpec) -> None:
         await asyncio.to_thread(_delete, spec.path)
 

@@ -60,7 +60,12 @@ class SymlinkProvider(Provider[SymlinkSpec]):
         return NO_CHANGES
 
     async def apply(self, spec: SymlinkSpec, plan: Plan) -> None:
-        await asyncio.to_thread(_apply, spec, self.settings)
+        await asyncio.to_thread(_apply, spec, plan, self.settings)
+
+    async def apply_many(
+        self, items: Sequence[tuple[SymlinkSpec, Plan]]
+    ) -> list[BaseException | None]:
+        return await asyncio.to_thread(_fs.apply_each, _apply, items, self.settings)
 
     async def delete(self, spec: SymlinkSpec) -> None:
         await asyncio.to_thread(_delete, spec.path)
@@ -86,7 +91,7 @@ def _observe_all(paths: list[str]) -> list[Observed | None]:
     return observed
 
 
-def _apply(spec: SymlinkSpec, settings: ProviderSettings) -> None:
+def _apply(spec: SymlinkSpec, plan: Plan, settings: ProviderSettings) -> None:
     path = spec.path
     st = _fs.lstat_or_none(path)
     if st is not None and (kind := _fs.file_type(st)) != "symlink":
