@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +28,7 @@ from reconciler.model import (
     Action,
     DesiredState,
     Observed,
+    PermanentError,
     Plan,
     Policy,
     Provider,
@@ -84,6 +85,9 @@ class Result:
     blocked, suspended"""
     error: str | None = None
     plan: Plan | None = None
+    retry_in: float | None = None
+    """When to look again (backoff of a failure, or of a repeated heal); None: on
+    the next change or resync."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -203,7 +207,7 @@ def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[None]:
     return _Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH)
 
 
-_CLEAN_CHECK = (Event.RESYNC, Event.OBSERVED, Event.PLAN_EMPTY)
+_CLEAN_CHECK = frozenset({Event.RESYNC, Event.WATCH, Event.OBSERVED, Event.PLAN_EMPTY})
 """The events of a drift check that finds nothing: InSync back to InSync."""
 
 _FINAL_ACTIONS = {
@@ -233,6 +237,7 @@ class _Work:
         "resource",
         "result",
         "retried",
+        "retry_in",
     )
 
     def __init__(
@@ -253,6 +258,7 @@ class _Work:
         self.plan: Plan | None = None
         self.result = "unchanged"
         self.retried = False
+        self.retry_in: float | None = None
         self.policy_json = policy_json
 
 
@@ -269,6 +275,7 @@ class Engine:
         allow_mass_prune: bool = False,
         max_prune_share: float = 0.5,
         on_settled: Callable[[Result], None] | None = None,
+        heal_gate: Callable[[ResourceId], float] | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -277,9 +284,21 @@ class Engine:
         self.allow_mass_prune = allow_mass_prune
         self.max_prune_share = max_prune_share
         self.on_settled = on_settled
+        self.heal_gate = heal_gate
+        """Seconds a drifted resource must still wait before it may be healed again
+        (the daemon's backoff against fighting another writer); None: heal at once."""
 
-    async def converge(self, desired: DesiredState) -> Report:
-        """Drive every resource until it rests and prune what left; one pass.
+    async def converge(
+        self,
+        desired: DesiredState,
+        *,
+        only: Collection[ResourceId] | None = None,
+        trigger: Event = Event.RESYNC,
+    ) -> Report:
+        """Drive resources until they rest and prune what left the desired state;
+        one pass. `only` limits the pass to some resources (a new revision's changes,
+        drift events, due resyncs); the others keep their recorded state. `trigger`
+        is the event that starts a check of an unchanged resource (resync or watch).
         Raises MassPruneRefused before touching anything."""
         started = time.perf_counter()
         inventory = self.store.inventory()
@@ -288,8 +307,11 @@ class Engine:
         refusal = self._prune_refusal([r for r in removed if r not in handovers], inventory)
         if refusal is not None:
             raise MassPruneRefused(refusal)
-        self.store.set_revision(desired.revision)
-        pass_ = _Pass(self, desired, inventory, handovers)
+        if only is not None:
+            removed = [rid for rid in removed if rid in only]
+        if desired.revision != self.store.last_revision():
+            self.store.set_revision(desired.revision)
+        pass_ = _Pass(self, desired, inventory, handovers, only, trigger)
         try:
             await pass_.run(removed)
         finally:
@@ -412,6 +434,8 @@ class _Pass:
         desired: DesiredState,
         inventory: dict[str, Record],
         handovers: dict[ResourceId, ResourceId],
+        only: Collection[ResourceId] | None = None,
+        trigger: Event = Event.RESYNC,
     ):
         self.engine = engine
         self.store = engine.store
@@ -419,6 +443,10 @@ class _Pass:
         self.desired = desired
         self.inventory = inventory
         self.handovers = handovers
+        self.targets = (
+            set(desired.resources) if only is None else set(only) & set(desired.resources)
+        )
+        self.trigger = trigger
         self.inherited = {new: inventory[old].created for old, new in handovers.items()}
         self.limit = asyncio.Semaphore(engine.concurrency)
         self.observer = _observer(engine.registry, self.limit)
@@ -442,9 +470,15 @@ class _Pass:
         loop = asyncio.get_running_loop()
         for rid in (*self.desired.resources, *removed):
             self.settled[rid] = loop.create_future()
+        for rid in self.desired.resources:
+            if rid not in self.targets:  # outside this pass: as last recorded
+                record = self.inventory.get(rid)
+                self.settled[rid].set_result(record.state if record else State.PENDING)
         checks = await self._observe_in_sync()
         async with asyncio.TaskGroup() as group:
             for rid in graph.topological_order(self.desired.dependencies):
+                if rid not in self.targets:
+                    continue
                 if rid in checks and self._clean_check(rid, checks[rid]):
                     continue
                 group.create_task(self.drive(rid), name=f"reconcile {rid}")
@@ -465,7 +499,8 @@ class _Pass:
         candidates = [
             res
             for rid, res in self.desired.resources.items()
-            if (record := self.inventory.get(rid)) is not None
+            if rid in self.targets
+            and (record := self.inventory.get(rid)) is not None
             and record.state is State.IN_SYNC
             and record.spec_hash == res.spec_hash
             and not res.policy.suspend
@@ -493,7 +528,7 @@ class _Pass:
         if not plan.without(res.policy.ignore_fields).empty:
             return False
         state = State.IN_SYNC
-        for event in _CLEAN_CHECK:
+        for event in (self.trigger, Event.OBSERVED, Event.PLAN_EMPTY):
             state = fsm.step(state, event)
         self._converged(self._work(res, deps))
         self._settle(rid, Result(rid, state, "unchanged"))
@@ -564,7 +599,8 @@ class _Pass:
         self._end_check(rid, state)
         action = _FINAL_ACTIONS.get(state, work.result)
         error = self.errors.get(rid) if action in ("failed", "blocked") else None
-        self._settle(rid, Result(rid, state, action, error, work.plan))
+        retry_in = work.retry_in if state in (State.FAILED, State.DRIFTED) else None
+        self._settle(rid, Result(rid, state, action, error, work.plan, retry_in))
 
     async def _start(self, work: _Work, ready: bool) -> State:
         """The event that starts a pass, chosen by the state the resource was left in."""
@@ -587,10 +623,12 @@ class _Pass:
             start = Event.START if state is State.PENDING else Event.DEPENDENCY_READY
             state = self._step(rid, state, Outcome(start))
         elif state is State.FAILED:
-            state = self._step(rid, state, Outcome(Event.RETRY))
+            attempted = record.spec if record is not None else None
+            new_spec = attempted is not None and attempted != _dump(res.spec)
+            state = self._step(rid, state, Outcome(Event.SPEC_CHANGED if new_spec else Event.RETRY))
         else:
-            event = Event.SPEC_CHANGED if work.changed else Event.RESYNC
-            if state is State.IN_SYNC and event is Event.RESYNC:
+            event = Event.SPEC_CHANGED if work.changed else self.trigger
+            if state is State.IN_SYNC and event is self.trigger:
                 self.held[rid] = []
             state = self._step(rid, state, Outcome(event))
         if not ready:
@@ -635,12 +673,17 @@ class _Pass:
         delay = backoff(attempts)
         if isinstance(exc, TemporaryError) and exc.delay is not None:
             delay = exc.delay
-        self.store.schedule_retry(rid, attempts, time.time() + delay)
+        permanent = exc is not None and not isinstance(exc, TemporaryError)
+        if isinstance(exc, PermanentError):
+            work.retry_in = None  # waits for a new spec
+            self.store.schedule_retry(rid, attempts, None)
+        else:
+            work.retry_in = delay
+            self.store.schedule_retry(rid, attempts, time.time() + delay)
         work.retried = True
-        if not isinstance(exc, TemporaryError) or done >= self.engine.retries:
+        if permanent or exc is None or done >= self.engine.retries:
             return False
         self.retried[rid] = done + 1
-        work.retried = True
         await asyncio.sleep(delay)
         return True
 
@@ -666,9 +709,14 @@ class _Pass:
         return Outcome(Event.DRIFT, f"drifted: {fields}")
 
     async def _drifted(self, work: _Work) -> Outcome | None:
-        if work.resource.policy.drift == "heal":
-            return Outcome(Event.HEAL)
-        return None
+        if work.resource.policy.drift != "heal":
+            return None
+        gate = self.engine.heal_gate
+        wait = gate(work.resource.id) if gate is not None else 0.0
+        if wait > 0:
+            work.retry_in = wait  # stays Drifted until the heal backoff has passed
+            return None
+        return Outcome(Event.HEAL)
 
     async def _apply(self, work: _Work) -> Outcome:
         res, plan = work.resource, work.plan
