@@ -396,6 +396,12 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
     return files, digest.hexdigest()
 
 
+def tree_digest(path: Path) -> str:
+    """The digest a load of `path` would use as its revision (all files' bytes)."""
+    root = path if path.is_dir() else path.parent
+    return _read_tree(path, root, Limits(max_file_bytes=1 << 62))[1]
+
+
 def _cached(cache: Cache, key: str) -> DesiredState | None:
     try:
         with (cache.directory / f"{key}.pickle").open("rb") as handle:

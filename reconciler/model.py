@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -278,3 +278,9 @@ class Provider(abc.ABC, Generic[SpecT]):
     @abc.abstractmethod
     async def delete(self, spec: SpecT) -> None:
         """Remove the object; an absent object is not an error."""
+
+    def watch(self, specs: Mapping[ResourceId, SpecT]) -> AsyncIterator[ResourceId] | None:
+        """Optional: an endless stream of the ids whose objects changed, for instant
+        drift detection (the daemon restarts it when the specs change). None when
+        the provider cannot watch; the daemon then relies on periodic resyncs."""
+        return None

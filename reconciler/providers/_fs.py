@@ -10,11 +10,12 @@ where another type is wanted are reported, never destroyed.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -239,6 +240,26 @@ def apply_each(
         else:
             results.append(None)
     return results
+
+
+async def watch(paths: Mapping[str, str]) -> AsyncIterator[str]:
+    """Yield the id (key of `paths`) of every managed path that changes. Watches
+    the existing parent directories, not recursively: one inotify watch per
+    directory, whatever the number of files in it."""
+    import watchfiles  # only the daemon watches
+
+    by_path = {path: rid for rid, path in paths.items()}
+    dirs = sorted({os.path.dirname(path) for path in by_path} | set(by_path))
+    existing = await asyncio.to_thread(lambda: [d for d in dirs if os.path.isdir(d)])
+    if not existing:
+        return
+    async for changes in watchfiles.awatch(
+        *existing, recursive=False, watch_filter=None, debounce=50, step=10
+    ):
+        for _, path in changes:
+            rid = by_path.get(path)
+            if rid is not None:
+                yield rid
 
 
 def lstat_or_none(path: str) -> os.stat_result | None:

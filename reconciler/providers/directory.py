@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from reconciler.model import (
     NO_CHANGES,
@@ -45,6 +45,9 @@ class DirectoryProvider(Provider[DirectorySpec]):
 
     def path(self, spec: DirectorySpec) -> str | None:
         return spec.path
+
+    def watch(self, specs: Mapping[str, DirectorySpec]) -> AsyncIterator[str]:
+        return _fs.watch({rid: spec.path for rid, spec in specs.items()})
 
     async def observe_many(self, specs: Sequence[DirectorySpec]) -> list[Observed | None]:
         return await asyncio.to_thread(_observe_all, [s.path for s in specs])

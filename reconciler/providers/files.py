@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,9 @@ class FileProvider(Provider[FileSpec]):
 
     def path(self, spec: FileSpec) -> str | None:
         return spec.path
+
+    def watch(self, specs: Mapping[str, FileSpec]) -> AsyncIterator[str]:
+        return _fs.watch({rid: spec.path for rid, spec in specs.items()})
 
     async def observe_many(self, specs: Sequence[FileSpec]) -> list[Observed | None]:
         return await asyncio.to_thread(_observe_all, [s.path for s in specs])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from reconciler.model import (
     NO_CHANGES,
@@ -46,6 +46,9 @@ class SymlinkProvider(Provider[SymlinkSpec]):
 
     def path(self, spec: SymlinkSpec) -> str | None:
         return spec.path
+
+    def watch(self, specs: Mapping[str, SymlinkSpec]) -> AsyncIterator[str]:
+        return _fs.watch({rid: spec.path for rid, spec in specs.items()})
 
     async def observe_many(self, specs: Sequence[SymlinkSpec]) -> list[Observed | None]:
         return await asyncio.to_thread(_observe_all, [s.path for s in specs])

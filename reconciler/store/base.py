@@ -91,7 +91,14 @@ class Store(Protocol):
 
     def last_revision(self) -> str | None: ...
 
-    def history(self, rid: str | None = None, limit: int = 100) -> list[Transition]: ...
+    def history(
+        self,
+        rid: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[Transition]: ...
 
     def flush(self) -> None: ...
 

@@ -320,13 +320,33 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def history(self, rid: str | None = None, limit: int = 100) -> list[Transition]:
+    def history(
+        self,
+        rid: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[Transition]:
+        """The newest `limit` transitions, oldest first, optionally of one resource,
+        of one kind, or after a time (unix seconds)."""
         self.flush()
         if self._db is None:
             return []
-        where, args = ("WHERE e.id = ?", [rid]) if rid else ("", [])
+        clauses: list[str] = []
+        args: list[object] = []
+        if rid:
+            clauses.append("id = ?")
+            args.append(rid)
+        if kind:
+            clauses.append("id >= ? AND id < ?")  # ids are Kind/name: a range scan
+            args += [f"{kind}/", f"{kind}0"]
+        if since is not None:
+            clauses.append("ts > ?")
+            args.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
-            "SELECT seq, ts, id, from_state, to_state, event, reason FROM events e "
+            "SELECT seq, ts, id, from_state, to_state, event, reason FROM events "
             f"{where} ORDER BY seq DESC LIMIT ?",
             [*args, limit],
         ).fetchall()
