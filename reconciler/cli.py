@@ -334,6 +334,259 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
+def _settings_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Load a YAML settings file into the command's defaults: flags and
+    RECONCILER_* variables still win over it."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(value.read_text()) or {}
+    except OSError as exc:
+        raise click.BadParameter(f"{value}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{value}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value}: expected a mapping of settings")
+    assert isinstance(ctx.command, click.Command)
+    known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    defaults: dict[str, Any] = {}
+    for key, item in data.items():
+        name = str(key).replace("-", "_")
+        if name == "root":
+            name = "roots"
+        if name not in known:
+            options = ", ".join(sorted(k.replace("_", "-") for k in known))
+            raise click.BadParameter(f"{value}: unknown setting {key!r}; known: {options}")
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    from reconciler.model import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT such as 127.0.0.1:9108, found {value!r}")
+    return host.strip("[]"), int(port)
+
+
+_file = click.Path(path_type=Path, exists=True, dir_okay=False)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    type=_file,
+    callback=_settings_file,
+    is_eager=True,
+    expose_value=False,
+    envvar="RECONCILER_CONFIG",
+    help="YAML settings file (keys are option names); flags and env win.",
+)
+@click.option(
+    "--repo",
+    required=True,
+    envvar="RECONCILER_REPO",
+    help="Git URL, path of a git repository, or a plain directory (local mode).",
+)
+@click.option(
+    "--ref",
+    envvar="RECONCILER_REF",
+    help="Branch, tag or commit to follow (default: the remote HEAD).",
+)
+@click.option(
+    "--path",
+    "subpath",
+    default=".",
+    show_default=True,
+    envvar="RECONCILER_PATH",
+    help="Subdirectory of the repository holding the manifests.",
+)
+@click.option(
+    "--interval",
+    default="60s",
+    show_default=True,
+    callback=_duration,
+    envvar="RECONCILER_INTERVAL",
+    help="Poll period (30, 30s, 5m); jittered by 10%.",
+)
+@root_option
+@state_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:9108",
+    show_default=True,
+    callback=_listen,
+    envvar="RECONCILER_LISTEN",
+    help="HTTP listen address (API, webhooks, health).",
+)
+@click.option("--ssh-key", type=_file, envvar="RECONCILER_SSH_KEY", help="SSH private key.")
+@click.option(
+    "--known-hosts",
+    type=_file,
+    envvar="RECONCILER_KNOWN_HOSTS",
+    help="known_hosts for strict SSH host key checking.",
+)
+@click.option(
+    "--insecure-ignore-host-key",
+    is_flag=True,
+    envvar="RECONCILER_INSECURE_IGNORE_HOST_KEY",
+    help="Turn SSH host key checking off (not for production).",
+)
+@click.option(
+    "--token-file",
+    type=_file,
+    envvar="RECONCILER_TOKEN_FILE",
+    help="File holding an HTTPS token for the repository.",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=_file,
+    envvar="RECONCILER_WEBHOOK_SECRET_FILE",
+    help="File holding the webhook secret (enables /hooks/*).",
+)
+@click.option(
+    "--api-token-file",
+    type=_file,
+    envvar="RECONCILER_API_TOKEN_FILE",
+    help="File holding the bearer token for POST /api/v1/sync.",
+)
+@click.option(
+    "--concurrency",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    envvar="RECONCILER_CONCURRENCY",
+)
+@click.option("--allow-mass-prune", is_flag=True, envvar="RECONCILER_ALLOW_MASS_PRUNE")
+@click.option(
+    "--max-prune-share",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    envvar="RECONCILER_MAX_PRUNE_SHARE",
+)
+@click.option(
+    "--shutdown-timeout",
+    default="30s",
+    show_default=True,
+    callback=_duration,
+    envvar="RECONCILER_SHUTDOWN_TIMEOUT",
+    help="How long a stop waits for in-flight applies.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="RECONCILER_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def run(
+    repo: str,
+    ref: str | None,
+    subpath: str,
+    interval: float,
+    roots: tuple[str, ...],
+    state_dir: Path,
+    listen: tuple[str, int],
+    ssh_key: Path | None,
+    known_hosts: Path | None,
+    insecure_ignore_host_key: bool,
+    token_file: Path | None,
+    webhook_secret_file: Path | None,
+    api_token_file: Path | None,
+    concurrency: int,
+    allow_mass_prune: bool,
+    max_prune_share: float,
+    shutdown_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the daemon: follow REPO, converge every revision, heal drift."""
+    import logging
+
+    from reconciler.daemon import Daemon, DaemonSettings, SettingsError
+    from reconciler.store import StoreError
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if log_level.lower() != "debug":  # per-request and per-change lines only when debugging
+        for noisy in ("aiohttp.access", "watchfiles", "apscheduler"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = DaemonSettings(
+        repo=repo,
+        ref=ref,
+        path=subpath,
+        interval=interval,
+        roots=tuple(os.path.normpath(os.path.abspath(r)) for r in roots),
+        state_dir=state_dir,
+        listen=listen,
+        ssh_key=ssh_key,
+        known_hosts=known_hosts,
+        insecure_ignore_host_key=insecure_ignore_host_key,
+        token_file=token_file,
+        webhook_secret_file=webhook_secret_file,
+        api_token_file=api_token_file,
+        concurrency=concurrency,
+        allow_mass_prune=allow_mass_prune,
+        max_prune_share=max_prune_share,
+        shutdown_timeout=shutdown_timeout,
+    )
+    try:
+        _run(lambda: Daemon(settings).run(), concurrency)
+    except (SettingsError, StoreError, OSError) as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:9108",
+    show_default=True,
+    envvar="RECONCILER_URL",
+    help="Address of a running daemon.",
+)
+@json_option
+def status(url: str, as_json: bool) -> None:
+    """Show the status of a running daemon."""
+    import urllib.error
+    import urllib.request
+
+    def get(path: str) -> Any:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=10) as response:
+                return json.load(response)
+        except (urllib.error.URLError, OSError) as exc:
+            _fail(f"cannot reach the daemon at {url}: {getattr(exc, 'reason', exc)}")
+
+    info, resources = get("/api/v1/status"), get("/api/v1/resources")["resources"]
+    if as_json:
+        click.echo(json.dumps({"status": info, "resources": resources}, indent=2))
+        return
+    revision = info.get("revision") or {}
+    click.echo(f"source     {info['source']['url']}  (ref {info['source'].get('ref') or 'HEAD'})")
+    click.echo(f"revision   {revision.get('id', '-')}  {revision.get('summary', '')}")
+    if info.get("lastError"):
+        click.echo(f"last error {info['lastError']}")
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(info["resources"].items()))
+    click.echo(f"resources  {counts or 'none'}")
+    click.echo("")
+    width = max((len(r["id"]) for r in resources), default=10)
+    click.echo(f"{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
+    for r in resources:
+        click.echo(f"{r['id']:<{width}}  {r['state']:<10}  {r.get('lastError') or ''}".rstrip())
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""

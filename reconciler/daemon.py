@@ -1,0 +1,529 @@
+"""The daemon: follows a source, converges every new revision, watches managed
+objects and heals (or reports) drift, and serves the HTTP API.
+
+One asyncio loop runs everything. Triggers (the APScheduler poll job, webhooks,
+`POST /api/v1/sync`, local directory changes) only set an event, so a burst of
+them coalesces into one fetch. Engine passes never overlap (`_pass_lock`):
+a new revision's changes, watch events and due resyncs each become a targeted
+pass (`Engine.converge(only=...)`). A rejected revision changes nothing: the last
+good desired state stays enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.engine import Engine, MassPruneRefused, Report
+from reconciler.fsm import Event, State
+from reconciler.manifests import Cache, ManifestError, load
+from reconciler.model import DesiredState, ProviderSettings, ResourceId
+from reconciler.registry import Registry
+from reconciler.sources.base import Revision, Source, SourceError, redact
+from reconciler.store import SqliteStore
+
+log = logging.getLogger("reconciler.daemon")
+
+QUIET_AFTER_APPLY = 1.0
+"""Seconds during which watch events of a resource just applied are taken as our own."""
+HEAL_RESET = 900.0
+"""A resource not healed for this long starts its heal backoff again from 2 s."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    repo: str
+    state_dir: Path
+    roots: tuple[str, ...]
+    ref: str | None = None
+    path: str = "."
+    interval: float = 60.0
+    listen: tuple[str, int] = ("127.0.0.1", 9108)
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    insecure_ignore_host_key: bool = False
+    token_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    api_token_file: Path | None = None
+    concurrency: int = 16
+    allow_mass_prune: bool = False
+    max_prune_share: float = 0.5
+    shutdown_timeout: float = 30.0
+
+
+class SettingsError(Exception):
+    pass
+
+
+def _read_secret(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise SettingsError(f"{what} file {path} is empty")
+    return value
+
+
+@dataclass
+class _SourceState:
+    url: str
+    last_fetch: float | None = None
+    last_fetch_ok: bool | None = None
+    last_error: str | None = None
+    current: Revision | None = None
+    rejected: dict[str, Any] | None = None
+
+
+@dataclass
+class _Heal:
+    count: int = 0
+    last: float = 0.0
+
+
+@dataclass
+class _Queue:
+    """Resource ids waiting for a pass, deduplicated, by trigger."""
+
+    items: dict[ResourceId, Event] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, rid: ResourceId, trigger: Event) -> None:
+        self.items.setdefault(rid, trigger)
+        self.wake.set()
+
+    def take(self) -> dict[ResourceId, Event]:
+        items, self.items = self.items, {}
+        self.wake.clear()
+        return items
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.desired: DesiredState | None = None
+        self.store: SqliteStore | None = None
+        self.registry: Registry | None = None
+        self.engine: Engine | None = None
+        self.source: Source | None = None
+        self.source_state = _SourceState(url=redact(settings.repo))
+        self.queue = _Queue()
+        self._sync = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._rewatch = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
+        self._due: dict[ResourceId, float] = {}
+        self._quiet: dict[ResourceId, float] = {}
+        self._heals: dict[ResourceId, _Heal] = {}
+        self._drift: dict[ResourceId, list[dict[str, Any]]] = {}
+        self._last_pass: dict[str, Any] | None = None
+
+    # lifecycle
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (or `stop()`); in-flight work finishes first."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
+        from reconciler import server
+
+        settings = self.settings
+        webhook_secret = _read_secret(settings.webhook_secret_file, "webhook secret")
+        api_token = _read_secret(settings.api_token_file, "API token")
+        self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
+        try:
+            self.registry = Registry.discover(ProviderSettings(roots=settings.roots))
+            self.engine = Engine(
+                self.registry,
+                self.store,
+                concurrency=settings.concurrency,
+                allow_mass_prune=settings.allow_mass_prune,
+                max_prune_share=settings.max_prune_share,
+                heal_gate=self._heal_wait,
+            )
+            self.source = self._make_source()
+            host, port = settings.listen
+            http = await server.start(
+                self,
+                server.ServerSettings(
+                    host=host,
+                    port=port,
+                    webhook_secret=webhook_secret.encode() if webhook_secret else None,
+                    api_token=api_token,
+                ),
+            )
+            self.port = http.port
+            scheduler = AsyncIOScheduler()
+            scheduler.add_job(
+                self.request_sync,
+                "interval",
+                seconds=settings.interval,
+                jitter=settings.interval * 0.1,
+                args=["poll"],
+                id="poll",
+            )
+            scheduler.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            log.info(
+                "started: source %s, listening on %s:%d", self.source_state.url, host, http.port
+            )
+            self.request_sync("start")
+            try:
+                await self._supervise()
+            finally:
+                scheduler.shutdown(wait=False)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                await http.stop()
+        finally:
+            self.store.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _supervise(self) -> None:
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self._sync_loop,
+            self._work_loop,
+            self._resync_loop,
+            self._watch_loop,
+        ]
+        if hasattr(self.source, "changes"):
+            loops.append(self._local_changes_loop)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(job(), name=job.__name__) for job in loops]
+            await self._stop.wait()
+            log.info(
+                "stopping: waiting up to %.0f s for work in flight", self.settings.shutdown_timeout
+            )
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout):
+                    await self._pass_lock.acquire()  # held from here on: no new pass starts
+            except TimeoutError:
+                log.warning(
+                    "work still in flight after %.0f s: cancelling it",
+                    self.settings.shutdown_timeout,
+                )
+            for task in tasks:
+                task.cancel()
+
+    def _make_source(self) -> Source:
+        from reconciler.sources.local import LocalSource
+
+        repo = self.settings.repo
+        local = Path(repo)
+        if (
+            "://" not in repo
+            and local.is_dir()
+            and not (local / ".git").exists()
+            and not repo.endswith(".git")
+        ):
+            return LocalSource(local / self.settings.path)
+        from reconciler.sources.git import GitSource
+
+        url = repo if "://" in repo or ":" in repo.split("/")[0] else local.resolve().as_uri()
+        return GitSource(
+            url,
+            ref=self.settings.ref,
+            path=self.settings.path,
+            cache_dir=self.settings.state_dir / "git",
+            ssh_key=self.settings.ssh_key,
+            known_hosts=self.settings.known_hosts,
+            insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
+            token_file=self.settings.token_file,
+        )
+
+    # triggers
+
+    def request_sync(self, reason: str) -> None:
+        log.debug("sync requested: %s", reason)
+        self._sync.set()
+
+    async def _local_changes_loop(self) -> None:
+        changes = getattr(self.source, "changes")  # noqa: B009 - only LocalSource has it
+        async for _ in changes():
+            self.request_sync("local change")
+
+    # the sync loop: fetch, load, converge a new revision
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync.wait()
+            await asyncio.sleep(0.05)  # let a burst of triggers land, then one fetch
+            self._sync.clear()
+            if self._stop.is_set():
+                return
+            await self._sync_once()
+
+    async def _sync_once(self) -> None:
+        assert self.source is not None and self.registry is not None
+        state = self.source_state
+        state.last_fetch = time.time()
+        try:
+            revision = await self.source.fetch()
+        except SourceError as exc:
+            state.last_fetch_ok, state.last_error = False, str(exc)
+            log.error("fetch failed: %s", exc)
+            return
+        state.last_fetch_ok = True
+        if state.current is not None and revision.id == state.current.id and self.desired:
+            return
+        cache = Cache(self.settings.state_dir / "cache", self.registry.fingerprint())
+        try:
+            desired = await asyncio.to_thread(
+                load, revision.path, self.registry, revision=revision.id, cache=cache
+            )
+        except ManifestError as exc:
+            self._reject(revision, [str(issue) for issue in exc.issues])
+            return
+        await self._apply_revision(revision, desired)
+
+    def _reject(self, revision: Revision, errors: list[str]) -> None:
+        self.source_state.rejected = {"revision": revision.id, "at": time.time(), "errors": errors}
+        self.source_state.last_error = f"revision {revision.id} rejected: {len(errors)} error(s)"
+        log.error(
+            "revision %s rejected, nothing of it applied:\n  %s", revision.id, "\n  ".join(errors)
+        )
+
+    async def _apply_revision(self, revision: Revision, desired: DesiredState) -> None:
+        assert self.engine is not None and self.store is not None
+        async with self._pass_lock:
+            first = self.desired is None
+            inventory = self.store.inventory()
+            # after a start every resource is looked at; later only what changed
+            only = None
+            if not first:
+                only = {
+                    rid
+                    for rid, res in desired.resources.items()
+                    if (record := inventory.get(rid)) is None or record.spec_hash != res.spec_hash
+                } | {rid for rid in inventory if rid not in desired.resources}
+            try:
+                report = await self.engine.converge(desired, only=only)
+            except MassPruneRefused as exc:
+                self._reject(revision, [str(exc)])
+                return
+            self.desired = desired
+            self.source_state.current = revision
+            self.source_state.rejected = None
+            self.source_state.last_error = None
+            self._after_pass(report, resync_all=first)
+        self._rewatch.set()
+        log.info("revision %s converged: %s", revision.id, _summary(report))
+
+    # drift: watch events and periodic resyncs become targeted passes
+
+    async def _watch_loop(self) -> None:
+        while True:
+            self._rewatch.clear()
+            tasks = []
+            if self.desired is not None and self.registry is not None:
+                for kind in self.registry:
+                    specs = {
+                        rid: res.spec
+                        for rid, res in self.desired.resources.items()
+                        if res.kind == kind
+                    }
+                    stream = self.registry[kind].watch(specs) if specs else None
+                    if stream is not None:
+                        tasks.append(asyncio.create_task(self._drain(stream), name=f"watch {kind}"))
+            try:
+                await self._rewatch.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _drain(self, stream: Any) -> None:
+        try:
+            async for rid in stream:
+                if time.monotonic() < self._quiet.get(rid, 0.0):
+                    continue  # our own write
+                self.queue.put(rid, Event.WATCH)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a watcher failing must not stop the daemon
+            log.warning("watch stopped: %s; relying on periodic resync", exc)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = [rid for rid, at in self._due.items() if at <= now]
+            for rid in due:
+                del self._due[rid]
+                self.queue.put(rid, Event.RESYNC)
+            await asyncio.sleep(0.5)
+
+    async def _work_loop(self) -> None:
+        while True:
+            await self.queue.wake.wait()
+            await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
+            if self._stop.is_set():
+                return
+            batch = self.queue.take()
+            if self.desired is None or self.engine is None:
+                continue
+            by_trigger: dict[Event, set[ResourceId]] = {}
+            for rid, trigger in batch.items():
+                if rid in self.desired.resources:
+                    by_trigger.setdefault(trigger, set()).add(rid)
+            for trigger, rids in by_trigger.items():
+                async with self._pass_lock:
+                    report = await self.engine.converge(self.desired, only=rids, trigger=trigger)
+                    self._after_pass(report)
+                if any(
+                    r.action in ("created", "healed", "updated") for r in report.results.values()
+                ):
+                    self._rewatch.set()  # new directories need watches too
+
+    def _after_pass(self, report: Report, *, resync_all: bool = False) -> None:
+        """Schedule the next look at every resource the pass touched (or, after a
+        start, at all): a failure's backoff, a heal's backoff, or the resync period."""
+        assert self.desired is not None
+        now = time.monotonic()
+        ids = self.desired.resources if resync_all else report.results
+        for rid in ids:
+            res = self.desired.resources.get(rid)
+            if res is None:
+                self._due.pop(rid, None)
+                continue
+            result = report.results.get(rid)
+            if result is not None and result.action in ("created", "updated", "healed"):
+                self._quiet[rid] = now + QUIET_AFTER_APPLY
+            if result is not None and result.state is State.DRIFTED and result.plan:
+                self._drift[rid] = [
+                    {"field": c.field, "before": c.before, "after": c.after}
+                    if not c.sensitive
+                    else {"field": c.field, "sensitive": True}
+                    for c in result.plan.changes
+                ]
+            else:
+                self._drift.pop(rid, None)
+            if result is not None and result.retry_in is not None:
+                self._due[rid] = now + result.retry_in
+            elif result is not None and result.state is State.FAILED:
+                self._due.pop(rid, None)  # permanent: waits for a new spec
+            else:
+                self._due[rid] = now + res.policy.resync * random.uniform(0.9, 1.1)
+        self._last_pass = {
+            "at": time.time(),
+            "seconds": report.seconds,
+            "summary": _summary(report),
+        }
+
+    def _heal_wait(self, rid: ResourceId) -> float:
+        """Backoff against fighting another writer: 0 to heal now, else seconds to
+        wait. Heals of one resource within HEAL_RESET of each other wait 2 s, 4 s,
+        ... up to 5 min."""
+        now = time.monotonic()
+        heal = self._heals.setdefault(rid, _Heal())
+        if heal.count and now - heal.last > HEAL_RESET:
+            heal.count = 0
+        if heal.count:
+            wait = heal.last + min(300.0, 2.0 * 2.0 ** min(heal.count - 1, 16)) - now
+            if wait > 0:
+                return wait
+        heal.count += 1
+        heal.last = now
+        return 0.0
+
+    # the server's backend
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> tuple[bool, str]:
+        if self.store is None:
+            return False, "state store not open"
+        if self.desired is None:
+            return False, "no revision loaded yet"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        state = self.source_state
+        counts: dict[str, int] = {}
+        if self.store is not None:
+            for record in self.store.inventory().values():
+                counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        return {
+            "source": {"url": state.url, "ref": self.settings.ref, "path": self.settings.path},
+            "revision": None
+            if state.current is None
+            else {"id": state.current.id, "summary": state.current.summary},
+            "lastGoodRevision": None if self.desired is None else self.desired.revision,
+            "lastFetch": {"at": state.last_fetch, "ok": state.last_fetch_ok},
+            "lastError": state.last_error,
+            "rejected": state.rejected,
+            "lastPass": self._last_pass,
+            "resources": counts,
+            "queue": len(self.queue.items),
+            "startedAt": self.started,
+        }
+
+    def _resource_json(self, record: Any) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "kind": record.kind,
+            "name": record.name,
+            "state": record.state.value,
+            "lastTransition": record.last_transition,
+            "lastError": record.last_error,
+            "attempts": record.attempts,
+            "createdByReconciler": record.created,
+            "drift": self._drift.get(record.id),
+        }
+
+    def resources(self, kind: str | None) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return [
+            self._resource_json(r)
+            for r in sorted(self.store.inventory().values(), key=lambda r: r.id)
+            if kind is None or r.kind == kind
+        ]
+
+    def resource(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        record = self.store.inventory().get(f"{kind}/{name}")
+        return None if record is None else self._resource_json(record)
+
+    def events(
+        self, *, resource: str | None, kind: str | None, since: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return [
+            {
+                "seq": t.seq,
+                "at": t.ts,
+                "id": t.id,
+                "from": None if t.from_state is None else t.from_state.value,
+                "to": t.to_state.value,
+                "event": t.event,
+                "reason": t.reason,
+            }
+            for t in self.store.history(resource, limit, kind=kind, since=since)
+        ]
+
+
+def _summary(report: Report) -> str:
+    counts: dict[str, int] = {}
+    for result in report.results.values():
+        counts[result.action] = counts.get(result.action, 0) + 1
+    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing to do"
