@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_ROOT ?= /tmp/reconciler-demo
 
-.PHONY: install demo test lint typecheck unit bench clean
+DEMO_REPO ?= /tmp/reconciler-demo-repo
+
+.PHONY: install demo run test lint typecheck unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,18 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/reconciler apply configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
 	$(BIN)/reconciler plan configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
+
+# The daemon on a local git repository made from configs/demo (kept between runs,
+# so your commits survive): managed files under $(DEMO_ROOT), state in
+# $(DEMO_ROOT)/.state, API and webhooks on 127.0.0.1:9108. Ctrl-C stops it.
+run: install
+	@if [ ! -d $(DEMO_REPO)/.git ]; then \
+	  mkdir -p $(DEMO_REPO) && cp -R configs/demo/. $(DEMO_REPO)/ && \
+	  git -C $(DEMO_REPO) init -q -b main && git -C $(DEMO_REPO) add -A && \
+	  git -C $(DEMO_REPO) -c user.name=demo -c user.email=demo@example.invalid \
+	    commit -q -m "demo configuration" && echo "created the demo repository $(DEMO_REPO)"; fi
+	$(BIN)/reconciler run --repo $(DEMO_REPO) --interval 5s --root $(DEMO_ROOT) \
+	  --state-dir $(DEMO_ROOT)/.state
 
 lint: install
 	$(BIN)/ruff check .

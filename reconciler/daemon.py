@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
-from reconciler.manifests import Cache, ManifestError, load
+from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
@@ -128,6 +129,7 @@ class Daemon:
         self._heals: dict[ResourceId, _Heal] = {}
         self._drift: dict[ResourceId, list[dict[str, Any]]] = {}
         self._last_pass: dict[str, Any] | None = None
+        self._memo = ParseMemo()  # a new commit re-parses only the files it changed
 
     # lifecycle
 
@@ -284,7 +286,14 @@ class Daemon:
         cache = Cache(self.settings.state_dir / "cache", self.registry.fingerprint())
         try:
             desired = await asyncio.to_thread(
-                load, revision.path, self.registry, revision=revision.id, cache=cache
+                functools.partial(
+                    load,
+                    revision.path,
+                    self.registry,
+                    revision=revision.id,
+                    cache=cache,
+                    memo=self._memo,
+                )
             )
         except ManifestError as exc:
             self._reject(revision, [str(issue) for issue in exc.issues])

@@ -104,19 +104,64 @@ def manifest_files(root: Path) -> list[Path]:
     return [p for p in tree_files(root) if p.suffix in (".yaml", ".yml")]
 
 
+class _Reparse(Exception):
+    """A memoized file needs its YAML nodes (to point at a line): parse afresh."""
+
+
+@dataclass
+class ParseMemo:
+    """Parsed manifests by file content, kept by a long-running caller (the daemon)
+    so that a new revision parses only the files that changed. Entries are valid
+    for one `context` (providers, their settings, the non-manifest files)."""
+
+    context: str = ""
+    files: dict[tuple[str, bytes], list[Resource]] = dataclasses.field(default_factory=dict)
+
+
 class _Documents:
     """Collects resources and issues while walking the files of one revision."""
 
-    def __init__(self, root: Path, registry: Mapping[str, Provider[Any]], limits: Limits) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: Mapping[str, Provider[Any]],
+        limits: Limits,
+        memo: dict[tuple[str, bytes], list[Resource]] | None = None,
+    ) -> None:
         self.root = root
         self.registry = registry
         self.limits = limits
+        self.memo = memo
+        self.used: dict[tuple[str, bytes], list[Resource]] = {}
         self.issues: list[Issue] = []
         self.resources: dict[ResourceId, Resource] = {}
         self.nodes: dict[ResourceId, Node] = {}
         self.seen_ids: set[ResourceId] = set()
 
-    def add_file(self, path: Path, shown: str, raw: bytes) -> None:
+    def _node(self, rid: ResourceId) -> Node:
+        node = self.nodes.get(rid)
+        if node is None:  # came from the memo: parse again to point at a line
+            raise _Reparse
+        return node
+
+    def add_file(self, path: Path, shown: str, raw: bytes, digest: bytes = b"") -> None:
+        key = (shown, digest)
+        if self.memo is not None:
+            known = self.memo.get(key)
+            if known is not None:
+                for res in known:
+                    if res.id in self.seen_ids:
+                        raise _Reparse  # a duplicate id: report it with lines
+                    self.seen_ids.add(res.id)
+                    self.resources[res.id] = res
+                self.used[key] = known
+                return
+        issues, before = len(self.issues), len(self.resources)
+        self._parse_file(path, shown, raw)
+        if self.memo is not None and len(self.issues) == issues:
+            self.used[key] = list(self.resources.values())[before:]
+
+    def _parse_file(self, path: Path, shown: str, raw: bytes) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -307,7 +352,7 @@ class _Documents:
             if other is not None:
                 self._issue(
                     res.location.file,
-                    self.nodes[rid],
+                    self._node(rid),
                     ("spec", "path"),
                     f"{path} is also managed by {other} ({self.resources[other].location})",
                 )
@@ -321,14 +366,14 @@ class _Documents:
                 if dep not in self.seen_ids:
                     self._issue(
                         res.location.file,
-                        self.nodes[rid],
+                        self._node(rid),
                         ("policy", "dependsOn", i),
                         f"depends on {dep}, which is not defined in this revision",
                     )
                 elif dep == rid:
                     self._issue(
                         res.location.file,
-                        self.nodes[rid],
+                        self._node(rid),
                         ("policy", "dependsOn", i),
                         "a resource cannot depend on itself",
                     )
@@ -341,7 +386,7 @@ class _Documents:
             first = self.resources[cycle[0]]
             self._issue(
                 first.location.file,
-                self.nodes[cycle[0]],
+                self._node(cycle[0]),
                 ("policy", "dependsOn"),
                 "dependency cycle: " + " -> ".join(cycle),
             )
@@ -366,11 +411,14 @@ class _File:
     raw: bytes | None
     """Bytes of a manifest; None for other files (hashed, not kept) and errors."""
     problem: str | None = None
+    digest: bytes = b""
 
 
-def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str]:
-    """Every file of the tree (manifests read, others hashed) and the tree digest."""
+def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str, str]:
+    """Every file of the tree (manifests read, others hashed), the tree digest and
+    the digest of the non-manifest files (sources, templates) alone."""
     digest = hashlib.sha256()
+    others = hashlib.sha256()
     files = []
     for file in tree_files(path):
         shown = str(file.relative_to(root)) if file != root else file.name
@@ -380,6 +428,7 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
                 with file.open("rb") as handle:
                     file_hash = hashlib.file_digest(handle, "sha256").digest()
                 digest.update(shown.encode() + b"\0" + file_hash)
+                others.update(shown.encode() + b"\0" + file_hash)
                 continue
             size = file.stat().st_size
             if size > limits.max_file_bytes:
@@ -391,9 +440,10 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
             if manifest:  # other files matter only when referenced; prepare says so
                 files.append(_File(file, shown, None, f"cannot read: {exc.strerror}"))
             continue
-        digest.update(shown.encode() + b"\0" + hashlib.sha256(raw).digest())
-        files.append(_File(file, shown, raw))
-    return files, digest.hexdigest()
+        file_hash = hashlib.sha256(raw).digest()
+        digest.update(shown.encode() + b"\0" + file_hash)
+        files.append(_File(file, shown, raw, digest=file_hash))
+    return files, digest.hexdigest(), others.hexdigest()
 
 
 def tree_digest(path: Path) -> str:
@@ -435,31 +485,58 @@ def load(
     limits: Limits | None = None,
     revision: str | None = None,
     cache: Cache | None = None,
+    memo: ParseMemo | None = None,
 ) -> DesiredState:
-    """Load and validate every manifest under `path`; raise ManifestError."""
+    """Load and validate every manifest under `path`; raise ManifestError.
+
+    `cache` keeps whole validated trees on disk (an unchanged tree is not parsed);
+    `memo` keeps parsed files in memory (a changed tree parses only changed files).
+    """
     root = path if path.is_dir() else path.parent
     if not path.exists():
         raise ManifestError([Issue(str(path), None, "", "no such file or directory")])
     limits = limits or Limits()
-    files, digest = _read_tree(path, root, limits)
+    files, digest, others = _read_tree(path, root, limits)
     key = ""
+    fingerprint = cache.fingerprint if cache is not None else ""
     if cache is not None:
-        key = hashlib.sha256(f"{digest}\0{cache.fingerprint}\0{limits}".encode()).hexdigest()
+        key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
         state = _cached(cache, key)
         if state is not None:
             return dataclasses.replace(state, revision=revision or digest[:12])
-    docs = _Documents(root, registry, limits)
-    for file in files:
-        if file.raw is None:
-            docs.issues.append(Issue(file.shown, None, "", file.problem or "unreadable"))
-        else:
-            docs.add_file(file.path, file.shown, file.raw)
-    edges = docs.cross_checks()
+    files_memo = None
+    if memo is not None:
+        context = f"{others}\0{fingerprint}\0{limits}"
+        if memo.context != context:
+            memo.context, memo.files = context, {}
+        files_memo = memo.files
+    try:
+        docs, edges = _parse(files, root, registry, limits, files_memo)
+    except _Reparse:
+        docs, edges = _parse(files, root, registry, limits, None)
     if docs.issues:
         raise ManifestError(docs.issues)
+    if memo is not None:
+        memo.files = docs.used  # only what this revision uses stays in memory
     state = DesiredState(
         revision=revision or digest[:12], resources=docs.resources, dependencies=edges
     )
     if cache is not None and cache.write:
         _store_cached(cache, key, state)
     return state
+
+
+def _parse(
+    files: list[_File],
+    root: Path,
+    registry: Mapping[str, Provider[Any]],
+    limits: Limits,
+    memo: dict[tuple[str, bytes], list[Resource]] | None,
+) -> tuple[_Documents, dict[ResourceId, tuple[ResourceId, ...]]]:
+    docs = _Documents(root, registry, limits, memo)
+    for file in files:
+        if file.raw is None:
+            docs.issues.append(Issue(file.shown, None, "", file.problem or "unreadable"))
+        else:
+            docs.add_file(file.path, file.shown, file.raw, file.digest)
+    return docs, docs.cross_checks()
