@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import random
 import signal
@@ -125,6 +126,8 @@ class Daemon:
         self._rewatch = asyncio.Event()
         self._pass_lock = asyncio.Lock()
         self._due: dict[ResourceId, float] = {}
+        self._heap: list[tuple[float, ResourceId]] = []
+        self._rescheduled = asyncio.Event()
         self._quiet: dict[ResourceId, float] = {}
         self._heals: dict[ResourceId, _Heal] = {}
         self._drift: dict[ResourceId, list[dict[str, Any]]] = {}
@@ -370,13 +373,28 @@ class Daemon:
             log.warning("watch stopped: %s; relying on periodic resync", exc)
 
     async def _resync_loop(self) -> None:
+        """Queue each resource when its next look is due. `_due` holds the current
+        time per resource; the heap may hold stale entries, skipped when popped."""
         while True:
             now = time.monotonic()
-            due = [rid for rid, at in self._due.items() if at <= now]
-            for rid in due:
-                del self._due[rid]
-                self.queue.put(rid, Event.RESYNC)
-            await asyncio.sleep(0.5)
+            while self._heap and self._heap[0][0] <= now:
+                at, rid = heapq.heappop(self._heap)
+                if self._due.get(rid) == at:
+                    del self._due[rid]
+                    self.queue.put(rid, Event.RESYNC)
+            wait = self._heap[0][0] - now if self._heap else 1.0
+            self._rescheduled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(max(wait, 0.01), 1.0)):
+                    await self._rescheduled.wait()
+
+    def _schedule(self, rid: ResourceId, at: float) -> None:
+        self._due[rid] = at
+        heapq.heappush(self._heap, (at, rid))
+        if len(self._heap) > 4 * len(self._due) + 1024:  # drop stale entries now and then
+            self._heap = [(t, r) for r, t in self._due.items()]
+            heapq.heapify(self._heap)
+        self._rescheduled.set()
 
     async def _work_loop(self) -> None:
         while True:
@@ -424,11 +442,11 @@ class Daemon:
             else:
                 self._drift.pop(rid, None)
             if result is not None and result.retry_in is not None:
-                self._due[rid] = now + result.retry_in
+                self._schedule(rid, now + result.retry_in)
             elif result is not None and result.state is State.FAILED:
                 self._due.pop(rid, None)  # permanent: waits for a new spec
             else:
-                self._due[rid] = now + res.policy.resync * random.uniform(0.9, 1.1)
+                self._schedule(rid, now + res.policy.resync * random.uniform(0.9, 1.1))
         self._last_pass = {
             "at": time.time(),
             "seconds": report.seconds,
