@@ -452,6 +452,14 @@ class Daemon:
             "seconds": report.seconds,
             "summary": _summary(report),
         }
+        for rid, result in report.results.items():
+            if result.action == "drifted":
+                fields = ", ".join(c.field for c in result.plan.changes) if result.plan else ""
+                log.warning("%s drifted (%s); policy: not healed now", rid, fields)
+            elif result.action in ("failed", "blocked"):
+                log.error("%s %s: %s", rid, result.action, result.error)
+            elif result.action not in ("unchanged", "suspended"):
+                log.info("%s %s", rid, result.action)
 
     def _heal_wait(self, rid: ResourceId) -> float:
         """Backoff against fighting another writer: 0 to heal now, else seconds to
