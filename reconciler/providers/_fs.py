@@ -254,7 +254,7 @@ async def watch(paths: Mapping[str, str]) -> AsyncIterator[str]:
     if not existing:
         return
     async for changes in watchfiles.awatch(
-        *existing, recursive=False, watch_filter=None, debounce=50, step=10
+        *existing, recursive=False, watch_filter=None, debounce=50, step=50
     ):
         for _, path in changes:
             rid = by_path.get(path)
