@@ -10,6 +10,7 @@ has changes, 1 any error. Errors are one clear message each, never a traceback
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_DIR = ".reconciler"
 T = TypeVar("T")
+
+
+def _exit(code: int) -> NoReturn:
+    """End a one-shot command once its output is out and its store closed, without
+    tearing down every object of the run one by one (a tenth of a second or more)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fail(message: str) -> NoReturn:
@@ -60,11 +69,15 @@ def _load(
     cache = None
     if state_dir is not None:
         cache = Cache(state_dir / "cache", registry.fingerprint(), write=write_cache)
+    gc.disable()  # a load allocates many objects and frees few: collections are wasted work
     try:
         return load(path, registry, cache=cache)
     except ManifestError as exc:
         click.echo(f"error: {path} is invalid, nothing applied: {exc}", err=True)
         sys.exit(1)
+    finally:
+        gc.enable()
+        gc.freeze()  # what the load made lives to the end of the run
 
 
 @contextmanager
@@ -171,7 +184,7 @@ def plan(
         click.echo(f"warning: apply would refuse: {refusal}", err=True)
     if any(p.action == "error" for p in planned):
         sys.exit(1)
-    sys.exit(2 if any(p.action in CHANGING for p in planned) else 0)
+    _exit(2 if any(p.action in CHANGING for p in planned) else 0)
 
 
 @cli.command()
@@ -255,7 +268,7 @@ def apply(
         click.echo(
             render_report(report, load_seconds=load_seconds, colour=_colour(no_color)), nl=False
         )
-    sys.exit(0 if report.ok else 1)
+    _exit(0 if report.ok else 1)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import heapq
 import logging
 import random
@@ -301,6 +302,7 @@ class Daemon:
         except ManifestError as exc:
             self._reject(revision, [str(issue) for issue in exc.issues])
             return
+        gc.freeze()  # the desired state lives until the next revision: spare the collector
         await self._apply_revision(revision, desired)
 
     def _reject(self, revision: Revision, errors: list[str]) -> None:

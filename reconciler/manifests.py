@@ -135,14 +135,23 @@ class _Documents:
         self.used: dict[tuple[str, bytes], list[Resource]] = {}
         self.issues: list[Issue] = []
         self.resources: dict[ResourceId, Resource] = {}
-        self.nodes: dict[ResourceId, Node] = {}
+        self.sources: dict[str, bytes] = {}
+        """Raw bytes of every parsed manifest, to find a node again for an error line:
+        node trees are dropped after each document, they cost more than the specs."""
         self.seen_ids: set[ResourceId] = set()
 
     def _node(self, rid: ResourceId) -> Node:
-        node = self.nodes.get(rid)
-        if node is None:  # came from the memo: parse again to point at a line
+        """The YAML node of a resource's document, parsed again from its file."""
+        from reconciler import yamlload
+
+        res = self.resources[rid]
+        raw = self.sources.get(res.location.file)
+        if raw is None:  # came from the memo: parse the whole tree afresh
             raise _Reparse
-        return node
+        for node, _ in yamlload.documents(raw.decode("utf-8"), self.limits.max_nodes):
+            if int(node.start_mark.line) + 1 == res.location.line:
+                return node
+        raise _Reparse
 
     def add_file(self, path: Path, shown: str, raw: bytes, digest: bytes = b"") -> None:
         key = (shown, digest)
@@ -168,6 +177,8 @@ class _Documents:
             self.issues.append(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
             return
         from reconciler import yamlload  # only a tree not found in the cache is parsed
+
+        self.sources[shown] = raw
 
         ctx = PrepareContext(manifest=path, config_root=self.root)
         try:
@@ -297,7 +308,6 @@ class _Documents:
         spec_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
         labels = data["metadata"].get("labels") or {}
         self.resources[rid] = Resource(str(kind), name, spec, policy, spec_hash, location, labels)
-        self.nodes[rid] = node
 
     def _metadata(self, file: str, node: Node, metadata: Any) -> str | None:
         if not isinstance(metadata, dict):

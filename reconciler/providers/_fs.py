@@ -91,9 +91,15 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+@lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    """Roots are resolved once per process; the paths under them at every write."""
+    return os.path.realpath(root)
+
+
 def _check_inside_roots(path: str, real: str, settings: ProviderSettings) -> None:
     for root in settings.roots:
-        if _under(real, os.path.realpath(root)):
+        if _under(real, _real_root(root)):
             return
     raise PermanentError(
         f"{path}: resolves to {real}, outside the allowed roots; refusing to write"
