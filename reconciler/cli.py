@@ -367,8 +367,9 @@ def _settings_file(ctx: click.Context, param: click.Parameter, value: Path | Non
     defaults: dict[str, Any] = {}
     for key, item in data.items():
         name = str(key).replace("-", "_")
-        if name == "root":
-            name = "roots"
+        name = {"root": "roots", "path": "subpath"}.get(name, name)
+        if name == "roots" and isinstance(item, str):
+            item = [item]
         if name not in known:
             options = ", ".join(sorted(k.replace("_", "-") for k in known))
             raise click.BadParameter(f"{value}: unknown setting {key!r}; known: {options}")
@@ -559,6 +560,7 @@ def run(
         _run(lambda: Daemon(settings).run(), concurrency)
     except (SettingsError, StoreError, OSError) as exc:
         _fail(str(exc))
+    _exit(0)  # stopped cleanly; do not wait for a git command still running in a thread
 
 
 @cli.command()

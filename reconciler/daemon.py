@@ -31,7 +31,7 @@ from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
-from reconciler.store import SqliteStore
+from reconciler.store import Record, SqliteStore
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -128,6 +128,7 @@ class Daemon:
         self._pass_lock = asyncio.Lock()
         self._due: dict[ResourceId, float] = {}
         self._heap: list[tuple[float, ResourceId]] = []
+        self._blocked: set[ResourceId] = set()
         self._rescheduled = asyncio.Event()
         self._quiet: dict[ResourceId, float] = {}
         self._heals: dict[ResourceId, _Heal] = {}
@@ -231,26 +232,26 @@ class Daemon:
 
         repo = self.settings.repo
         local = Path(repo)
-        if (
-            "://" not in repo
-            and local.is_dir()
-            and not (local / ".git").exists()
-            and not repo.endswith(".git")
-        ):
+        bare = (local / "HEAD").is_file() and (local / "objects").is_dir()
+        if "://" not in repo and local.is_dir() and not (local / ".git").exists() and not bare:
             return LocalSource(local / self.settings.path)
         from reconciler.sources.git import GitSource
 
         url = repo if "://" in repo or ":" in repo.split("/")[0] else local.resolve().as_uri()
-        return GitSource(
-            url,
-            ref=self.settings.ref,
-            path=self.settings.path,
-            cache_dir=self.settings.state_dir / "git",
-            ssh_key=self.settings.ssh_key,
-            known_hosts=self.settings.known_hosts,
-            insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
-            token_file=self.settings.token_file,
-        )
+        try:
+            return GitSource(
+                url,
+                ref=self.settings.ref,
+                path=self.settings.path,
+                cache_dir=self.settings.state_dir / "git",
+                ssh_key=self.settings.ssh_key,
+                known_hosts=self.settings.known_hosts,
+                insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
+                token_file=self.settings.token_file,
+                timeout=120.0,
+            )
+        except ValueError as exc:  # a bad ref, path or URL: a settings error, not a crash
+            raise SettingsError(str(exc)) from None
 
     # triggers
 
@@ -260,8 +261,15 @@ class Daemon:
 
     async def _local_changes_loop(self) -> None:
         changes = getattr(self.source, "changes")  # noqa: B009 - only LocalSource has it
-        async for _ in changes():
-            self.request_sync("local change")
+        while True:
+            try:
+                async for _ in changes():
+                    self.request_sync("local change")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the directory does not exist (yet)
+                log.warning("cannot watch %s: %s; polling only", self.source_state.url, exc)
+                await asyncio.sleep(self.settings.interval)
 
     # the sync loop: fetch, load, converge a new revision
 
@@ -286,7 +294,10 @@ class Daemon:
             return
         state.last_fetch_ok = True
         if state.current is not None and revision.id == state.current.id and self.desired:
+            state.last_error = None
             return
+        if state.rejected is not None and state.rejected["revision"] == revision.id:
+            return  # already rejected: say it once, not at every poll
         cache = Cache(self.settings.state_dir / "cache", self.registry.fingerprint())
         try:
             desired = await asyncio.to_thread(
@@ -302,7 +313,8 @@ class Daemon:
         except ManifestError as exc:
             self._reject(revision, [str(issue) for issue in exc.issues])
             return
-        gc.freeze()  # the desired state lives until the next revision: spare the collector
+        if self.desired is None:
+            gc.freeze()  # what start-up made lives to the end: spare the collector
         await self._apply_revision(revision, desired)
 
     def _reject(self, revision: Revision, errors: list[str]) -> None:
@@ -320,11 +332,7 @@ class Daemon:
             # after a start every resource is looked at; later only what changed
             only = None
             if not first:
-                only = {
-                    rid
-                    for rid, res in desired.resources.items()
-                    if (record := inventory.get(rid)) is None or record.spec_hash != res.spec_hash
-                } | {rid for rid in inventory if rid not in desired.resources}
+                only = _changed(desired, inventory)
             try:
                 report = await self.engine.converge(desired, only=only)
             except MassPruneRefused as exc:
@@ -351,7 +359,11 @@ class Daemon:
                         for rid, res in self.desired.resources.items()
                         if res.kind == kind
                     }
-                    stream = self.registry[kind].watch(specs) if specs else None
+                    try:
+                        stream = self.registry[kind].watch(specs) if specs else None
+                    except Exception as exc:
+                        log.warning("%s watch failed: %s; relying on resync", kind, exc)
+                        stream = None
                     if stream is not None:
                         tasks.append(asyncio.create_task(self._drain(stream), name=f"watch {kind}"))
             try:
@@ -366,8 +378,12 @@ class Daemon:
     async def _drain(self, stream: Any) -> None:
         try:
             async for rid in stream:
-                if time.monotonic() < self._quiet.get(rid, 0.0):
-                    continue  # our own write
+                quiet_until = self._quiet.get(rid, 0.0)
+                if time.monotonic() < quiet_until:
+                    # likely our own write: look again when the window closes rather
+                    # than now, so a hand edit made meanwhile is still caught
+                    self._schedule(rid, quiet_until)
+                    continue
                 self.queue.put(rid, Event.WATCH)
         except asyncio.CancelledError:
             raise
@@ -416,9 +432,10 @@ class Daemon:
                     report = await self.engine.converge(self.desired, only=rids, trigger=trigger)
                     self._after_pass(report)
                 if any(
-                    r.action in ("created", "healed", "updated") for r in report.results.values()
+                    r.action in ("created", "healed") and r.id.startswith("Directory/")
+                    for r in report.results.values()
                 ):
-                    self._rewatch.set()  # new directories need watches too
+                    self._rewatch.set()  # a recreated directory needs its watch again
 
     def _after_pass(self, report: Report, *, resync_all: bool = False) -> None:
         """Schedule the next look at every resource the pass touched (or, after a
@@ -454,14 +471,33 @@ class Daemon:
             "seconds": report.seconds,
             "summary": _summary(report),
         }
+        self._wake_dependents(report)
         for rid, result in report.results.items():
-            if result.action == "drifted":
+            if result.action == "drifted" and result.retry_in is not None:
+                log.warning(
+                    "%s drifted again; next heal in %.0f s (heal backoff)", rid, result.retry_in
+                )
+            elif result.action == "drifted":
                 fields = ", ".join(c.field for c in result.plan.changes) if result.plan else ""
                 log.warning("%s drifted (%s); policy: not healed now", rid, fields)
             elif result.action in ("failed", "blocked"):
                 log.error("%s %s: %s", rid, result.action, result.error)
             elif result.action not in ("unchanged", "suspended"):
                 log.info("%s %s", rid, result.action)
+
+    def _wake_dependents(self, report: Report) -> None:
+        """A resource that came into sync unblocks its Blocked dependents now,
+        not at their next resync."""
+        assert self.desired is not None
+        for rid, result in report.results.items():
+            if result.state is State.BLOCKED:
+                self._blocked.add(rid)
+            else:
+                self._blocked.discard(rid)
+        ready = {rid for rid, r in report.results.items() if r.state is State.IN_SYNC}
+        for rid in list(self._blocked) if ready else ():
+            if any(dep in ready for dep in self.desired.dependencies.get(rid, ())):
+                self.queue.put(rid, Event.RESYNC)
 
     def _heal_wait(self, rid: ResourceId) -> float:
         """Backoff against fighting another writer: 0 to heal now, else seconds to
@@ -557,6 +593,24 @@ class Daemon:
             }
             for t in self.store.history(resource, limit, kind=kind, since=since)
         ]
+
+
+def _changed(desired: DesiredState, inventory: dict[str, Record]) -> set[ResourceId]:
+    """What a new revision changes: added, removed, or a new spec, policy (prune,
+    drift ...) or dependency list; the rest is left to watches and resyncs."""
+    policies: dict[int, str] = {}
+    changed = {rid for rid in inventory if rid not in desired.resources}
+    for rid, res in desired.resources.items():
+        record = inventory.get(rid)
+        if record is None or record.spec_hash != res.spec_hash:
+            changed.add(rid)
+            continue
+        policy = policies.get(id(res.policy))
+        if policy is None:
+            policy = policies[id(res.policy)] = res.policy.model_dump_json(by_alias=True)
+        if record.policy != policy or record.deps != desired.dependencies.get(rid, ()):
+            changed.add(rid)
+    return changed
 
 
 def _summary(report: Report) -> str:
