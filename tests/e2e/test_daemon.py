@@ -5,6 +5,10 @@ its HTTP API and webhooks, and stopping and restarting cleanly.
 
 Every wait polls a condition against a deadline (see daemon_harness); the only
 timed windows are the ones that prove something does NOT happen.
+
+Tests marked `xfail(strict=True)` pin known limits that docs/daemon.md documents:
+they fail today as documented, and turn into an XPASS error when a limit is lifted,
+so that the marker is removed with it.
 """
 
 from __future__ import annotations
@@ -332,6 +336,87 @@ def test_an_invalid_commit_is_rejected_and_the_last_good_revision_stays_enforced
     daemon.stop()
 
 
+def test_a_commit_that_would_prune_everything_is_refused(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    a, b = root / "a.conf", root / "b.conf"
+    sha1 = push(work, "first", {"app.yaml": docs(file_doc("a", a, "a\n"), file_doc("b", b, "b\n"))})
+    daemon = daemons.start(git_server.url(), root=root)
+    daemon.wait_revision(sha1)
+    empty = push(work, "remove everything", {"app.yaml": None, "README": "nothing here\n"})
+    assert daemon.sync().status == 202
+    status = daemon.wait_until(
+        lambda: (s := daemon.status())["rejected"] and s["rejected"]["revision"] == empty and s,
+        "the mass prune to be refused",
+    )
+    assert any("prune all 2" in e for e in status["rejected"]["errors"]), status["rejected"]
+    assert status["revision"]["id"] == sha1
+    assert read_text(a) == "a\n" and read_text(b) == "b\n"
+    assert status["resources"] == {"InSync": 2}
+    daemon.stop()
+
+
+def test_a_tag_and_a_subpath_are_followed(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    target = root / "app.conf"
+    prod, staging = "deploy/prod/app.yaml", "deploy/staging/app.yaml"
+    sha1 = work.commit(
+        "v1",
+        {prod: file_doc("app", target, "prod 1\n"), staging: file_doc("app", target, "staging\n")},
+    )
+    work.push()
+    work.tag("release", message="release 1")
+    daemon = daemons.start(
+        git_server.url(), root=root, args=["--ref", "release", "--path", "deploy/prod"]
+    )
+    status = daemon.wait_revision(sha1)
+    assert read_text(target) == "prod 1\n"
+    assert status["source"]["ref"] == "release" and status["source"]["path"] == "deploy/prod"
+
+    # a commit on the branch is not followed; moving the tag is
+    sha2 = push(work, "v2 (not released)", {prod: file_doc("app", target, "prod 2\n")})
+    sha3 = push(work, "v3", {prod: file_doc("app", target, "prod 3\n")})
+    assert daemon.sync().status == 202
+    assert_stays(
+        lambda: daemon.status()["revision"]["id"] == sha1 and read_text(target) == "prod 1\n",
+        "the tagged revision while only the branch moved",
+        seconds=0.5,
+        context=daemon.log_tail,
+    )
+    work.tag("release", message="release 3")
+    assert daemon.sync().status == 202
+    daemon.wait_revision(sha3)
+    assert read_text(target) == "prod 3\n"
+    assert sha2 not in daemon.logs()
+    daemon.stop()
+
+
+def test_a_failing_resource_does_not_stall_the_others_and_is_retried(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    blocker = root / "blocker"
+    blocker.write_text("a file where a directory is needed\n")
+    stuck, fine = blocker / "app.conf", root / "fine.conf"
+    sha1 = push(
+        work,
+        "first",
+        {"app.yaml": docs(file_doc("stuck", stuck, "s\n"), file_doc("fine", fine, "f\n"))},
+    )
+    daemon = daemons.start(git_server.url(), root=root)
+    status = daemon.wait_revision(sha1)
+    assert read_text(fine) == "f\n"
+    failed = daemon.wait_state("File/stuck", "Failed")
+    assert failed["lastError"] and str(blocker) in failed["lastError"], failed
+    assert (daemon.resource("File/fine") or {}).get("state") == "InSync"
+    assert status["lastGoodRevision"] == sha1
+
+    blocker.unlink()  # the obstacle goes away: the retry (with backoff) converges
+    daemon.wait_file(stuck, "s\n", timeout=20)
+    daemon.wait_state("File/stuck", "InSync")
+    daemon.stop()
+
+
 # 4. the git server goes away
 
 
@@ -366,7 +451,7 @@ def test_with_the_server_down_the_daemon_keeps_enforcing_and_catches_up_after(
     daemon.stop()
 
 
-def test_a_daemon_started_during_an_outage_becomes_ready_and_clears_the_error(
+def test_a_daemon_started_during_an_outage_becomes_ready_when_the_server_returns(
     git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
 ) -> None:
     target = root / "app.conf"
@@ -377,16 +462,28 @@ def test_a_daemon_started_during_an_outage_becomes_ready_and_clears_the_error(
         lambda: (s := daemon.status())["lastFetch"]["ok"] is False and s, "a failed fetch"
     )
     assert status["revision"] is None and status["lastError"]
-    assert daemon.request("GET", "/readyz").status == 503
+    not_ready = daemon.request("GET", "/readyz")
+    assert not_ready.status == 503 and b"no revision" in not_ready.body
+    assert daemon.request("GET", "/healthz").status == 200
+    assert not target.exists()
 
     git_server.start()
     assert daemon.sync().status == 202
-    daemon.wait_revision(sha1)
+    status = daemon.wait_revision(sha1)
     daemon.wait_ready()
     assert read_text(target) == "v1\n"
+    assert status["lastFetch"]["ok"] is True and status["lastError"] is None
+    daemon.stop()
 
-    # another short outage with nothing new to fetch after it: once a fetch
-    # succeeds again, the status must not keep reporting the old fetch error
+
+def test_a_successful_fetch_after_an_outage_clears_the_fetch_error(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    """With nothing new to fetch after a short outage, the status (and `reconciler
+    status`) must not keep showing the old fetch error next to lastFetch.ok true."""
+    sha1 = push(work, "first", {"app.yaml": file_doc("app", root / "app.conf", "v1\n")})
+    daemon = daemons.start(git_server.url(), root=root)
+    daemon.wait_revision(sha1)
     git_server.stop()
     asked = time.time()
     assert daemon.sync().status == 202
@@ -403,6 +500,11 @@ def test_a_daemon_started_during_an_outage_becomes_ready_and_clears_the_error(
     daemon.stop()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented (docs/daemon.md, status fields): lastFetch.at is when the latest "
+    "fetch started, lastFetch.ok the result of the latest finished one",
+)
 def test_last_fetch_never_pairs_a_running_fetch_with_the_previous_result(
     repos: GitRepos, work: WorkClone, root: Path, daemons: Daemons
 ) -> None:
@@ -447,10 +549,10 @@ def test_sigterm_during_a_hung_fetch_exits_within_the_shutdown_timeout(
         wait_until(lambda: len(server.requests) > seen, "the fetch to reach the server")
         started = time.monotonic()
         daemon.send(signal.SIGTERM)
-        code = daemon.wait_exit(timeout=8.0)
+        code = daemon.wait_exit(timeout=5.0)
         took = time.monotonic() - started
         assert code == 0, daemon.log_tail()
-        assert took < 8.0, f"the stop took {took:.1f} s"
+        assert took < 5.0, f"the stop took {took:.1f} s"
         daemon.kill()
 
 
@@ -659,24 +761,22 @@ def test_under_drift_warn_a_hand_edit_is_reported_and_left_alone(
     daemon.stop()
 
 
-def test_a_hand_edit_right_after_the_daemon_wrote_the_file_is_still_healed(
+def test_a_hand_edit_right_after_a_heal_is_healed_when_the_quiet_window_closes(
     git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
 ) -> None:
-    """The daemon ignores watch events of a resource for QUIET_AFTER_APPLY after
-    applying it (taking them as its own write); a real hand edit in that window
-    must not go unnoticed until the next resync (5 minutes by default)."""
+    """The daemon takes watch events of a resource within QUIET_AFTER_APPLY of its
+    own write as the echo of that write; a real hand edit in that window must
+    still be found when the window closes, not at the next resync (5 minutes)."""
     target = root / "app.conf"
     sha1 = push(work, "first", {"app.yaml": file_doc("app", target, "v1\n")})
     daemon = daemons.start(git_server.url(), root=root)
     daemon.wait_revision(sha1)
     daemon.settle()
 
-    sha2 = push(work, "second", {"app.yaml": file_doc("app", target, "v2\n")})
-    assert daemon.sync().status == 202
-    daemon.wait_file(target, "v2\n")
-    target.write_text("by hand, right after the update\n")
-    daemon.wait_revision(sha2)
-    daemon.wait_file(target, "v2\n", timeout=5)
+    target.write_text("by hand\n")
+    daemon.wait_file(target, "v1\n")
+    target.write_text("by hand, right after the heal\n")  # inside the quiet window
+    daemon.wait_file(target, "v1\n", timeout=6)  # window (1 s), then heal backoff (2 s)
     daemon.stop()
 
 
@@ -686,8 +786,10 @@ def test_a_hand_edit_of_one_file_while_another_is_being_healed_is_healed_too(
 ) -> None:
     """Every heal makes the daemon rebuild its watches; an edit of another
     resource at that moment (nothing to do with the healed one, far from its own
-    last apply) must not be lost until the next resync (5 minutes by default)."""
-    pairs = [(root / f"healed-{i}.conf", root / f"other-{i}.conf") for i in range(3)]
+    last apply) must not be lost until the next resync (5 minutes by default).
+    Decision 21 promises as much: "changes to other objects are seen at once".
+    The race is narrow, so it is run a few times."""
+    pairs = [(root / f"healed-{i}.conf", root / f"other-{i}.conf") for i in range(4)]
     manifest = docs(
         *(file_doc(p.stem, p, "desired\n") for pair in pairs for p in pair),
     )
@@ -699,7 +801,7 @@ def test_a_hand_edit_of_one_file_while_another_is_being_healed_is_healed_too(
         healed.write_text("by hand\n")
         wait_until(holds(healed, "desired\n"), "the heal", interval=0.001)  # react at once
         other.write_text("by hand, while the daemon heals another file\n")
-        daemon.wait_file(other, "desired\n", timeout=5)
+        daemon.wait_file(other, "desired\n", timeout=3)
     daemon.stop()
 
 
