@@ -556,11 +556,17 @@ def run(
         max_prune_share=max_prune_share,
         shutdown_timeout=shutdown_timeout,
     )
+
+    async def daemon() -> None:
+        await Daemon(settings).run()
+        # stopped cleanly, store closed: exit now, from inside the loop, rather than
+        # let asyncio.run wait for a worker thread still running a hung git fetch
+        _exit(0)
+
     try:
-        _run(lambda: Daemon(settings).run(), concurrency)
+        _run(daemon, concurrency)
     except (SettingsError, StoreError, OSError) as exc:
         _fail(str(exc))
-    _exit(0)  # stopped cleanly; do not wait for a git command still running in a thread
 
 
 @cli.command()

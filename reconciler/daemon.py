@@ -214,7 +214,7 @@ class Daemon:
             tasks = [group.create_task(job(), name=job.__name__) for job in loops]
             await self._stop.wait()
             log.info(
-                "stopping: waiting up to %.0f s for work in flight", self.settings.shutdown_timeout
+                "stopping: waiting up to %.1f s for work in flight", self.settings.shutdown_timeout
             )
             try:
                 async with asyncio.timeout(self.settings.shutdown_timeout):
