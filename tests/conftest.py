@@ -8,8 +8,10 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 
 @dataclass
@@ -62,3 +64,19 @@ def sandbox(tmp_path: Path) -> Sandbox:
 
 
 ManifestFactory = Callable[..., str]
+
+
+def doc(kind: str, name: str, spec: dict[str, Any], policy: dict[str, Any] | None = None) -> str:
+    data: dict[str, Any] = {
+        "apiVersion": "reconciler/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    if policy is not None:
+        data["policy"] = policy
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def docs(*documents: str) -> str:
+    return "---\n".join(documents)

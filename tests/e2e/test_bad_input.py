@@ -11,31 +11,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, doc, docs
 from tests.providers.conformance import tree_snapshot
 
 HEAD = "apiVersion: reconciler/v1\n"
-
-
-def doc(kind: str, name: str, spec: dict[str, Any], policy: dict[str, Any] | None = None) -> str:
-    data: dict[str, Any] = {
-        "apiVersion": "reconciler/v1",
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    if policy is not None:
-        data["policy"] = policy
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def docs(*documents: str) -> str:
-    return "---\n".join(documents)
 
 
 # load-time errors: the whole revision is rejected

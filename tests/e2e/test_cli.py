@@ -16,29 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from reconciler import __version__
 from reconciler.store import SqliteStore
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, doc, docs
 from tests.providers.conformance import mode_of, tree_snapshot
-
-
-def doc(kind: str, name: str, spec: dict[str, Any], policy: dict[str, Any] | None = None) -> str:
-    data: dict[str, Any] = {
-        "apiVersion": "reconciler/v1",
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    if policy is not None:
-        data["policy"] = policy
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def docs(*documents: str) -> str:
-    return "---\n".join(documents)
-
 
 # one lifecycle per kind
 
