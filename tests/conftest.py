@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +60,6 @@ def sandbox(tmp_path: Path) -> Sandbox:
     config = tmp_path / "config"
     config.mkdir()
     return Sandbox(root=root, config=config, state=tmp_path / "state")
-
-
-ManifestFactory = Callable[..., str]
 
 
 def doc(kind: str, name: str, spec: dict[str, Any], policy: dict[str, Any] | None = None) -> str:
