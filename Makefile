@@ -7,7 +7,7 @@ DEMO_ROOT ?= /tmp/reconciler-demo
 
 DEMO_REPO ?= /tmp/reconciler-demo-repo
 
-.PHONY: install demo run test lint typecheck unit bench clean
+.PHONY: install demo run test lint typecheck unit bench bench-daemon clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: lint typecheck unit
 bench: install
 	$(PY) -m compileall -q reconciler
 	$(PY) bench/run.py --sizes 1000 10000
+
+bench-daemon: install
+	$(PY) -m compileall -q reconciler
+	$(PY) bench/daemon.py --n 10000 --repeat 20 --idle 30
 
 clean:
 	rm -rf $(VENV) .reconciler .mypy_cache .ruff_cache .pytest_cache *.egg-info
