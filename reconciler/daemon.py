@@ -31,7 +31,7 @@ from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
-from reconciler.store import Record, SqliteStore
+from reconciler.store import SqliteStore
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -135,6 +135,7 @@ class Daemon:
         self._drift: dict[ResourceId, list[dict[str, Any]]] = {}
         self._last_pass: dict[str, Any] | None = None
         self._memo = ParseMemo()  # a new commit re-parses only the files it changed
+        self._cache: Cache | None = None
 
     # lifecycle
 
@@ -150,6 +151,8 @@ class Daemon:
         self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
         try:
             self.registry = Registry.discover(ProviderSettings(roots=settings.roots))
+            # the providers do not change while the daemon runs: fingerprint them once
+            self._cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())
             self.engine = Engine(
                 self.registry,
                 self.store,
@@ -298,7 +301,8 @@ class Daemon:
             return
         if state.rejected is not None and state.rejected["revision"] == revision.id:
             return  # already rejected: say it once, not at every poll
-        cache = Cache(self.settings.state_dir / "cache", self.registry.fingerprint())
+        cache = self._cache
+        assert cache is not None
         try:
             desired = await asyncio.to_thread(
                 functools.partial(
@@ -328,11 +332,10 @@ class Daemon:
         assert self.engine is not None and self.store is not None
         async with self._pass_lock:
             first = self.desired is None
-            inventory = self.store.inventory()
             # after a start every resource is looked at; later only what changed
             only = None
             if not first:
-                only = _changed(desired, inventory)
+                only = self.engine.changed(desired)
             try:
                 report = await self.engine.converge(desired, only=only)
             except MassPruneRefused as exc:
@@ -593,24 +596,6 @@ class Daemon:
             }
             for t in self.store.history(resource, limit, kind=kind, since=since)
         ]
-
-
-def _changed(desired: DesiredState, inventory: dict[str, Record]) -> set[ResourceId]:
-    """What a new revision changes: added, removed, or a new spec, policy (prune,
-    drift ...) or dependency list; the rest is left to watches and resyncs."""
-    policies: dict[int, str] = {}
-    changed = {rid for rid in inventory if rid not in desired.resources}
-    for rid, res in desired.resources.items():
-        record = inventory.get(rid)
-        if record is None or record.spec_hash != res.spec_hash:
-            changed.add(rid)
-            continue
-        policy = policies.get(id(res.policy))
-        if policy is None:
-            policy = policies[id(res.policy)] = res.policy.model_dump_json(by_alias=True)
-        if record.policy != policy or record.deps != desired.dependencies.get(rid, ()):
-            changed.add(rid)
-    return changed
 
 
 def _summary(report: Report) -> str:

@@ -222,6 +222,20 @@ def _dump(model: BaseModel) -> str:
     return model.model_dump_json(by_alias=True)
 
 
+class _PolicyDumps:
+    """Policy JSON as stored, dumped once per policy object: resources share them
+    (every resource without a `policy:` block shares DEFAULT_POLICY)."""
+
+    def __init__(self) -> None:
+        self._dumps: dict[int, tuple[Policy, str]] = {}
+
+    def __call__(self, policy: Policy) -> str:
+        known = self._dumps.get(id(policy))
+        if known is None:  # the policy is kept alive with its dump, so its id stays its own
+            known = self._dumps[id(policy)] = (policy, _dump(policy))
+        return known[1]
+
+
 class _Work:
     """One resource's pass: what the actions share between states."""
 
@@ -302,8 +316,7 @@ class Engine:
         Raises MassPruneRefused before touching anything."""
         started = time.perf_counter()
         inventory = self.store.inventory()
-        removed = [rid for rid in inventory if rid not in desired.resources]
-        handovers = self._handovers(desired, inventory, removed)
+        removed, handovers = self._removals(desired, inventory)
         refusal = self._prune_refusal([r for r in removed if r not in handovers], inventory)
         if refusal is not None:
             raise MassPruneRefused(refusal)
@@ -317,6 +330,32 @@ class Engine:
         finally:
             self.store.flush()
         return Report(desired.revision, pass_.results, time.perf_counter() - started)
+
+    def changed(self, desired: DesiredState) -> set[ResourceId]:
+        """What a new revision changes against the inventory: added, removed, or a
+        new spec, policy (prune, drift ...) or dependency list. The daemon gives
+        only these to the pass of a new revision; watches and resyncs do the rest."""
+        inventory = self.store.inventory()
+        policy_json = _PolicyDumps()
+        changed = {rid for rid in inventory if rid not in desired.resources}
+        for rid, res in desired.resources.items():
+            record = inventory.get(rid)
+            if (
+                record is None
+                or record.spec_hash != res.spec_hash
+                or record.policy != policy_json(res.policy)
+                or record.deps != desired.dependencies.get(rid, ())
+            ):
+                changed.add(rid)
+        return changed
+
+    def _removals(
+        self, desired: DesiredState, inventory: dict[str, Record]
+    ) -> tuple[list[ResourceId], dict[ResourceId, ResourceId]]:
+        """The recorded resources the desired state no longer has, and which of
+        them are handed over (see `_handovers`) rather than pruned."""
+        removed = [rid for rid in inventory if rid not in desired.resources]
+        return removed, self._handovers(desired, inventory, removed)
 
     def _handovers(
         self, desired: DesiredState, inventory: dict[str, Record], removed: list[ResourceId]
@@ -352,8 +391,7 @@ class Engine:
     def prune_refusal(self, desired: DesiredState) -> str | None:
         """Why `converge` would refuse this desired state (mass prune), or None."""
         inventory = self.store.inventory()
-        removed = [rid for rid in inventory if rid not in desired.resources]
-        handovers = self._handovers(desired, inventory, removed)
+        removed, handovers = self._removals(desired, inventory)
         return self._prune_refusal([r for r in removed if r not in handovers], inventory)
 
     def _prune_refusal(self, removed: list[ResourceId], inventory: dict[str, Record]) -> str | None:
@@ -402,8 +440,7 @@ class Engine:
             return Planned(res.id, res.kind, action, describe, plan)
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
-        removed = [rid for rid in inventory if rid not in desired.resources]
-        handovers = self._handovers(desired, inventory, removed)
+        removed, handovers = self._removals(desired, inventory)
         for rid in removed:
             record = inventory[rid]
             spec = self._stored_spec(record)
@@ -457,7 +494,7 @@ class _Pass:
         self.held: dict[ResourceId, list[tuple[State, State, Outcome]]] = {}
         self.retried: dict[ResourceId, int] = {}
         self._commit: asyncio.Future[None] | None = None
-        self._policies: dict[int, str] = {}
+        self._policy_json = _PolicyDumps()
         self.actions: dict[State, Callable[[_Work], Awaitable[Outcome | None]]] = {
             State.DETECTING: self._detect,
             State.PLANNING: self._plan,
@@ -535,9 +572,7 @@ class _Pass:
         return True
 
     def _work(self, res: Resource, deps: tuple[ResourceId, ...]) -> _Work:
-        policy_json = self._policies.get(id(res.policy))
-        if policy_json is None:  # resources share policy objects: dump each once
-            policy_json = self._policies[id(res.policy)] = _dump(res.policy)
+        policy_json = self._policy_json(res.policy)
         work = _Work(res, self.registry[res.kind], self.inventory.get(res.id), deps, policy_json)
         if work.record is None and res.id in self.inherited:
             work.created = self.inherited[res.id]
