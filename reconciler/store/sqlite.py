@@ -75,9 +75,13 @@ def _empty(rid: str, now: float) -> Record:
     return Record(rid, kind, name, None, None, None, (), None, State.PENDING, now, None, 0, None)
 
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(Record))
+
+
 @dataclasses.dataclass(slots=True)
 class _Row:
-    """A mutable copy of one Record, updated in place by buffered writes."""
+    """A mutable copy of one Record (same fields, same order), updated in place
+    by buffered writes."""
 
     id: str
     kind: str
@@ -95,38 +99,10 @@ class _Row:
 
     @classmethod
     def of(cls, record: Record) -> _Row:
-        return cls(
-            record.id,
-            record.kind,
-            record.name,
-            record.spec_hash,
-            record.spec,
-            record.policy,
-            record.deps,
-            record.created,
-            record.state,
-            record.last_transition,
-            record.last_error,
-            record.attempts,
-            record.next_attempt,
-        )
+        return cls(*(getattr(record, name) for name in _FIELDS))
 
     def record(self) -> Record:
-        return Record(
-            self.id,
-            self.kind,
-            self.name,
-            self.spec_hash,
-            self.spec,
-            self.policy,
-            self.deps,
-            self.created,
-            self.state,
-            self.last_transition,
-            self.last_error,
-            self.attempts,
-            self.next_attempt,
-        )
+        return Record(*(getattr(self, name) for name in _FIELDS))
 
     def resource_values(self) -> tuple[object, ...]:
         created = None if self.created is None else int(self.created)
@@ -150,6 +126,10 @@ class _Row:
             self.attempts,
             self.next_attempt,
         )
+
+
+if tuple(field.name for field in dataclasses.fields(_Row)) != _FIELDS:
+    raise AssertionError("_Row must have Record's fields in Record's order")
 
 
 class SqliteStore:
