@@ -19,7 +19,6 @@ import getpass
 import hmac
 import io
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -32,6 +31,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import pytest
+
+from tests.system import ensure_debian
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test Author",
@@ -426,35 +427,8 @@ SSHD = "/usr/sbin/sshd"
 
 
 def ensure_sshd() -> str:
-    """The sshd binary; installs openssh-server if missing, skips if that is impossible."""
-    if Path(SSHD).exists():
-        return SSHD
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("openssh-server is not installed and cannot be installed (not root/apt)")
-    install = [
-        "apt-get",
-        "install",
-        "-y",
-        "-o",
-        "DPkg::Lock::Timeout=600",
-        "--no-install-recommends",
-        "openssh-server",
-    ]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0:
-        # A clean machine may have stale or no package lists.
-        subprocess.run(
-            ["apt-get", "update", "-o", "DPkg::Lock::Timeout=600"],
-            capture_output=True,
-            env=env,
-            timeout=900,
-        )
-        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0 or not Path(SSHD).exists():
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-        pytest.skip(f"openssh-server could not be installed: {' '.join(tail)}")
-    return SSHD
+    """The sshd binary; installs openssh-server if missing."""
+    return ensure_debian(SSHD, "openssh-server")
 
 
 def keygen(path: Path) -> None:
