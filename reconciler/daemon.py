@@ -23,15 +23,20 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from reconciler import __version__
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load
+from reconciler.metrics import Metrics, Snapshot
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
 from reconciler.store import SqliteStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -83,6 +88,7 @@ class _SourceState:
     url: str
     last_fetch: float | None = None
     last_fetch_ok: bool | None = None
+    last_success: float | None = None
     last_error: str | None = None
     current: Revision | None = None
     rejected: dict[str, Any] | None = None
@@ -136,11 +142,16 @@ class Daemon:
         self._last_pass: dict[str, Any] | None = None
         self._memo = ParseMemo()  # a new commit re-parses only the files it changed
         self._cache: Cache | None = None
+        self._unsettled: set[ResourceId] = set()
+        """Resources whose last pass left them failed or blocked."""
+        self._last_converged: float | None = None
+        self.metrics = Metrics(self._metrics_snapshot, version=__version__)
 
     # lifecycle
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`); in-flight work finishes first."""
+        from aiohttp import web
         from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
         from reconciler import server
@@ -160,6 +171,7 @@ class Daemon:
                 allow_mass_prune=settings.allow_mass_prune,
                 max_prune_share=settings.max_prune_share,
                 heal_gate=self._heal_wait,
+                telemetry=self.metrics,
             )
             self.source = self._make_source()
             host, port = settings.listen
@@ -171,6 +183,7 @@ class Daemon:
                     webhook_secret=webhook_secret.encode() if webhook_secret else None,
                     api_token=api_token,
                 ),
+                routes=[web.get("/metrics", self._serve_metrics)],
             )
             self.port = http.port
             scheduler = AsyncIOScheduler()
@@ -293,9 +306,11 @@ class Daemon:
             revision = await self.source.fetch()
         except SourceError as exc:
             state.last_fetch_ok, state.last_error = False, str(exc)
+            self.metrics.fetched(False)
             log.error("fetch failed: %s", exc)
             return
-        state.last_fetch_ok = True
+        state.last_fetch_ok, state.last_success = True, time.time()
+        self.metrics.fetched(True)
         if state.current is not None and revision.id == state.current.id and self.desired:
             state.last_error = None
             return
@@ -324,6 +339,7 @@ class Daemon:
     def _reject(self, revision: Revision, errors: list[str]) -> None:
         self.source_state.rejected = {"revision": revision.id, "at": time.time(), "errors": errors}
         self.source_state.last_error = f"revision {revision.id} rejected: {len(errors)} error(s)"
+        self.metrics.rejected()
         log.error(
             "revision %s rejected, nothing of it applied:\n  %s", revision.id, "\n  ".join(errors)
         )
@@ -469,6 +485,13 @@ class Daemon:
                 self._due.pop(rid, None)  # permanent: waits for a new spec
             else:
                 self._schedule(rid, now + res.policy.resync * random.uniform(0.9, 1.1))
+        for rid, result in report.results.items():
+            if result.action in ("failed", "blocked") and rid in self.desired.resources:
+                self._unsettled.add(rid)
+            else:
+                self._unsettled.discard(rid)
+        if not self._unsettled:
+            self._last_converged = time.time()
         self._last_pass = {
             "at": time.time(),
             "seconds": report.seconds,
@@ -517,6 +540,27 @@ class Daemon:
         heal.count += 1
         heal.last = now
         return 0.0
+
+    # metrics
+
+    def _metrics_snapshot(self) -> Snapshot:
+        state = self.source_state
+        records = self.store.inventory().values() if self.store is not None else ()
+        return Snapshot(
+            resources=[(r.kind, r.name, r.state) for r in records],
+            revision=None if self.desired is None else self.desired.revision,
+            head_rejected=state.rejected is not None,
+            last_fetch_success=state.last_success,
+            interval=self.settings.interval,
+            last_converged=self._last_converged,
+            queue_depth=len(self.queue.items),
+        )
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        body, content_type = await self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # the server's backend
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -59,6 +60,40 @@ def backoff(
 
 class MassPruneRefused(Exception):
     pass
+
+
+class Telemetry(Protocol):
+    """Where the engine reports what it does, for metrics. Called on the event
+    loop; implementations must be quick and must not block."""
+
+    def transitions(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Transitions of one pass: (kind, from state or "none", to state) -> count."""
+
+    def phase(self, kind: str, phase: str, seconds: float, n: int = 1) -> None:
+        """`n` resources spent `seconds` in a phase: detect, plan, apply, verify, prune."""
+
+    def applied(self, kind: str, ok: bool) -> None: ...
+
+    def drifted(self, kind: str) -> None: ...
+
+    def pruned(self, kind: str) -> None: ...
+
+
+class _NoTelemetry:
+    def transitions(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        pass
+
+    def phase(self, kind: str, phase: str, seconds: float, n: int = 1) -> None:
+        pass
+
+    def applied(self, kind: str, ok: bool) -> None:
+        pass
+
+    def drifted(self, kind: str) -> None:
+        pass
+
+    def pruned(self, kind: str) -> None:
+        pass
 
 
 def _error_text(exc: BaseException) -> str:
@@ -210,6 +245,19 @@ def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[None]:
 _CLEAN_CHECK = frozenset({Event.RESYNC, Event.WATCH, Event.OBSERVED, Event.PLAN_EMPTY})
 """The events of a drift check that finds nothing: InSync back to InSync."""
 
+_PHASES = {
+    State.DETECTING: "detect",
+    State.PLANNING: "plan",
+    State.APPLYING: "apply",
+    State.VERIFYING: "verify",
+}
+"""The phase of reconcile latency each action's state is timed under."""
+
+
+def _kind(rid: ResourceId) -> str:
+    return rid.partition("/")[0]
+
+
 _FINAL_ACTIONS = {
     State.FAILED: "failed",
     State.BLOCKED: "blocked",
@@ -290,6 +338,7 @@ class Engine:
         max_prune_share: float = 0.5,
         on_settled: Callable[[Result], None] | None = None,
         heal_gate: Callable[[ResourceId], float] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -301,6 +350,7 @@ class Engine:
         self.heal_gate = heal_gate
         """Seconds a drifted resource must still wait before it may be healed again
         (the daemon's backoff against fighting another writer); None: heal at once."""
+        self.telemetry: Telemetry = telemetry if telemetry is not None else _NoTelemetry()
 
     async def converge(
         self,
@@ -329,6 +379,7 @@ class Engine:
             await pass_.run(removed)
         finally:
             self.store.flush()
+            self.telemetry.transitions(pass_.transitions)
         return Report(desired.revision, pass_.results, time.perf_counter() - started)
 
     def changed(self, desired: DesiredState) -> set[ResourceId]:
@@ -493,6 +544,9 @@ class _Pass:
         self.errors: dict[ResourceId, str] = {}
         self.held: dict[ResourceId, list[tuple[State, State, Outcome]]] = {}
         self.retried: dict[ResourceId, int] = {}
+        self.telemetry = engine.telemetry
+        self.transitions: Counter[tuple[str, str, str]] = Counter()
+        """Every transition of the pass, held back or written, for the metrics."""
         self._commit: asyncio.Future[None] | None = None
         self._policy_json = _PolicyDumps()
         self.actions: dict[State, Callable[[_Work], Awaitable[Outcome | None]]] = {
@@ -543,7 +597,11 @@ class _Pass:
             and not res.policy.suspend
         ]
         futures = [self.observer.submit(res.kind, res.spec) for res in candidates]
+        started = time.perf_counter()
         seen = await asyncio.gather(*futures, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+        for kind, n in Counter(res.kind for res in candidates).items():
+            self.telemetry.phase(kind, "detect", elapsed, n)
         return {res.id: observed for res, observed in zip(candidates, seen, strict=True)}
 
     def _clean_check(self, rid: ResourceId, observed: Observed | BaseException | None) -> bool:
@@ -566,7 +624,9 @@ class _Pass:
             return False
         state = State.IN_SYNC
         for event in (self.trigger, Event.OBSERVED, Event.PLAN_EMPTY):
-            state = fsm.step(state, event)
+            new = fsm.step(state, event)
+            self.transitions[res.kind, state.value, new.value] += 1
+            state = new
         self._converged(self._work(res, deps))
         self._settle(rid, Result(rid, state, "unchanged"))
         return True
@@ -584,6 +644,7 @@ class _Pass:
         """One transition, recorded; a drift check's first steps are held back until
         it is clear whether it finds anything."""
         new = fsm.step(state, outcome.event)
+        self.transitions[_kind(rid), state.value, new.value] += 1
         held = self.held.get(rid)
         if held is not None:
             if outcome.event in _CLEAN_CHECK:
@@ -631,6 +692,7 @@ class _Pass:
             state, self.errors[rid] = State.FAILED, _error_text(exc)
             self._write_held(rid)
             self.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
+            self.transitions[res.kind, "none", state.value] += 1
         self._end_check(rid, state)
         action = _FINAL_ACTIONS.get(state, work.result)
         error = self.errors.get(rid) if action in ("failed", "blocked") else None
@@ -644,6 +706,7 @@ class _Pass:
         if state is None:
             state = State.PENDING
             self.store.transition(rid, None, state, "new", None, None)
+            self.transitions[res.kind, "none", state.value] += 1
         if res.policy.suspend:
             if state is not State.SUSPENDED:
                 state = self._step(rid, state, Outcome(Event.SUSPEND))
@@ -681,7 +744,7 @@ class _Pass:
         rid = work.resource.id
         while (action := self.actions.get(state)) is not None:
             try:
-                outcome = await action(work)
+                outcome = await self._timed(action, work, state)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -698,6 +761,21 @@ class _Pass:
                 self.errors[rid] = outcome.error
                 await self._retry(work, None)
         return state
+
+    async def _timed(
+        self,
+        action: Callable[[_Work], Awaitable[Outcome | None]],
+        work: _Work,
+        state: State,
+    ) -> Outcome | None:
+        phase = _PHASES.get(state)
+        started = time.perf_counter()
+        try:
+            return await action(work)
+        finally:
+            if phase is not None:
+                seconds = time.perf_counter() - started
+                self.telemetry.phase(work.resource.kind, phase, seconds)
 
     async def _retry(self, work: _Work, exc: BaseException | None) -> bool:
         """After a failure: record the attempt and its backoff; wait it out and
@@ -741,6 +819,7 @@ class _Pass:
         if work.changed:
             return Outcome(Event.PLAN_CHANGED, f"{plan.action}: {fields}")
         work.result = "drifted"
+        self.telemetry.drifted(res.kind)
         return Outcome(Event.DRIFT, f"drifted: {fields}")
 
     async def _drifted(self, work: _Work) -> Outcome | None:
@@ -766,7 +845,12 @@ class _Pass:
             work.result = "created" if plan.action is Action.CREATE else "updated"
         self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
         await self._durable()
-        await self.applier.submit(res.kind, (res.spec, plan))
+        try:
+            await self.applier.submit(res.kind, (res.spec, plan))
+        except Exception:
+            self.telemetry.applied(res.kind, False)
+            raise
+        self.telemetry.applied(res.kind, True)
         return Outcome(Event.APPLIED)
 
     async def _verify(self, work: _Work) -> Outcome:
@@ -824,6 +908,7 @@ class _Pass:
             await self.settled[dependent]
         record = self.inventory[rid]
         state = self._step(rid, record.state, Outcome(Event.REMOVE, "removed from desired state"))
+        started = time.perf_counter()
         try:
             if rid in self.handovers:
                 action, reason = "released", f"released: now managed as {self.handovers[rid]}"
@@ -847,6 +932,8 @@ class _Pass:
             state = self._step(rid, state, Outcome(Event.ERROR, error=error))
             self._settle(rid, Result(rid, state, "failed", error))
             return
+        self.telemetry.phase(record.kind, "prune", time.perf_counter() - started)
+        self.telemetry.pruned(record.kind)
         state = self._step(rid, state, Outcome(Event.PRUNED, reason))
         self.store.forget(rid)
         self._settle(rid, Result(rid, state, action))

@@ -1,0 +1,379 @@
+"""Prometheus metrics of one daemon: its own `CollectorRegistry`, never the global one.
+
+Two kinds of series:
+
+- Counters and the latency histogram change as things happen; the engine reports
+  into them through its `Telemetry` protocol and the daemon counts fetches and
+  rejected revisions.
+- Everything that describes the present (each resource's state and drift, counts
+  by state, the enforced revision, queue depth, source freshness) is made at
+  scrape time from a `Snapshot` by a custom collector, so a removed resource or an
+  old revision leaves no stale series behind.
+
+Label values are kinds, resource names, states, phases and results; revisions
+appear only in `reconciler_source_revision_info`. A scrape takes its snapshot on
+the event loop (a copy of in-memory state) and renders the text in a thread, so
+it never holds up reconciliation for longer than the copy.
+
+The per-resource families are most of a scrape (two series per resource):
+prometheus-client's generic text writer needs about 35 us a series on this
+machine, too slow at 10,000 resources, so `render` writes those families itself
+and the rest with `generate_latest`. `registry` still holds every collector, so
+`generate_latest(registry)` gives the same exposition (a test checks that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler.fsm import State
+
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Reconcile latency buckets, 1 ms to 60 s (+Inf above)."""
+
+PHASES = ("detect", "plan", "apply", "verify", "prune")
+
+MAX_RESOURCE_SERIES = 50_000
+"""Per-resource series a scrape carries at most (each resource has two); beyond
+it the aggregates stay complete and the per-resource series of the rest are left
+out, so a huge config repository cannot blow up Prometheus."""
+
+FAMILIES: dict[str, str] = {
+    "reconciler_resource_state": "gauge",
+    "reconciler_resource_drifted": "gauge",
+    "reconciler_resources": "gauge",
+    "reconciler_reconcile_duration_seconds": "histogram",
+    "reconciler_transitions_total": "counter",
+    "reconciler_drift_detected_total": "counter",
+    "reconciler_apply_total": "counter",
+    "reconciler_prune_total": "counter",
+    "reconciler_source_fetch_total": "counter",
+    "reconciler_source_revision_info": "gauge",
+    "reconciler_revision_rejected_total": "counter",
+    "reconciler_source_head_rejected": "gauge",
+    "reconciler_source_last_success_timestamp_seconds": "gauge",
+    "reconciler_source_interval_seconds": "gauge",
+    "reconciler_last_converged_timestamp_seconds": "gauge",
+    "reconciler_queue_depth": "gauge",
+    "reconciler_build_info": "gauge",
+}
+"""Every reconciler_* family /metrics exposes, by the name it is exposed under
+(counters with their `_total`), and its type. Dashboards and alerts are checked
+against it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The present, copied on the event loop at the start of a scrape."""
+
+    resources: list[tuple[str, str, State]] = field(default_factory=list)
+    """(kind, name, state) of every resource in the inventory."""
+    revision: str | None = None
+    """The revision enforced now."""
+    head_rejected: bool = False
+    last_fetch_success: float | None = None
+    interval: float | None = None
+    last_converged: float | None = None
+    queue_depth: int = 0
+
+
+class Metrics:
+    """The registry and the series of one daemon. Implements the engine's
+    `Telemetry` protocol."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], *, version: str) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: noise in the text format
+        self.registry = CollectorRegistry(auto_describe=True)
+        """Every collector of the daemon."""
+        self._rest = CollectorRegistry(auto_describe=True)
+        """All but the per-resource families, which `render` writes itself."""
+        self._snapshot = snapshot
+        self._current = Snapshot()
+        self._render_lock = threading.Lock()
+        registry = self._rest  # and each collector in `self.registry` too, below
+        system = (
+            ProcessCollector(registry=registry),
+            PlatformCollector(registry=registry),
+            GCCollector(registry=registry),
+        )
+        self.duration = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "Time a resource spent in one phase of a reconcile (detect, plan, apply, "
+            "verify, prune); a batched observation counts once per resource in it.",
+            ["kind", "phase"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.transitions_total = Counter(
+            "reconciler_transitions",
+            "State machine transitions, by kind and states (from_state none: new).",
+            ["kind", "from_state", "to_state"],
+            registry=registry,
+        )
+        self.drift_total = Counter(
+            "reconciler_drift_detected",
+            "Drift checks that found the object changed out of band.",
+            ["kind"],
+            registry=registry,
+        )
+        self.apply_total = Counter(
+            "reconciler_apply",
+            "Applies, by result (success, error).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.prune_total = Counter(
+            "reconciler_prune",
+            "Resources pruned (deleted or released) after leaving the desired state.",
+            ["kind"],
+            registry=registry,
+        )
+        self.fetch_total = Counter(
+            "reconciler_source_fetch",
+            "Fetches of the source, by result (success, error).",
+            ["result"],
+            registry=registry,
+        )
+        self.rejected_total = Counter(
+            "reconciler_revision_rejected",
+            "Revisions rejected whole (invalid manifests, refused mass prune).",
+            registry=registry,
+        )
+        for result in ("success", "error"):  # present from the start, so rate() works
+            self.fetch_total.labels(result)
+        self._resources = _Resources(self)
+        self.registry.register(self._resources)
+        for collector in (
+            *system,
+            self.duration,
+            self.transitions_total,
+            self.drift_total,
+            self.apply_total,
+            self.prune_total,
+            self.fetch_total,
+            self.rejected_total,
+        ):
+            self.registry.register(collector)
+        for present in (_Present(self), _BuildInfo(version)):
+            self._rest.register(present)
+            self.registry.register(present)
+
+    # Telemetry (called by the engine on the event loop)
+
+    def transitions(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        for (kind, source, target), n in counts.items():
+            self.transitions_total.labels(kind, source, target).inc(n)
+
+    def phase(self, kind: str, phase: str, seconds: float, n: int = 1) -> None:
+        child = self.duration.labels(kind, phase)
+        for _ in range(n):
+            child.observe(seconds)
+
+    def applied(self, kind: str, ok: bool) -> None:
+        self.apply_total.labels(kind, "success" if ok else "error").inc()
+
+    def drifted(self, kind: str) -> None:
+        self.drift_total.labels(kind).inc()
+
+    def pruned(self, kind: str) -> None:
+        self.prune_total.labels(kind).inc()
+
+    # the daemon's events
+
+    def fetched(self, ok: bool) -> None:
+        self.fetch_total.labels("success" if ok else "error").inc()
+
+    def rejected(self) -> None:
+        self.rejected_total.inc()
+
+    # scraping
+
+    def render(self, snapshot: Snapshot) -> bytes:
+        """The exposition text for `snapshot` (thread-safe; blocking)."""
+        with self._render_lock:
+            self._current = snapshot
+            try:
+                return self._resources.text(snapshot).encode() + generate_latest(self._rest)
+            finally:
+                self._current = Snapshot()
+
+    async def exposition(self) -> tuple[bytes, str]:
+        """Copy the present on the loop, render in a thread: (body, content type)."""
+        snapshot = self._snapshot()
+        body = await asyncio.to_thread(self.render, snapshot)
+        return body, CONTENT_TYPE_LATEST
+
+
+_STATE_HELP = "1 for the state each resource is in now (one series per resource)."
+_DRIFTED_HELP = "1 while a resource differs from git and its policy did not heal it yet."
+_RESOURCES_HELP = "Resources by kind and state."
+
+
+def _counts(resources: list[tuple[str, str, State]]) -> list[tuple[tuple[str, str], int]]:
+    counts: dict[tuple[str, str], int] = {}
+    for kind, _, current in resources:
+        counts[kind, current.value] = counts.get((kind, current.value), 0) + 1
+    return sorted(counts.items())
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the text format (backslash, quote, newline)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+class _Resources(Collector):
+    """The per-resource families and the counts by state: the bulk of a scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # made at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._metrics._current
+        state = GaugeMetricFamily(
+            "reconciler_resource_state", _STATE_HELP, labels=["kind", "name", "state"]
+        )
+        drifted = GaugeMetricFamily(
+            "reconciler_resource_drifted", _DRIFTED_HELP, labels=["kind", "name"]
+        )
+        for kind, name, current in snap.resources[: MAX_RESOURCE_SERIES // 2]:
+            state.add_metric([kind, name, current.value], 1)
+            drifted.add_metric([kind, name], 1 if current is State.DRIFTED else 0)
+        by_state = GaugeMetricFamily(
+            "reconciler_resources", _RESOURCES_HELP, labels=["kind", "state"]
+        )
+        for (kind, value), n in _counts(snap.resources):
+            by_state.add_metric([kind, value], n)
+        yield state
+        yield drifted
+        yield by_state
+
+    def text(self, snap: Snapshot) -> str:
+        """The same families as `collect`, in the text format, written directly."""
+        shown = snap.resources[: MAX_RESOURCE_SERIES // 2]
+        escaped = [(_label(kind), _label(name), current) for kind, name, current in shown]
+        lines = [
+            f"# HELP reconciler_resource_state {_STATE_HELP}",
+            "# TYPE reconciler_resource_state gauge",
+        ]
+        lines += [
+            f'reconciler_resource_state{{kind="{kind}",name="{name}",state="{current.value}"}} 1.0'
+            for kind, name, current in escaped
+        ]
+        lines += [
+            f"# HELP reconciler_resource_drifted {_DRIFTED_HELP}",
+            "# TYPE reconciler_resource_drifted gauge",
+        ]
+        lines += [
+            f'reconciler_resource_drifted{{kind="{kind}",name="{name}"}} '
+            + ("1.0" if current is State.DRIFTED else "0.0")
+            for kind, name, current in escaped
+        ]
+        lines += [
+            f"# HELP reconciler_resources {_RESOURCES_HELP}",
+            "# TYPE reconciler_resources gauge",
+        ]
+        lines += [
+            f'reconciler_resources{{kind="{_label(kind)}",state="{value}"}} {float(n)!r}'
+            for (kind, value), n in _counts(snap.resources)
+        ]
+        lines.append("")
+        return "\n".join(lines)
+
+
+class _Present(Collector):
+    """Series describing the source and the queue, made from the scrape's snapshot."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # made at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._metrics._current
+        info = GaugeMetricFamily(
+            "reconciler_source_revision_info",
+            "The revision enforced now (value 1).",
+            labels=["revision"],
+        )
+        if snap.revision is not None:
+            info.add_metric([snap.revision], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "reconciler_source_head_rejected",
+            "1 while the newest fetched revision is rejected (an older one stays enforced).",
+            value=1 if snap.head_rejected else 0,
+        )
+        if snap.last_fetch_success is not None:
+            yield GaugeMetricFamily(
+                "reconciler_source_last_success_timestamp_seconds",
+                "Unix time of the last successful fetch of the source.",
+                value=snap.last_fetch_success,
+            )
+        if snap.interval is not None:
+            yield GaugeMetricFamily(
+                "reconciler_source_interval_seconds",
+                "The configured poll interval of the source.",
+                value=snap.interval,
+            )
+        if snap.last_converged is not None:
+            yield GaugeMetricFamily(
+                "reconciler_last_converged_timestamp_seconds",
+                "Unix time of the end of the last pass that left every resource in sync.",
+                value=snap.last_converged,
+            )
+        yield GaugeMetricFamily(
+            "reconciler_queue_depth",
+            "Resources waiting for a pass.",
+            value=snap.queue_depth,
+        )
+
+
+class _BuildInfo(Collector):
+    def __init__(self, version: str) -> None:
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "reconciler_build_info", "The running reconciler (value 1).", labels=["version"]
+        )
+        info.add_metric([self._version], 1)
+        yield info
