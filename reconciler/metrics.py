@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
@@ -63,6 +62,10 @@ BUCKETS = (
     60.0,
 )
 """Reconcile latency buckets, 1 ms to 60 s (+Inf above)."""
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format, which every Prometheus reads (newer prometheus-client
+versions announce 1.0.0 for the same text)."""
 
 PHASES = ("detect", "plan", "apply", "verify", "prune")
 
@@ -234,7 +237,7 @@ class Metrics:
         """Copy the present on the loop, render in a thread: (body, content type)."""
         snapshot = self._snapshot()
         body = await asyncio.to_thread(self.render, snapshot)
-        return body, CONTENT_TYPE_LATEST
+        return body, CONTENT_TYPE
 
 
 _STATE_HELP = "1 for the state each resource is in now (one series per resource)."
