@@ -189,6 +189,13 @@ def main() -> int:
             path.write_bytes(workload.drifted_content(i))
             _wait(lambda p=path, g=good: p.read_bytes() == g, timeout=60)
             heals.append(time.perf_counter() - started_heal)
+        # /metrics scrapes over HTTP, as Prometheus makes them
+        scrapes, size = [], 0
+        for _ in range(args.repeat):
+            started_scrape = time.perf_counter()
+            with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+                size = len(response.read())
+            scrapes.append(time.perf_counter() - started_scrape)
         # idle
         time.sleep(2)
         cpu0, t0 = _cpu_seconds(daemon.pid), time.perf_counter()
@@ -207,6 +214,8 @@ def main() -> int:
             f"{_p(commits, 0.95):.3f} | {max(commits):.3f} | p95 <= 2 s |",
             f"| out-of-band change to healed (s) | {_p(heals, 0.5):.3f} | {_p(heals, 0.95):.3f} | "
             f"{max(heals):.3f} | p95 <= 1 s |",
+            f"| /metrics scrape (s), {size:,} bytes | {_p(scrapes, 0.5):.3f} | "
+            f"{_p(scrapes, 0.95):.3f} | {max(scrapes):.3f} | <= 0.2 s |",
             "",
             f"idle over {args.idle:.0f} s: CPU {cpu * 100:.2f}% of one core (target <= 2%), "
             f"RSS {rss:.0f} MB, peak RSS {hwm:.0f} MB (target <= 300 MB); "

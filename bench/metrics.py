@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from reconciler.fsm import State  # noqa: E402
-from reconciler.metrics import PHASES, Metrics, Snapshot  # noqa: E402
+from reconciler.fsm import State
+from reconciler.metrics import PHASES, Metrics, Snapshot
 
 
 def main() -> int:
