@@ -341,7 +341,10 @@ class Daemon:
         self.source_state.last_error = f"revision {revision.id} rejected: {len(errors)} error(s)"
         self.metrics.rejected()
         log.error(
-            "revision %s rejected, nothing of it applied:\n  %s", revision.id, "\n  ".join(errors)
+            "revision %s rejected, nothing of it applied:\n  %s",
+            revision.id,
+            "\n  ".join(errors),
+            extra={"revision": revision.id},
         )
 
     async def _apply_revision(self, revision: Revision, desired: DesiredState) -> None:
@@ -363,7 +366,12 @@ class Daemon:
             self.source_state.last_error = None
             self._after_pass(report, resync_all=first)
         self._rewatch.set()
-        log.info("revision %s converged: %s", revision.id, _summary(report))
+        log.info(
+            "revision %s converged: %s",
+            revision.id,
+            _summary(report),
+            extra={"revision": revision.id},
+        )
 
     # drift: watch events and periodic resyncs become targeted passes
 
@@ -499,17 +507,21 @@ class Daemon:
         }
         self._wake_dependents(report)
         for rid, result in report.results.items():
+            where = {"revision": report.revision, "resource": rid}
             if result.action == "drifted" and result.retry_in is not None:
                 log.warning(
-                    "%s drifted again; next heal in %.0f s (heal backoff)", rid, result.retry_in
+                    "%s drifted again; next heal in %.0f s (heal backoff)",
+                    rid,
+                    result.retry_in,
+                    extra=where,
                 )
             elif result.action == "drifted":
                 fields = ", ".join(c.field for c in result.plan.changes) if result.plan else ""
-                log.warning("%s drifted (%s); policy: not healed now", rid, fields)
+                log.warning("%s drifted (%s); policy: not healed now", rid, fields, extra=where)
             elif result.action in ("failed", "blocked"):
-                log.error("%s %s: %s", rid, result.action, result.error)
+                log.error("%s %s: %s", rid, result.action, result.error, extra=where)
             elif result.action not in ("unchanged", "suspended"):
-                log.info("%s %s", rid, result.action)
+                log.info("%s %s", rid, result.action, extra=where)
 
     def _wake_dependents(self, report: Report) -> None:
         """A resource that came into sync unblocks its Blocked dependents now,
