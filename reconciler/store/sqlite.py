@@ -102,7 +102,21 @@ class _Row:
         return cls(*(getattr(record, name) for name in _FIELDS))
 
     def record(self) -> Record:
-        return Record(*(getattr(self, name) for name in _FIELDS))
+        return Record(
+            self.id,
+            self.kind,
+            self.name,
+            self.spec_hash,
+            self.spec,
+            self.policy,
+            self.deps,
+            self.created,
+            self.state,
+            self.last_transition,
+            self.last_error,
+            self.attempts,
+            self.next_attempt,
+        )
 
     def resource_values(self) -> tuple[object, ...]:
         created = None if self.created is None else int(self.created)
@@ -141,8 +155,11 @@ class SqliteStore:
         self.history_limit = history_limit
         self._lock_fd: int | None = None
         self._loaded: dict[str, Record] | None = None
-        """Records as read from the database; rows written since live in _rows."""
+        """Records as read from the database, or rebuilt by `inventory` from the
+        rows written since (those ids wait in _changed until then)."""
         self._rows: dict[str, _Row] = {}
+        """Mutable rows of every resource written since the database was read."""
+        self._changed: set[str] = set()
         self._dirty_status: set[str] = set()
         self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
@@ -241,12 +258,17 @@ class SqliteStore:
     # reading
 
     def inventory(self) -> dict[str, Record]:
+        """Every record as of now: a copy. Only rows changed since the last call
+        are turned into records again, so the daemon may call it at every pass
+        and every scrape."""
         if self._loaded is None:
             self._loaded = self._load()
-        records = dict(self._loaded)
-        for rid, row in self._rows.items():
-            records[rid] = row.record()
-        return records
+        for rid in self._changed:
+            row = self._rows.get(rid)
+            if row is not None:
+                self._loaded[rid] = row.record()
+        self._changed.clear()
+        return dict(self._loaded)
 
     def _load(self) -> dict[str, Record]:
         if self._db is None:
@@ -347,6 +369,8 @@ class SqliteStore:
     # writing (buffered)
 
     def _row(self, rid: str) -> _Row:
+        """The row of `rid`, for the caller to change."""
+        self._changed.add(rid)
         row = self._rows.get(rid)
         if row is not None:
             return row
