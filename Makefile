@@ -52,6 +52,7 @@ test: lint typecheck unit
 bench: install
 	$(PY) -m compileall -q reconciler
 	$(PY) bench/run.py --sizes 1000 10000
+	$(PY) bench/metrics.py --n 10000
 
 bench-daemon: install
 	$(PY) -m compileall -q reconciler
