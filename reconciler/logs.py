@@ -1,0 +1,212 @@
+"""Log output for the daemon: JSON lines for machines, readable lines for people.
+
+`configure` sets up the root logger once per process (calling it again replaces
+what it installed, nothing else). Off a terminal every record is one JSON object
+on one line: `ts` (RFC 3339, UTC, milliseconds), `level`, `logger`, `msg`, then
+`revision` and `resource` when they apply, `exc` with a traceback, and any other
+simple value passed with `extra=`. On a terminal the same fields make a readable
+line: time, level, logger, message, then `revision=... resource=...`.
+
+The revision and resource of a record come from its `extra={"revision": ...,
+"resource": ...}`, else from the context variables `REVISION` and `RESOURCE`
+(`bound` sets them for a block). A context variable is per task: set in one
+asyncio task it is not seen by tasks already running.
+
+This module imports nothing of ours: any layer may log through it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import contextvars
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+REVISION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "reconciler_revision", default=None
+)
+"""The revision being enforced, for records that do not name one."""
+RESOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "reconciler_resource", default=None
+)
+"""The resource being worked on (`Kind/name`), for records that do not name one."""
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("auto", "json", "text")
+NOISY = ("aiohttp.access", "watchfiles", "apscheduler")
+"""Loggers that speak per request or per change: WARNING and above unless debugging."""
+
+_CORE = ("ts", "level", "logger", "msg", "revision", "resource", "exc")
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",  # Python 3.12+
+}
+_SCALARS = (str, int, float, bool, type(None))
+# JSON escapes control characters but leaves these raw; str.splitlines and some
+# log shippers break lines at them (the separators, NEL), and a lone surrogate
+# (an undecodable file name) cannot be written as UTF-8.
+_UNSAFE = re.compile("[\u2028\u2029\x85\ud800-\udfff]")
+_SHORT_REVISION = 12
+_COLOURS = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+
+
+@contextlib.contextmanager
+def bound(*, revision: str | None = None, resource: str | None = None) -> Iterator[None]:
+    """Set `REVISION` and/or `RESOURCE` for the records logged inside the block."""
+    tokens: list[tuple[contextvars.ContextVar[str | None], contextvars.Token[str | None]]] = []
+    if revision is not None:
+        tokens.append((REVISION, REVISION.set(revision)))
+    if resource is not None:
+        tokens.append((RESOURCE, RESOURCE.set(resource)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of a record, in output order (`exc` left out)."""
+    out: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    revision = getattr(record, "revision", None) or REVISION.get()
+    resource = getattr(record, "resource", None) or RESOURCE.get()
+    if revision is not None:
+        out["revision"] = str(revision)
+    if resource is not None:
+        out["resource"] = str(resource)
+    for key, value in record.__dict__.items():
+        if key in _RECORD_ATTRS or key in _CORE or key.startswith("_"):
+            continue
+        if _simple(value):
+            out[key] = value
+    return out
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, _SCALARS) and _simple(v) for v in value)
+    return isinstance(value, _SCALARS)
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    parts = []
+    if record.exc_info:
+        parts.append(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        parts.append(record.exc_text)
+    if record.stack_info:
+        parts.append(formatter.formatStack(record.stack_info))
+    return "\n".join(parts) or None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, always on one line."""
+
+    def __init__(self, *, ascii_only: bool = False) -> None:
+        super().__init__()
+        self.ascii_only = ascii_only
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = fields(record)
+        exc = _traceback(self, record)
+        if exc is not None:
+            out["exc"] = exc
+        line = json.dumps(out, ensure_ascii=self.ascii_only, separators=(",", ":"))
+        return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-11-28 01:11:01.772 INFO    reconciler.daemon: message revision=... resource=...`
+    in local time; revisions shortened to 12 characters; colour on request."""
+
+    def __init__(self, *, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = fields(record)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        level = f"{record.levelname:<7}"
+        if self.colour and record.levelname in _COLOURS:
+            level = f"{_COLOURS[record.levelname]}{level}\x1b[0m"
+        line = f"{stamp}.{int(record.msecs):03d} {level} {record.name}: {out['msg']}"
+        if "revision" in out:
+            out["revision"] = out["revision"][:_SHORT_REVISION]
+        extras = [f"{k}={_text_value(v)}" for k, v in out.items() if k not in _CORE[:4]]
+        if extras:
+            line += "  " + " ".join(extras)
+        exc = _traceback(self, record)
+        if exc is not None:
+            line += "\n" + exc
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if not value or any(c.isspace() or c in "\"'=" for c in value):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """The handler `configure` installs; found again by its type to be replaced."""
+
+
+def configure(level: str, *, json: bool | None = None, stream: TextIO | None = None) -> None:
+    """Send every log record at `level` or above to `stream` (default stderr):
+    JSON lines unless the stream is a terminal (`json` forces either way).
+    Idempotent: replaces the handler an earlier call installed, keeps others."""
+    name = level.lower()
+    if name not in LEVELS:
+        raise ValueError(f"log level: expected one of {', '.join(LEVELS)}, found {level!r}")
+    stream = sys.stderr if stream is None else stream
+    tty = _isatty(stream)
+    as_json = not tty if json is None else json
+    handler = _Handler(stream)
+    if as_json:
+        handler.setFormatter(JsonFormatter(ascii_only=not _utf8(stream)))
+    else:
+        colour = tty and "NO_COLOR" not in os.environ
+        handler.setFormatter(TextFormatter(colour=colour))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(name.upper())
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if name == "debug" else logging.WARNING)
+
+
+def _utf8(stream: TextIO) -> bool:
+    """Whether the stream takes any text (a StringIO has no encoding: it does)."""
+    encoding = getattr(stream, "encoding", None)
+    try:
+        return encoding is None or codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
