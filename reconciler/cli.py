@@ -1,4 +1,5 @@
-"""The `reconciler` command line: validate, plan, apply, graph, providers, version.
+"""The `reconciler` command line: validate, plan, apply, graph, providers, version,
+run (the daemon), status and events.
 
 RECONCILER_ROOT and RECONCILER_STATE_DIR set --root and --state-dir for every
 command; any other option comes from RECONCILER_<COMMAND>_<OPTION> (for example
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from reconciler import __version__
 
@@ -45,6 +47,14 @@ def _exit(code: int) -> NoReturn:
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+class _OneLineError(click.ClickException):
+    """A bad value shown as one `error: ...` line, without click's usage lines: for
+    settings and secret files, whose messages name the file, and the events filters."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def _colour(no_color: bool) -> bool:
@@ -349,33 +359,115 @@ def _type_name(annotation: Any) -> str:
 
 def _settings_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Load a YAML settings file into the command's defaults: flags and
-    RECONCILER_* variables still win over it."""
+    RECONCILER_* variables still win over it. Every value is checked here, so an
+    error names the file and the line instead of an option the user never typed."""
     if value is None:
         return None
     import yaml
 
     try:
-        data = yaml.safe_load(value.read_text()) or {}
+        text = value.read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.BadParameter(f"{value}: {exc.strerror}") from None
+        raise _OneLineError(f"settings file {value}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _OneLineError(f"settings file {value}: not UTF-8 text") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = {} if node is None else loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else str(value)
+        problem = exc.problem or exc.context or "syntax error"
+        raise _OneLineError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{value}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{value}: expected a mapping of settings")
+        raise _OneLineError(f"{value}: invalid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        raise _OneLineError(
+            f"{value}{line}: expected a mapping of settings (`interval: 30s` lines), "
+            f"found {type(data).__name__}"
+        )
     assert isinstance(ctx.command, click.Command)
-    known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    by_key: dict[str, click.Parameter] = {}
+    for p in ctx.command.params:
+        if p.name and p.name != "config":
+            by_key[p.name.replace("_", "-")] = p
+            for opt in getattr(p, "opts", ()):
+                by_key[opt.lstrip("-")] = p
+    flags = sorted({o.lstrip("-") for p in by_key.values() for o in getattr(p, "opts", ())})
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key = str(key_node.value)
+        if key in lines:
+            raise _OneLineError(
+                f"{value}:{key_node.start_mark.line + 1}: setting {key!r} given twice "
+                f"(first on line {lines[key]})"
+            )
+        lines[key] = key_node.start_mark.line + 1
     defaults: dict[str, Any] = {}
     for key, item in data.items():
-        name = str(key).replace("-", "_")
-        name = {"root": "roots", "path": "subpath"}.get(name, name)
-        if name == "roots" and isinstance(item, str):
+        where = f"{value}:{lines.get(str(key), '?')}"
+        found = by_key.get(str(key).replace("_", "-"))
+        if found is None or found.name is None:
+            raise _OneLineError(f"{where}: unknown setting {key!r}; known: {', '.join(flags)}")
+        if found.multiple and isinstance(item, str):
             item = [item]
-        if name not in known:
-            options = ", ".join(sorted(k.replace("_", "-") for k in known))
-            raise click.BadParameter(f"{value}: unknown setting {key!r}; known: {options}")
-        defaults[name] = item
+        if isinstance(item, dict) or (isinstance(item, list) and not found.multiple):
+            raise _OneLineError(
+                f"{where}: {key}: expected a single value, found a {type(item).__name__}"
+            )
+        try:
+            found.process_value(ctx, item)  # type and callback: the checks a flag gets
+        except click.BadParameter as exc:
+            raise _OneLineError(f"{where}: {key}: {exc.message}") from None
+        except _OneLineError as exc:  # a secret file's problem, naming the file
+            raise _OneLineError(f"{where}: {key}: {exc.message}") from None
+        defaults[found.name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _secret_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A secret file must be readable at startup: better a clear error now than a
+    daemon that starts and fails at its first fetch or webhook."""
+    if value is None:
+        return None
+    problem = _unreadable(value, text=param.name != "ssh_key")
+    if problem is None:
+        return value
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is None:  # checked by _settings_file, which names the setting
+        raise _OneLineError(f"{value}: {problem}")
+    if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+        raise _OneLineError(f"{param.envvar}={value}: {problem}")
+    raise _OneLineError(f"{getattr(param, 'opts', [param.name])[0]} {value}: {problem}")
+
+
+def _unreadable(path: Path, *, text: bool) -> str | None:
+    """Why `path` cannot be read as a (text) file, or None. Non-blocking, so a FIFO
+    given by mistake does not hang startup."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        data = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+    if text:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.reason != "unexpected end of data":  # a file over 64 KiB, cut mid-character
+                return "not UTF-8 text"
+    return None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
@@ -394,13 +486,15 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     return host.strip("[]"), int(port)
 
 
-_file = click.Path(path_type=Path, exists=True, dir_okay=False)
+_secret = click.Path(path_type=Path)
+"""Checked by `_secret_file`, which says what is wrong in one line."""
 
 
 @cli.command()
 @click.option(
     "--config",
-    type=_file,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
     callback=_settings_file,
     is_eager=True,
     expose_value=False,
@@ -444,10 +538,19 @@ _file = click.Path(path_type=Path, exists=True, dir_okay=False)
     envvar="RECONCILER_LISTEN",
     help="HTTP listen address (API, webhooks, health).",
 )
-@click.option("--ssh-key", type=_file, envvar="RECONCILER_SSH_KEY", help="SSH private key.")
+@click.option(
+    "--ssh-key",
+    type=_secret,
+    metavar="FILE",
+    callback=_secret_file,
+    envvar="RECONCILER_SSH_KEY",
+    help="SSH private key.",
+)
 @click.option(
     "--known-hosts",
-    type=_file,
+    type=_secret,
+    metavar="FILE",
+    callback=_secret_file,
     envvar="RECONCILER_KNOWN_HOSTS",
     help="known_hosts for strict SSH host key checking.",
 )
@@ -459,19 +562,25 @@ _file = click.Path(path_type=Path, exists=True, dir_okay=False)
 )
 @click.option(
     "--token-file",
-    type=_file,
+    type=_secret,
+    metavar="FILE",
+    callback=_secret_file,
     envvar="RECONCILER_TOKEN_FILE",
     help="File holding an HTTPS token for the repository.",
 )
 @click.option(
     "--webhook-secret-file",
-    type=_file,
+    type=_secret,
+    metavar="FILE",
+    callback=_secret_file,
     envvar="RECONCILER_WEBHOOK_SECRET_FILE",
     help="File holding the webhook secret (enables /hooks/*).",
 )
 @click.option(
     "--api-token-file",
-    type=_file,
+    type=_secret,
+    metavar="FILE",
+    callback=_secret_file,
     envvar="RECONCILER_API_TOKEN_FILE",
     help="File holding the bearer token for POST /api/v1/sync.",
 )
@@ -504,6 +613,15 @@ _file = click.Path(path_type=Path, exists=True, dir_okay=False)
     show_default=True,
     envvar="RECONCILER_LOG_LEVEL",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="debug adds per-request, watch and scheduler lines.",
+)
+@click.option(
+    "--log-format",
+    default="auto",
+    show_default=True,
+    envvar="RECONCILER_LOG_FORMAT",
+    type=click.Choice(["auto", "json", "text"], case_sensitive=False),
+    help="Log lines on stderr: JSON, readable text, or auto (text on a terminal).",
 )
 def run(
     repo: str,
@@ -524,19 +642,14 @@ def run(
     max_prune_share: float,
     shutdown_timeout: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the daemon: follow REPO, converge every revision, heal drift."""
-    import logging
-
+    from reconciler import logs
     from reconciler.daemon import Daemon, DaemonSettings, SettingsError
     from reconciler.store import StoreError
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if log_level.lower() != "debug":  # per-request and per-change lines only when debugging
-        for noisy in ("aiohttp.access", "watchfiles", "apscheduler"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(log_level, json={"auto": None, "json": True, "text": False}[log_format.lower()])
     settings = DaemonSettings(
         repo=repo,
         ref=ref,
@@ -606,6 +719,184 @@ def status(url: str, as_json: bool) -> None:
     click.echo(f"{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
     for r in resources:
         click.echo(f"{r['id']:<{width}}  {r['state']:<10}  {r.get('lastError') or ''}".rstrip())
+
+
+@cli.command()
+@state_option
+@click.option(
+    "--url",
+    metavar="URL",
+    help="Read from a running daemon's /api/v1/events (http://127.0.0.1:9108) "
+    "instead of the state directory.",
+)
+@click.option("--resource", metavar="KIND/NAME", help="Only this resource's events.")
+@click.option("--kind", metavar="KIND", help="Only events of resources of this kind.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only events after WHEN: a duration back from now (10m, 2h, 1d), "
+    "an RFC 3339 time (2026-11-28T09:00:00Z), or unix seconds.",
+)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The newest N events (the daemon's API allows up to 1000).",
+)
+@json_option
+@click.pass_context
+def events(
+    ctx: click.Context,
+    state_dir: Path,
+    url: str | None,
+    resource: str | None,
+    kind: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show the history of state transitions, oldest first, with their reasons.
+
+    Reads the state directory (read-only: fine while the daemon runs) or, with
+    --url, a running daemon.
+    """
+    if url and ctx.get_parameter_source("state_dir") is ParameterSource.COMMANDLINE:
+        _fail("give --state-dir or --url, not both: events come from one of them")
+    if resource is not None:
+        resource_kind, _, name = resource.partition("/")
+        if not resource_kind or not name:
+            _fail(f"--resource: expected Kind/name such as File/app-config, found {resource!r}")
+    if kind is not None and (not kind or "/" in kind):
+        _fail(f"--kind: expected a kind such as File, found {kind!r}")
+    after = None if since is None else _since(since)
+    if url:
+        found = _events_from_daemon(url, resource=resource, kind=kind, since=after, limit=limit)
+    else:
+        found = _events_from_store(
+            state_dir, resource=resource, kind=kind, since=after, limit=limit
+        )
+    if as_json:
+        click.echo(json.dumps({"events": found}, indent=2))
+    elif not found:
+        click.echo("no events")
+    else:
+        click.echo(_events_table(found), nl=False)
+
+
+_SINCE_EXPECTED = (
+    "expected a duration back from now (10m, 2h, 1d), an RFC 3339 time "
+    "(2026-11-28T09:00:00Z) or unix seconds"
+)
+
+
+def _since(value: str) -> float:
+    """Unix seconds from `--since`: a bare number is unix seconds (as the API's
+    `since`), a number with a unit a duration back from now, else an RFC 3339 or
+    ISO 8601 time (local time when it has no offset)."""
+    import math
+    import re
+    from datetime import datetime
+
+    from reconciler.model import parse_duration
+
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            _fail(f"--since: {_SINCE_EXPECTED}, found {value!r}")
+        return seconds
+    if re.fullmatch(r"\d+(\.\d+)?\s*(ms|s|m|h|d)", text):
+        return time.time() - parse_duration(text)
+    try:
+        return datetime.fromisoformat(text.upper()).timestamp()
+    except (ValueError, OverflowError, OSError):
+        _fail(f"--since: {_SINCE_EXPECTED}, found {value!r}")
+
+
+def _events_from_store(
+    state_dir: Path, *, resource: str | None, kind: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    from reconciler.store.sqlite import DB_NAME
+
+    where = state_dir.absolute()
+    hint = "give the --state-dir reconciler ran with, or --url of a running daemon"
+    if not state_dir.is_dir():
+        _fail(f"state directory {where} does not exist: {hint}")
+    if not (state_dir / DB_NAME).is_file():
+        _fail(f"state directory {where} holds no {DB_NAME}: {hint}")
+    with _store(state_dir, readonly=True) as store:
+        history = store.history(resource, limit, kind=kind, since=since)
+    return [
+        {
+            "seq": t.seq,
+            "at": t.ts,
+            "id": t.id,
+            "from": None if t.from_state is None else t.from_state.value,
+            "to": t.to_state.value,
+            "event": t.event,
+            "reason": t.reason,
+        }
+        for t in history
+    ]
+
+
+def _events_from_daemon(
+    url: str, *, resource: str | None, kind: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query: dict[str, str] = {"limit": str(limit)}
+    if resource is not None:
+        query["resource"] = resource
+    if kind is not None:
+        query["kind"] = kind
+    if since is not None:
+        query["since"] = repr(since)
+    address = f"{url.rstrip('/')}/api/v1/events?{urllib.parse.urlencode(query)}"
+    try:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            events: list[dict[str, Any]] = json.load(response)["events"]
+            return events
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                message = json.load(exc)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code} {exc.reason}"
+        _fail(f"the daemon at {url} refused the query: {message}")
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(f"cannot reach the daemon at {url}: {getattr(exc, 'reason', exc)}")
+    except (ValueError, KeyError, TypeError):
+        _fail(f"{url} did not answer like a reconciler daemon (no events list in its reply)")
+
+
+def _events_table(events: list[dict[str, Any]]) -> str:
+    rows = [("TIME", "RESOURCE", "TRANSITION", "EVENT", "REASON")]
+    for e in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        millis = int(e["at"] * 1000) % 1000
+        reason = " ".join((e.get("reason") or "").split())  # one line per event
+        rows.append(
+            (
+                f"{stamp}.{millis:03d}",
+                e["id"],
+                f"{e['from'] or '-'} -> {e['to']}",
+                e["event"],
+                reason,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
 
 
 @cli.command()
