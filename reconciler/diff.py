@@ -48,8 +48,8 @@ def _value(value: Any) -> str:
 
 def _change_lines(change: Change, style: _Style) -> list[str]:
     name = change.field.lstrip("/").replace("/", ".")
-    if change.sensitive:
-        return [f"{name}: (sensitive value)"]
+    if change.sensitive:  # the values are masked in the plan itself (Change.masked)
+        return [f"{name}: (sensitive value{'' if change.before is None else ' changed'})"]
     before, after = change.before, change.after
     if isinstance(before, str) and isinstance(after, str) and ("\n" in before or "\n" in after):
         diff = [

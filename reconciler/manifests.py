@@ -19,6 +19,7 @@ import hashlib
 import os
 import pickle
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,7 @@ class _Documents:
         registry: Mapping[str, Provider[Any]],
         limits: Limits,
         memo: dict[tuple[str, bytes], list[Resource]] | None = None,
+        digest_key: bytes | None = None,
     ) -> None:
         self.root = root
         self.registry = registry
@@ -139,6 +141,9 @@ class _Documents:
         """Raw bytes of every parsed manifest, to find a node again for an error line:
         node trees are dropped after each document, they cost more than the specs."""
         self.seen_ids: set[ResourceId] = set()
+        self.digest_key = digest_key
+        self.secrets = False
+        """Whether a spec resolved a secret: the tree is then never cached (0045)."""
 
     def _node(self, rid: ResourceId) -> Node:
         """The YAML node of a resource's document, parsed again from its file."""
@@ -166,21 +171,30 @@ class _Documents:
                 self.used[key] = known
                 return
         issues, before = len(self.issues), len(self.resources)
-        self._parse_file(path, shown, raw)
-        if self.memo is not None and len(self.issues) == issues:
+        secrets = self._parse_file(path, shown, raw)
+        # a file that resolved secrets is parsed again each time: they may have changed
+        if self.memo is not None and len(self.issues) == issues and not secrets:
             self.used[key] = list(self.resources.values())[before:]
 
-    def _parse_file(self, path: Path, shown: str, raw: bytes) -> None:
+    def _parse_file(self, path: Path, shown: str, raw: bytes) -> bool:
+        """Parse one manifest file; whether any of its specs resolved a secret."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.issues.append(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
-            return
+            return False
+        self.sources[shown] = raw
+        if self.digest_key is None:
+            ctx = PrepareContext(manifest=path, config_root=self.root)
+        else:
+            ctx = PrepareContext(path, self.root, digest_key=self.digest_key)
+        self._parse_documents(shown, text, ctx)
+        self.secrets = self.secrets or bool(ctx.resolved)
+        return bool(ctx.resolved)
+
+    def _parse_documents(self, shown: str, text: str, ctx: PrepareContext) -> None:
         from reconciler import yamlload  # only a tree not found in the cache is parsed
 
-        self.sources[shown] = raw
-
-        ctx = PrepareContext(manifest=path, config_root=self.root)
         try:
             for node, data in yamlload.documents(text, self.limits.max_nodes):
                 self._add_document(shown, node, data, ctx)
@@ -301,7 +315,7 @@ class _Documents:
             self._validation(file, node, ("spec",), provider.Spec, exc)
             return
         except SpecError as exc:
-            self._issue(file, node, ("spec", exc.field), str(exc))
+            self._issue(file, node, ("spec", *exc.path), ctx.mask(str(exc)))
             return
         if not ok or policy is None:
             return
@@ -407,11 +421,54 @@ class _Documents:
 class Cache:
     """Where validated desired states are kept between runs, keyed by the digest
     of the config tree and `fingerprint` (the providers, their settings and the
-    code of reconciler itself): an unchanged tree is not parsed again."""
+    code of reconciler itself): an unchanged tree is not parsed again. A tree
+    whose specs resolved secrets is never kept (decision 0045).
+
+    The directory also holds `digest.key`, the key of the digests that stand for
+    secrets in stored specs, so that they compare equal from one run to the next."""
 
     directory: Path
     fingerprint: str
     write: bool = True
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "digest.key"
+
+
+_KEY_BYTES = 32
+
+
+def _digest_key(cache: Cache) -> bytes | None:
+    """The state directory's digest key, made on first use (when the cache may be
+    written); None, for a per-process key, when there is none and may not be one."""
+    try:
+        key = cache.key_file.read_bytes()
+        if len(key) == _KEY_BYTES:
+            return key
+    except OSError:
+        pass
+    if not cache.write:
+        return None
+    try:
+        cache.directory.mkdir(parents=True, exist_ok=True)
+        temp = cache.directory / f".digest.key.{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, cache.key_file)  # never replaces a key another process made
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink(missing_ok=True)
+        key = cache.key_file.read_bytes()
+    except OSError:
+        return None
+    return key if len(key) == _KEY_BYTES else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,11 +564,11 @@ def load(
         raise ManifestError([Issue(str(path), None, "", "no such file or directory")])
     limits = limits or Limits()
     files, digest, others = _read_tree(path, root, limits)
-    key = ""
+    cache_key = ""
     fingerprint = cache.fingerprint if cache is not None else ""
     if cache is not None:
-        key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
-        state = _cached(cache, key)
+        cache_key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
+        state = _cached(cache, cache_key)
         if state is not None:
             return dataclasses.replace(state, revision=revision or digest[:12])
     files_memo = None
@@ -520,10 +577,11 @@ def load(
         if memo.context != context:
             memo.context, memo.files = context, {}
         files_memo = memo.files
+    key = _digest_key(cache) if cache is not None else None
     try:
-        docs, edges = _parse(files, root, registry, limits, files_memo)
+        docs, edges = _parse(files, root, registry, limits, files_memo, key)
     except _Reparse:
-        docs, edges = _parse(files, root, registry, limits, None)
+        docs, edges = _parse(files, root, registry, limits, None, key)
     if docs.issues:
         raise ManifestError(docs.issues)
     if memo is not None:
@@ -531,8 +589,8 @@ def load(
     state = DesiredState(
         revision=revision or digest[:12], resources=docs.resources, dependencies=edges
     )
-    if cache is not None and cache.write:
-        _store_cached(cache, key, state)
+    if cache is not None and cache.write and not docs.secrets:
+        _store_cached(cache, cache_key, state)
     return state
 
 
@@ -542,8 +600,9 @@ def _parse(
     registry: Mapping[str, Provider[Any]],
     limits: Limits,
     memo: dict[tuple[str, bytes], list[Resource]] | None,
+    digest_key: bytes | None,
 ) -> tuple[_Documents, dict[ResourceId, tuple[ResourceId, ...]]]:
-    docs = _Documents(root, registry, limits, memo)
+    docs = _Documents(root, registry, limits, memo, digest_key)
     for file in files:
         if file.raw is None:
             docs.issues.append(Issue(file.shown, None, "", file.problem or "unreadable"))

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
+import hmac
+import os
 import re
+import secrets
+import stat
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+)
 
 API_VERSION = "reconciler/v1"
 
@@ -139,12 +151,22 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One field that differs; `field` is a JSON pointer into the spec."""
+    """One field that differs; `field` is a JSON pointer into the spec.
+
+    A sensitive change (see `Change.masked`) carries SENSITIVE in place of both
+    values, so no renderer of a plan can show a secret, whether it knows about
+    secrets or not."""
 
     field: str
     before: Any
     after: Any
     sensitive: bool = False
+
+    @classmethod
+    def masked(cls, field: str, *, absent: bool = False) -> Change:
+        """A change of a field whose values are secret: `before` is None when the
+        object is `absent` (a create), else SENSITIVE; `after` is SENSITIVE."""
+        return cls(field, None if absent else SENSITIVE, SENSITIVE, sensitive=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +213,82 @@ class PermanentError(ProviderError):
 
 
 class SpecError(ValueError):
-    """Raised by `Provider.prepare`: a spec that is well-formed but unusable."""
+    """Raised by `Provider.prepare`: a spec that is well-formed but unusable.
 
-    def __init__(self, field: str, message: str) -> None:
+    `field` is a field name or a path into the spec (`("vars", "db", 0)`); errors
+    name it with the line it is on."""
+
+    def __init__(self, field: str | tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
-        self.field = field
+        self.path: tuple[str | int, ...] = field if isinstance(field, tuple) else (field,)
+        self.field = ".".join(str(part) for part in self.path)
+
+
+# Secrets. A manifest never holds a secret value, only a reference to one:
+# `{valueFrom: {env: NAME}}` or `{valueFrom: {file: /run/secrets/x}}`, resolved in
+# `Provider.prepare` through `PrepareContext.secret`. What is resolved is a
+# `Sensitive` string: the text itself for the provider to use, masked in reprs, and
+# dumped (stored spec, spec hash) as a keyed digest. See docs/decisions/0045.
+
+SENSITIVE = "(sensitive value)"
+"""What plans, the API and errors show in place of a secret."""
+
+MAX_SECRET_FILE = 1024 * 1024
+"""Largest secret file read; anything bigger is a mistake (a wrong path)."""
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PROCESS_KEY = secrets.token_bytes(32)
+"""Digest key of a load that has no key of its own (no state directory)."""
+
+
+class Sensitive(str):
+    """A secret, or text made from one. It is the text (write it, send it); its
+    repr is SENSITIVE; a spec field typed `SensitiveStr` dumps it as `marker`, a
+    keyed digest (HMAC-SHA256) that changes when the text does. It is never
+    pickled. Operations on it (slicing, formatting) give plain `str`."""
+
+    marker: str
+
+    def __new__(cls, value: str, marker: str) -> Sensitive:
+        self = super().__new__(cls, value)
+        self.marker = marker
+        return self
+
+    def __repr__(self) -> str:
+        return repr(SENSITIVE)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("a sensitive value is never pickled")
+
+    def __copy__(self) -> Sensitive:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Sensitive:
+        return self
+
+
+def _dump_text(value: str) -> str:
+    return value.marker if isinstance(value, Sensitive) else value
+
+
+SensitiveStr = Annotated[str, PlainSerializer(_dump_text)]
+"""A spec field that may hold a `Sensitive` value after `prepare`: model dumps (the
+stored spec, the spec hash) show its marker instead of the text."""
+
+
+def is_secret_ref(value: Any) -> bool:
+    """Whether `value` is meant as a secret reference: a mapping with `valueFrom`."""
+    return isinstance(value, Mapping) and "valueFrom" in value
+
+
+def mask(text: str, values: Sequence[str]) -> str:
+    """`text` with every occurrence of each of `values` (and of its repr, as an
+    error message may quote it) replaced by SENSITIVE."""
+    for value in sorted(values, key=len, reverse=True):
+        for form in dict.fromkeys((value, repr(value)[1:-1])):
+            if form:
+                text = text.replace(form, SENSITIVE)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +300,96 @@ class ProviderSettings:
 
 @dataclass(frozen=True, slots=True)
 class PrepareContext:
-    """Where a manifest lives, for specs that refer to other files of the config tree."""
+    """Where a manifest lives, for specs that refer to other files of the config
+    tree; and the resolver of secret references (`secret`), which remembers what
+    it resolved so the loader never caches it and errors never show it."""
 
     manifest: Path
     config_root: Path
+    digest_key: bytes = _PROCESS_KEY
+    """Key of the digests that stand for sensitive values in dumped specs; the
+    loader keeps one per state directory so digests compare across runs."""
+    resolved: list[str] = field(default_factory=list)
+    """Every secret value resolved through this context."""
+
+    def secret(
+        self, value: Any, where: tuple[str | int, ...], *, whole_file: bool = False
+    ) -> Sensitive | None:
+        """The secret `value` refers to, if it is a reference; None if it is not.
+
+        `where` is the field's path in the spec, for errors. A file is read as
+        UTF-8 text; trailing line breaks are dropped (a value written with `echo`)
+        unless `whole_file` (a key or certificate used as a file's content).
+        Raises SpecError naming the variable or file, never a value."""
+        if not is_secret_ref(value):
+            return None
+        assert isinstance(value, Mapping)
+        if len(value) != 1:
+            others = ", ".join(str(k) for k in value if k != "valueFrom")
+            raise SpecError(where, f"valueFrom must be alone in its mapping, found also {others}")
+        source = value["valueFrom"]
+        where = (*where, "valueFrom")
+        if (
+            not isinstance(source, Mapping)
+            or len(source) != 1
+            or not (set(source) <= {"env", "file"})
+        ):
+            raise SpecError(where, "expected exactly one of env: NAME or file: /path")
+        if "env" in source:
+            text = _from_env(source["env"], (*where, "env"))
+        else:
+            text = _from_file(source["file"], (*where, "file"))
+            if not whole_file:
+                text = text.rstrip("\r\n")
+        if text == "":
+            raise SpecError(where, "the secret is empty")
+        self.resolved.append(text)
+        return self.sensitive(text)
+
+    def sensitive(self, text: str) -> Sensitive:
+        """`text`, made from a secret, as a Sensitive value with its digest."""
+        mac = hmac.new(self.digest_key, text.encode(), hashlib.sha256).hexdigest()[:32]
+        return Sensitive(text, f"sensitive:hmac-sha256:{mac}")
+
+    def mask(self, text: str) -> str:
+        """`text` (an error message) without any secret resolved so far."""
+        return mask(text, self.resolved) if self.resolved else text
+
+
+def _from_env(name: Any, where: tuple[str | int, ...]) -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise SpecError(where, f"expected an environment variable name, found {name!r}")
+    text = os.environ.get(name)
+    if text is None:
+        raise SpecError(where, f"environment variable {name} is not set")
+    return text
+
+
+def _from_file(path: Any, where: tuple[str | int, ...]) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise SpecError(where, f"expected an absolute path such as /run/secrets/db, found {path!r}")
+    try:
+        # non-blocking: a FIFO at the path must not hang the load
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(where, f"{path} is not a regular file")
+        if st.st_size > MAX_SECRET_FILE:
+            raise SpecError(
+                where, f"{path} is {st.st_size} bytes, over the limit of {MAX_SECRET_FILE}"
+            )
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(where, f"{path} is not UTF-8 text") from None
 
 
 PREPARED: Mapping[str, Any] = {"prepared": True}

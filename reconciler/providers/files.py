@@ -4,6 +4,11 @@ Content comes from exactly one of `content` (inline), `source` (a file of the
 config tree) or `template` (a Jinja2 template of the config tree, rendered with
 `vars` and StrictUndefined). Sources and templates are resolved at load time, so
 a missing file or a template error rejects the revision before anything runs.
+
+Secrets: `content` may be a secret reference (`{valueFrom: {env: NAME}}` or
+`{valueFrom: {file: /path}}`, the whole file as content), and so may any value
+in `vars`, at any depth. A file made from a secret is sensitive: its content is
+never shown in a plan, and its stored spec holds a keyed digest instead.
 Writes are atomic: a temporary file in the target's directory, fsync, rename;
 a symlink at the path is replaced, never written through.
 """
@@ -16,9 +21,9 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationInfo, model_validator
+from pydantic import BeforeValidator, ValidationInfo, model_validator
 
 from reconciler.model import (
     NO_CHANGES,
@@ -30,6 +35,8 @@ from reconciler.model import (
     PrepareContext,
     Provider,
     ProviderSettings,
+    Sensitive,
+    SensitiveStr,
     SpecError,
     is_prepared,
 )
@@ -40,8 +47,17 @@ MAX_SHOWN = 1024 * 1024
 larger ones are compared by SHA-256 digest only."""
 
 
+def _text_or_ref(value: Any) -> Any:
+    if value is None or isinstance(value, str | dict):
+        return value  # a reference is checked (and resolved) by prepare
+    raise ValueError(
+        "expected text or a secret reference such as {valueFrom: {env: NAME}}, "
+        f"found {type(value).__name__}"
+    )
+
+
 class FileSpec(_fs.PathSpec):
-    content: str | None = None
+    content: Annotated[SensitiveStr | dict[str, Any] | None, BeforeValidator(_text_or_ref)] = None
     source: str | None = None
     template: str | None = None
     vars: dict[str, Any] | None = None
@@ -60,6 +76,16 @@ class FileSpec(_fs.PathSpec):
         if self.vars is not None and self.template is None:
             raise ValueError("vars is only used with template")
         return self
+
+    @property
+    def text(self) -> str:
+        """The content to write (prepared: sources, templates and secrets resolved)."""
+        return self.content if isinstance(self.content, str) else ""
+
+    @property
+    def sensitive(self) -> bool:
+        """Whether the content is made from a secret and must never be shown."""
+        return isinstance(self.content, Sensitive)
 
 
 def _inside(ctx: PrepareContext, field: str, relative: str) -> Path:
@@ -84,6 +110,19 @@ def _read_text(path: Path, field: str, relative: str) -> str:
         raise SpecError(field, f"cannot read {relative!r}: {exc.strerror}") from None
 
 
+def _resolve(ctx: PrepareContext, value: Any, where: tuple[str | int, ...]) -> Any:
+    """`vars` with every secret reference replaced by the secret, as plain text:
+    Jinja must see the values themselves (a Sensitive repr would be masked)."""
+    secret = ctx.secret(value, where)
+    if secret is not None:
+        return str(secret)
+    if isinstance(value, dict):
+        return {k: _resolve(ctx, v, (*where, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(ctx, v, (*where, i)) for i, v in enumerate(value)]
+    return value
+
+
 def _render(ctx: PrepareContext, relative: str, variables: dict[str, Any]) -> str:
     import jinja2  # only manifests with templates pay for the import
 
@@ -105,7 +144,9 @@ def _render(ctx: PrepareContext, relative: str, variables: dict[str, Any]) -> st
         raise SpecError("template", f"{relative!r} is not UTF-8 text") from None
     except Exception as exc:  # undefined variables, and anything a template raises
         message = exc.message if isinstance(exc, jinja2.UndefinedError) else str(exc)
-        raise SpecError("template", f"{_template_line(exc, root, name)}: {message}") from None
+        # an error may quote a value, and a value may be a secret
+        message = ctx.mask(f"{_template_line(exc, root, name)}: {message}")
+        raise SpecError("template", message) from None
 
 
 def _template_line(exc: BaseException, root: Path, name: str) -> str:
@@ -131,10 +172,24 @@ class FileProvider(Provider[FileSpec]):
 
     def prepare(self, spec: FileSpec, ctx: PrepareContext) -> FileSpec:
         _fs.check_path(spec.path, self.settings)
+        text: str
         if spec.source is not None:
             text = _read_text(_inside(ctx, "source", spec.source), "source", spec.source)
         elif spec.template is not None:
-            text = _render(ctx, spec.template, spec.vars or {})
+            secrets_before = len(ctx.resolved)
+            variables = _resolve(ctx, spec.vars or {}, ("vars",))
+            text = _render(ctx, spec.template, variables)
+            if len(ctx.resolved) > secrets_before:
+                text = ctx.sensitive(text)
+        elif isinstance(spec.content, dict):
+            secret = ctx.secret(spec.content, ("content",), whole_file=True)
+            if secret is None:
+                raise SpecError(
+                    "content",
+                    "expected text or a secret reference "
+                    "{valueFrom: {env: NAME}} or {valueFrom: {file: /path}}",
+                )
+            text = secret
         else:
             return spec
         return spec.model_copy(update={"content": text})
@@ -152,9 +207,14 @@ class FileProvider(Provider[FileSpec]):
         return await asyncio.to_thread(_observe_all, [s.path for s in specs])
 
     def plan(self, spec: FileSpec, observed: Observed | None) -> Plan:
-        content = spec.content or ""
+        content = spec.text
+        sensitive = spec.sensitive
         if observed is None:
-            changes = [Change("/content", None, content)]
+            changes = [
+                Change.masked("/content", absent=True)
+                if sensitive
+                else Change("/content", None, content)
+            ]
             changes += [
                 Change(f"/{name}", None, value)
                 for name in ("mode", "owner", "group")
@@ -170,7 +230,9 @@ class FileProvider(Provider[FileSpec]):
         else:
             same = observed["sha256"] == _digest(content.encode())
         if not same:
-            changes.append(Change("/content", seen, content))
+            changes.append(
+                Change.masked("/content") if sensitive else Change("/content", seen, content)
+            )
         changes += _fs.metadata_changes(observed, spec.mode, spec.owner, spec.group)
         return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
 
@@ -257,13 +319,15 @@ def _write_atomically(
     st = _fs.lstat_or_none(path)
     old = st if st is not None and _fs.file_type(st) == "file" else None
     if mode is None:
-        mode = f"{old.st_mode & 0o7777:04o}" if old is not None else (spec.mode or "0644")
+        # a file made from a secret is private unless its spec says otherwise
+        new_mode = "0600" if spec.sensitive else "0644"
+        mode = f"{old.st_mode & 0o7777:04o}" if old is not None else (spec.mode or new_mode)
     uid = _fs.uid_of(owner) if owner is not None else (old.st_uid if old is not None else -1)
     gid = _fs.gid_of(group) if group is not None else (old.st_gid if old is not None else -1)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
-            data = memoryview((spec.content or "").encode())
+            data = memoryview(spec.text.encode())
             while data:
                 data = data[os.write(fd, data) :]
             if (uid, gid) != (-1, -1):
