@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler import __version__
+from reconciler import __version__, logs
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load
@@ -361,6 +361,7 @@ class Daemon:
                 self._reject(revision, [str(exc)])
                 return
             self.desired = desired
+            logs.REVISION.set(revision.id)
             self.source_state.current = revision
             self.source_state.rejected = None
             self.source_state.last_error = None
@@ -454,6 +455,7 @@ class Daemon:
             for rid, trigger in batch.items():
                 if rid in self.desired.resources:
                     by_trigger.setdefault(trigger, set()).add(rid)
+            logs.REVISION.set(self.desired.revision)  # for what the engine and providers log
             for trigger, rids in by_trigger.items():
                 async with self._pass_lock:
                     report = await self.engine.converge(self.desired, only=rids, trigger=trigger)
