@@ -56,6 +56,7 @@ _SCALARS = (str, int, float, bool, type(None))
 # (an undecodable file name) cannot be written as UTF-8.
 _UNSAFE = re.compile("[\u2028\u2029\x85\ud800-\udfff]")
 _SHORT_REVISION = 12
+_GIT_SHA = re.compile("[0-9a-f]{40}|[0-9a-f]{64}")
 _COLOURS = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
 
 
@@ -134,7 +135,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """`2026-11-28 01:11:01.772 INFO    reconciler.daemon: message revision=... resource=...`
-    in local time; revisions shortened to 12 characters; colour on request."""
+    in local time; git commit ids shortened to 12 characters; colour on request."""
 
     def __init__(self, *, colour: bool = False) -> None:
         super().__init__()
@@ -147,7 +148,7 @@ class TextFormatter(logging.Formatter):
         if self.colour and record.levelname in _COLOURS:
             level = f"{_COLOURS[record.levelname]}{level}\x1b[0m"
         line = f"{stamp}.{int(record.msecs):03d} {level} {record.name}: {out['msg']}"
-        if "revision" in out:
+        if "revision" in out and _GIT_SHA.fullmatch(out["revision"]):
             out["revision"] = out["revision"][:_SHORT_REVISION]
         extras = [f"{k}={_text_value(v)}" for k, v in out.items() if k not in _CORE[:4]]
         if extras:

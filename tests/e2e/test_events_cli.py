@@ -316,7 +316,9 @@ def test_log_format_and_level_come_from_flags_env_or_the_settings_file(
     assert lines and all(TEXT_LOG.match(line) for line in lines), lines
     converged = [line for line in lines if " converged: " in line]
     assert len(converged) == 1 and "INFO    reconciler.daemon: revision " in converged[0]
-    assert converged[0].endswith(f"revision={converged[0].split()[5][:12]}"), converged[0]
+    revision = converged[0].split()[5]
+    assert revision.startswith("dir-"), converged[0]  # a local revision id is not shortened
+    assert converged[0].endswith(f"  revision={revision}"), converged[0]
 
     # the environment beats the file, a flag beats the environment
     quiet = daemons.start(

@@ -261,6 +261,13 @@ def test_text_line_reads_time_level_logger_message_then_fields() -> None:
     assert match["rest"] == f"Directory/app created  revision={SHA[:12]} resource=Directory/app"
 
 
+def test_text_line_shortens_only_git_commit_ids() -> None:
+    sha256 = "a" * 64
+    for revision, shown in ((SHA, SHA[:12]), (sha256, "a" * 12), ("dir-fe486e0d6195", None)):
+        line = logs.TextFormatter().format(record(revision=revision))
+        assert line.endswith(f"  revision={shown or revision}"), line
+
+
 def test_text_line_quotes_values_that_need_it_and_shows_extras() -> None:
     line = logs.TextFormatter().format(
         record("m", (), resource="File/with space", attempt=2, reason="", fields=["/a"])
