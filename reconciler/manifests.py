@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +128,7 @@ class _Documents:
         registry: Mapping[str, Provider[Any]],
         limits: Limits,
         memo: dict[tuple[str, bytes], list[Resource]] | None = None,
-        digest_key: bytes | None = None,
+        digest_key: Callable[[], bytes] | None = None,
     ) -> None:
         self.root = root
         self.registry = registry
@@ -439,9 +439,27 @@ class Cache:
 _KEY_BYTES = 32
 
 
+class _DigestKey:
+    """The state directory's digest key, read (or made) when a load first needs it."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.key: bytes | None = None
+
+    def __call__(self) -> bytes:
+        if self.key is None:
+            self.key = _digest_key(self.cache) or _FALLBACK_KEY
+        return self.key
+
+
+_FALLBACK_KEY = secrets.token_bytes(_KEY_BYTES)
+"""For a load that may not write the key file and finds none (a read-only `plan`
+before any key was made): digests then compare within this process only."""
+
+
 def _digest_key(cache: Cache) -> bytes | None:
-    """The state directory's digest key, made on first use (when the cache may be
-    written); None, for a per-process key, when there is none and may not be one."""
+    """The key from `cache.key_file`, made there if there is none and the cache may
+    be written; None otherwise."""
     try:
         key = cache.key_file.read_bytes()
         if len(key) == _KEY_BYTES:
@@ -577,7 +595,7 @@ def load(
         if memo.context != context:
             memo.context, memo.files = context, {}
         files_memo = memo.files
-    key = _digest_key(cache) if cache is not None else None
+    key = _DigestKey(cache) if cache is not None else None
     try:
         docs, edges = _parse(files, root, registry, limits, files_memo, key)
     except _Reparse:
@@ -600,7 +618,7 @@ def _parse(
     registry: Mapping[str, Provider[Any]],
     limits: Limits,
     memo: dict[tuple[str, bytes], list[Resource]] | None,
-    digest_key: bytes | None,
+    digest_key: Callable[[], bytes] | None,
 ) -> tuple[_Documents, dict[ResourceId, tuple[ResourceId, ...]]]:
     docs = _Documents(root, registry, limits, memo, digest_key)
     for file in files:

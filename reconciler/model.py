@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -306,9 +306,10 @@ class PrepareContext:
 
     manifest: Path
     config_root: Path
-    digest_key: bytes = _PROCESS_KEY
-    """Key of the digests that stand for sensitive values in dumped specs; the
-    loader keeps one per state directory so digests compare across runs."""
+    digest_key: Callable[[], bytes] = lambda: _PROCESS_KEY
+    """Gives the key of the digests that stand for sensitive values in dumped
+    specs, when the first is made; the loader keeps one per state directory so
+    digests compare across runs."""
     resolved: list[str] = field(default_factory=list)
     """Every secret value resolved through this context."""
 
@@ -348,7 +349,7 @@ class PrepareContext:
 
     def sensitive(self, text: str) -> Sensitive:
         """`text`, made from a secret, as a Sensitive value with its digest."""
-        mac = hmac.new(self.digest_key, text.encode(), hashlib.sha256).hexdigest()[:32]
+        mac = hmac.new(self.digest_key(), text.encode(), hashlib.sha256).hexdigest()[:32]
         return Sensitive(text, f"sensitive:hmac-sha256:{mac}")
 
     def mask(self, text: str) -> str:
