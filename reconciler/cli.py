@@ -741,6 +741,7 @@ def status(url: str, as_json: bool) -> None:
     "--limit",
     default=100,
     show_default=True,
+    metavar="N",
     type=click.IntRange(min=1),
     help="The newest N events (the daemon's API allows up to 1000).",
 )
