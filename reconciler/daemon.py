@@ -78,6 +78,8 @@ def _read_secret(path: Path | None, what: str) -> str | None:
         value = path.read_text().strip()
     except OSError as exc:
         raise SettingsError(f"{what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{what} file {path}: not UTF-8 text") from None
     if not value:
         raise SettingsError(f"{what} file {path} is empty")
     return value
