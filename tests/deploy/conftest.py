@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.fsm import State
-from reconciler.metrics import FAMILIES, Metrics, Snapshot
+from reconciler.metrics import FAMILIES, PHASES, Metrics, Snapshot
 from tests.deploy import promql
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,6 +19,15 @@ OPERATIONS = REPO / "docs" / "operations.md"
 SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",)}
 TARGET_LABELS = frozenset({"job", "instance"})
 """Labels Prometheus adds to every scraped series."""
+STATES = {state.value for state in State}
+LABEL_VALUES = {
+    "state": STATES - {State.GONE.value},  # a resource that is gone has no series
+    "from_state": STATES | {"none"},
+    "to_state": STATES,
+    "phase": set(PHASES),
+    "result": {"success", "error"},
+}
+"""The values the enumerated labels take, for checking equality matchers."""
 
 
 def family_of(name: str) -> str | None:
@@ -77,6 +86,9 @@ def check_expression(expr: str, exported: dict[str, frozenset[str]], *templates:
         assert name in exported, f"{name} in {expr!r} is not in the daemon's exposition"
         missing = labels - exported[name]
         assert not missing, f"{name} has no label {sorted(missing)} (in {expr!r})"
+    for label, value in re.findall(r'\b(\w+)\s*=\s*"([^"$]*)"', expr):
+        if label in LABEL_VALUES:
+            assert value in LABEL_VALUES[label], f'{label}="{value}" never matches (in {expr!r})'
     available: set[str] = set().union(*(exported[name] for name in found.metrics))
     unknown = found.grouping - available - {"le"}
     assert not unknown, f"grouping by {sorted(unknown)}, not a label of the series in {expr!r}"

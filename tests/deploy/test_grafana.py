@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY, check_expression
+from tests.system import ensure_debian
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboard.json"
@@ -118,6 +121,34 @@ def test_queries_name_exported_metrics(
     title: str, expr: str, legend: str, exported: dict[str, Any]
 ) -> None:
     check_expression(expr, exported, legend)
+
+
+def test_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses every query, as recording rules, with the dashboard's
+    variables replaced by what Grafana would put there."""
+    variables = {
+        "$__rate_interval": "1m",
+        "$job": "reconciler",
+        "$instance": ".*",
+    }
+    rules = []
+    for panel in _panels():
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in variables.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"unknown variable in {target['expr']!r}"
+            rules.append(
+                {"record": f"dashboard:panel_{panel['id']}:{target['refId']}", "expr": expr}
+            )
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    promtool = ensure_debian("promtool", "prometheus")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
 def test_variable_queries_name_exported_metrics(exported: dict[str, Any]) -> None:
