@@ -137,10 +137,9 @@ def test_rules_and_dashboard_on_prometheus_scraping_a_daemon(
             assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
 
         dashboard = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
+        scrapes = 'reconciler_queue_depth{job="reconciler"}'
         wait_until(  # rate() over the panel's range needs two scrapes
-            lambda: prometheus.api(
-                "query", query="count_over_time(reconciler_queue_depth[1m]) >= 3"
-            ),
+            lambda: prometheus.api("query", query=f"count_over_time({scrapes}[1m]) >= 3")["result"],
             "three scrapes",
             timeout=60,
         )
