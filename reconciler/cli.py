@@ -590,14 +590,21 @@ _secret = click.Path(path_type=Path)
     show_default=True,
     type=click.IntRange(1, 1024),
     envvar="RECONCILER_CONCURRENCY",
+    help="Side effects (observe batches, applies, deletes) running at once.",
 )
-@click.option("--allow-mass-prune", is_flag=True, envvar="RECONCILER_ALLOW_MASS_PRUNE")
+@click.option(
+    "--allow-mass-prune",
+    is_flag=True,
+    envvar="RECONCILER_ALLOW_MASS_PRUNE",
+    help="Allow a revision to prune all, or more than --max-prune-share, of the inventory.",
+)
 @click.option(
     "--max-prune-share",
     default=0.5,
     show_default=True,
     type=click.FloatRange(0, 1),
     envvar="RECONCILER_MAX_PRUNE_SHARE",
+    help="Largest share of the inventory one revision may prune.",
 )
 @click.option(
     "--shutdown-timeout",
