@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +20,7 @@ import yaml
 
 from tests.deploy.conftest import DEPLOY
 from tests.e2e.daemon_harness import Daemons, docs, file_doc, wait_until
-from tests.gitservers import free_port, wait_for_port
-from tests.system import ensure_debian
+from tests.prometheus import Prometheus
 
 DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$job": "reconciler", "$instance": ".*"}
 NO_DATA = {
@@ -33,48 +29,21 @@ NO_DATA = {
 }
 
 
-class Prometheus:
-    """Prometheus from Debian with deploy/prometheus's configuration and rules."""
+def _stack_prometheus(workdir: Path, target: str) -> Prometheus:
+    """Prometheus with deploy/prometheus's configuration and rules, pointed at
+    `target` and sped up."""
 
-    def __init__(self, workdir: Path, target: str) -> None:
-        binary = ensure_debian("prometheus", "prometheus")
-        workdir.mkdir(parents=True)
-        self.port = free_port()
+    def config(port: int) -> Any:
         config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         for job in config["scrape_configs"]:
-            own = {"reconciler": target, "prometheus": f"127.0.0.1:{self.port}"}[job["job_name"]]
+            own = {"reconciler": target, "prometheus": f"127.0.0.1:{port}"}[job["job_name"]]
             job["static_configs"] = [{"targets": [own]}]
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        shutil.copy(DEPLOY / "prometheus" / "alerts.yaml", workdir)  # as shipped
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, proc=self.proc)
+        return config
 
-    def api(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
+    workdir.mkdir(parents=True)
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yaml", workdir)  # as shipped
+    return Prometheus(workdir, config)
 
 
 @pytest.fixture
@@ -112,7 +81,7 @@ def test_rules_and_dashboard_on_prometheus_scraping_a_daemon(
     (root / "warned.txt").write_text("by hand\n")
     daemon.wait_state("File/warned", "Drifted")
 
-    prometheus = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{daemon.port}")
+    prometheus = _stack_prometheus(tmp_path / "prometheus", f"127.0.0.1:{daemon.port}")
     try:
         # Exactly these two: ReconcilerAbsent may be pending for the evaluations
         # before the first scrape lands (a few seconds on a loaded machine), and

@@ -18,7 +18,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,46 +39,6 @@ from tests.e2e.daemon_harness import (
     wait_until,
 )
 from tests.gitservers import HTTP_TOKEN, GitDaemon, GitRepos, SmartHTTPServer, WorkClone
-
-# fixtures: real servers and directories, one set per test
-
-
-@pytest.fixture
-def repos(tmp_path: Path) -> GitRepos:
-    return GitRepos(tmp_path / "srv")
-
-
-@pytest.fixture
-def work(repos: GitRepos) -> WorkClone:
-    """A working clone of a fresh bare repository, pushing through file://."""
-    repos.create()
-    return repos.clone()
-
-
-@pytest.fixture
-def git_server(repos: GitRepos) -> Iterator[GitDaemon]:
-    with GitDaemon(repos.root) as server:
-        yield server
-
-
-@pytest.fixture
-def http_server(repos: GitRepos) -> Iterator[SmartHTTPServer]:
-    with SmartHTTPServer(repos.root, token=HTTP_TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """The directory the daemon manages (its --root)."""
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    with Daemons(tmp_path / "daemons") as factory:
-        yield factory
 
 
 def push(work: WorkClone, message: str, files: Mapping[str, str | None]) -> str:

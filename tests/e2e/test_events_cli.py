@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -160,26 +159,6 @@ def test_a_missing_state_directory_or_database_is_named(sandbox: Sandbox, tmp_pa
 
 
 # against the running daemon
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    with Daemons(tmp_path / "daemons") as factory:
-        yield factory
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
 
 
 def cli_events(*args: str) -> list[dict[str, Any]]:

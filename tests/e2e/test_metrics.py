@@ -4,47 +4,18 @@ restored by hand, seen through Prometheus' own query API."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import textwrap
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.metrics import FAMILIES
 from tests.e2e.daemon_harness import DaemonProcess, Daemons, docs, file_doc, wait_until
-from tests.gitservers import GitRepos, WorkClone, free_port, wait_for_port
+from tests.gitservers import GitRepos, WorkClone
+from tests.prometheus import Prometheus
 from tests.system import ensure_debian
-
-
-@pytest.fixture
-def repos(tmp_path: Path) -> GitRepos:
-    return GitRepos(tmp_path / "srv")
-
-
-@pytest.fixture
-def work(repos: GitRepos) -> WorkClone:
-    repos.create()
-    return repos.clone()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    with Daemons(tmp_path / "daemons") as factory:
-        yield factory
 
 
 def scrape(daemon: DaemonProcess) -> str:
@@ -116,64 +87,6 @@ def test_the_daemons_exposition_follows_revisions_and_passes_promtool(
     daemon.stop()
 
 
-class Prometheus:
-    """Debian's Prometheus, scraping one target every second, on 127.0.0.1."""
-
-    def __init__(self, workdir: Path, target: str) -> None:
-        binary = ensure_debian("prometheus", "prometheus")
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            textwrap.dedent(
-                f"""\
-                global:
-                  scrape_interval: 1s
-                  evaluation_interval: 1s
-                scrape_configs:
-                  - job_name: reconciler
-                    static_configs:
-                      - targets: ["{target}"]
-                """
-            )
-        )
-        self.port = free_port()
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, proc=self.proc)
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": expr}
-        )
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def value(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.mark.timeout(900)  # the first use may install Debian's prometheus package
 def test_prometheus_sees_drift_under_warn_come_and_go(
     repos: GitRepos, work: WorkClone, root: Path, daemons: Daemons, tmp_path: Path
@@ -187,7 +100,16 @@ def test_prometheus_sees_drift_under_warn_come_and_go(
     daemon = daemons.start(repos.file_url(), root=root)
     daemon.wait_revision(sha)
     daemon.settle()
-    prometheus = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{daemon.port}")
+    target = f"127.0.0.1:{daemon.port}"
+    prometheus = Prometheus(
+        tmp_path / "prometheus",
+        lambda port: {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "reconciler", "static_configs": [{"targets": [target]}]}
+            ],
+        },
+    )
     try:
         drifted = 'reconciler_resource_drifted{kind="File",name="motd"}'
         timeout = 60.0  # the first scrape lands some seconds after start

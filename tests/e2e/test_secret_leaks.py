@@ -44,26 +44,9 @@ TEMPLATE = "[db]\nuser = app\npassword = {{ password }}\n"
 
 
 @pytest.fixture
-def repos(tmp_path: Path) -> GitRepos:
-    return GitRepos(tmp_path / "srv")
-
-
-@pytest.fixture
-def work(repos: GitRepos) -> WorkClone:
-    repos.create()
-    return repos.clone()
-
-
-@pytest.fixture
 def http_server(repos: GitRepos) -> Iterator[SmartHTTPServer]:
     with SmartHTTPServer(repos.root, token=SECRET) as server:
         yield server
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    with Daemons(tmp_path / "daemons") as factory:
-        yield factory
 
 
 def manifests(root: Path, key_file: Path, plain: str) -> dict[str, str]:
