@@ -838,18 +838,7 @@ def _events_from_store(
         _fail(f"state directory {where} holds no {DB_NAME}: {hint}")
     with _store(state_dir, readonly=True) as store:
         history = store.history(resource, limit, kind=kind, since=since)
-    return [
-        {
-            "seq": t.seq,
-            "at": t.ts,
-            "id": t.id,
-            "from": None if t.from_state is None else t.from_state.value,
-            "to": t.to_state.value,
-            "event": t.event,
-            "reason": t.reason,
-        }
-        for t in history
-    ]
+    return [t.to_json() for t in history]
 
 
 def _events_from_daemon(

@@ -644,18 +644,7 @@ class Daemon:
     ) -> list[dict[str, Any]]:
         if self.store is None:
             return []
-        return [
-            {
-                "seq": t.seq,
-                "at": t.ts,
-                "id": t.id,
-                "from": None if t.from_state is None else t.from_state.value,
-                "to": t.to_state.value,
-                "event": t.event,
-                "reason": t.reason,
-            }
-            for t in self.store.history(resource, limit, kind=kind, since=since)
-        ]
+        return [t.to_json() for t in self.store.history(resource, limit, kind=kind, since=since)]
 
 
 def _summary(report: Report) -> str:

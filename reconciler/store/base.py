@@ -51,6 +51,18 @@ class Transition:
     event: str
     reason: str | None
 
+    def to_json(self) -> dict[str, object]:
+        """The event as `/api/v1/events` and `reconciler events --json` show it."""
+        return {
+            "seq": self.seq,
+            "at": self.ts,
+            "id": self.id,
+            "from": None if self.from_state is None else self.from_state.value,
+            "to": self.to_state.value,
+            "event": self.event,
+            "reason": self.reason,
+        }
+
 
 class Store(Protocol):
     def inventory(self) -> dict[str, Record]: ...
