@@ -54,10 +54,13 @@ LABEL org.opencontainers.image.title="reconciler" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"
 
+# git and ssh for the git source; procps because GitPython finds the children
+# of a git command it kills at its timeout (ssh, git-remote-https) with pgrep.
 # Unpinned for the reason given in the build stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 git openssh-client ca-certificates \
+    && apt-get install -y --no-install-recommends \
+       python3 git openssh-client ca-certificates procps \
     && rm -rf /var/lib/apt/lists/*
 
 # A fixed uid/gid, so files the daemon writes into mounted directories have a

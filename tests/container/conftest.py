@@ -1,5 +1,7 @@
-"""Session fixtures of the container tests: a private dockerd with a locally made
+"""Fixtures of the container tests: a private dockerd with a locally made
 `debian:bookworm-slim`, and the reconciler image built from this source tree.
+Package-scoped: made once, and stopped as soon as these tests are done rather
+than at the end of the whole run.
 
 Costs on a clean machine: apt installs docker.io and debootstrap (~20 s),
 debootstrap makes the base (~40 s, then cached for the day in
@@ -33,16 +35,16 @@ IMAGE = "reconciler:test"
 BASE_IMAGE = "debian:bookworm-slim"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build and daemon logs, kept by pytest after the session for a post-mortem."""
+    """Build and daemon logs, kept by pytest after the run for a post-mortem."""
     return tmp_path_factory.mktemp("container-logs")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def docker(logs_dir: Path) -> Iterator[Dockerd]:
     """A running private dockerd with `BASE_IMAGE` imported; stopped (and its
-    directory removed) at the end of the session, whatever happened."""
+    directory removed) after the last container test, whatever happened."""
     if os.geteuid() != 0:
         pytest.skip("the container tests start their own dockerd, which needs root")
     dockerd = ensure_debian("/usr/sbin/dockerd", "docker.io")
@@ -68,7 +70,7 @@ def docker(logs_dir: Path) -> Iterator[Dockerd]:
         daemon.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image(docker: Dockerd, logs_dir: Path) -> str:
     """`IMAGE`, built from this source tree by the real Dockerfile, with pip fed
     from a local mirror of the dependencies (`--build-arg PIP_INDEX_URL`)."""

@@ -409,8 +409,11 @@ class Wheelhouse:
                 )
                 page.write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
             (staging / "complete").write_text("\n".join(sorted(projects)) + "\n")
-            remove_tree(self.root)
-            staging.rename(self.root)
+            try:
+                staging.rename(self.root)  # atomic: only complete wheelhouses are seen
+            except OSError:
+                if not (self.root / "complete").is_file():
+                    raise  # not another session's finished wheelhouse
         finally:
             remove_tree(staging)
         return self.root

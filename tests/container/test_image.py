@@ -118,6 +118,7 @@ def deployment(
             f"reconciler-{os.getpid()}",
             image,
             "--network=host",
+            "--read-only",  # as Kubernetes runs it (readOnlyRootFilesystem)
             "--health-interval=1s",  # the image's 30 s, shortened for the test
             f"--env=RECONCILER_REPO={git.url()}",
             f"--env=RECONCILER_ROOT={MANAGED}",
@@ -257,7 +258,7 @@ def test_image_metadata(docker: Dockerd, image: str) -> None:
 def test_image_holds_only_the_runtime(docker: Dockerd, image: str) -> None:
     """The venv works, git and ssh are there, the build stage's leftovers are not."""
     script = (
-        "reconciler --version && git --version && ssh -V 2>&1 && "
+        "reconciler --version && git --version && ssh -V 2>&1 && pgrep -V && "
         "test ! -e /src && ! dpkg -s python3-venv >/dev/null 2>&1 && echo clean"
     )
     out = docker.docker(
@@ -267,6 +268,7 @@ def test_image_holds_only_the_runtime(docker: Dockerd, image: str) -> None:
     assert lines[0] == f"reconciler, version {__version__}"
     assert lines[1].startswith("git version")
     assert lines[2].startswith("OpenSSH")
+    assert lines[3].startswith("pgrep from procps")
     assert lines[-1] == "clean"
 
 
