@@ -1,9 +1,12 @@
 # reconciler: the GitOps reconciliation daemon as a container image.
 #
 #   docker build -t reconciler .
-#   docker run -d --name reconciler -p 9108:9108 \
+#   sudo install -d -o 10001 -g 10001 /srv/managed
+#   docker run -d --name reconciler --init --stop-timeout 40 -p 9108:9108 \
 #     -e RECONCILER_REPO=https://git.example.com/ops/config.git \
+#     -e RECONCILER_TOKEN_FILE=/run/secrets/git-token \
 #     -e RECONCILER_ROOT=/srv/managed -v /srv/managed:/srv/managed \
+#     -v /etc/reconciler/git-token:/run/secrets/git-token:ro \
 #     -v reconciler-state:/var/lib/reconciler reconciler
 #
 # Two stages: `build` makes a virtual environment with the package and its

@@ -1,7 +1,8 @@
 """The reconciler image, for real: built from the Dockerfile by a private dockerd
 (tests/container/conftest.py), run with host networking against a git repository
-served by `git daemon` on 127.0.0.1, with a host directory mounted as the managed
-root and a named volume for the state. Plus `hadolint` on the Dockerfile.
+served over smart HTTP with a token on 127.0.0.1, with a host directory mounted as
+the managed root, the token file mounted read-only and a named volume for the
+state. Plus `hadolint` on the Dockerfile.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from reconciler.metrics import FAMILIES
 from tests.container.conftest import SOURCE_TREE
 from tests.container.dockerd import Container, Dockerd
 from tests.e2e.daemon_harness import doc, docs, file_doc, wait_until
-from tests.gitservers import GitDaemon, GitRepos, WorkClone, free_port
+from tests.gitservers import HTTP_TOKEN, GitRepos, SmartHTTPServer, WorkClone, free_port
 
 T = TypeVar("T")
 
@@ -109,23 +110,32 @@ def deployment(
     managed = base / "managed"
     managed.mkdir()
     os.chown(managed, UID, UID)  # what a user does before mounting it (decision 0031)
+    token = base / "git-token"
+    token.write_text(HTTP_TOKEN + "\n")
+    os.chown(token, 0, UID)  # readable by the container's group only (decision 0031)
+    token.chmod(0o440)
     volume = f"reconciler-state-{os.getpid()}"
     docker.docker("volume", "create", volume)
     port = free_port()
-    with GitDaemon(repos.root) as git:
+    with SmartHTTPServer(repos.root, token=HTTP_TOKEN) as git:
+        # the command line of the docs, but host networking and a test port
         container = Container.run(
             docker,
             f"reconciler-{os.getpid()}",
             image,
+            "--init",
+            "--stop-timeout=40",
             "--network=host",
             "--read-only",  # as Kubernetes runs it (readOnlyRootFilesystem)
             "--health-interval=1s",  # the image's 30 s, shortened for the test
             f"--env=RECONCILER_REPO={git.url()}",
+            "--env=RECONCILER_TOKEN_FILE=/run/secrets/git-token",
             f"--env=RECONCILER_ROOT={MANAGED}",
             f"--env=RECONCILER_LISTEN=127.0.0.1:{port}",
             f"--env=RECONCILER_INTERVAL={INTERVAL}",
             "--env=RECONCILER_DEBUG=1",  # a traceback in the log if it crashes
             f"--volume={managed}:{MANAGED}",
+            f"--volume={token}:/run/secrets/git-token:ro",
             f"--volume={volume}:{STATE}",
         )
         try:
@@ -148,12 +158,12 @@ def test_becomes_ready_and_writes_the_managed_files(deployment: Deployment) -> N
 
 def test_runs_as_the_non_root_user(deployment: Deployment) -> None:
     deployment.ready()
-    # PID 1 is the daemon itself (the entrypoint, no shell in between)
-    status = deployment.container.exec("cat", "/proc/1/status")
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    assert fields["Name"].strip() == "reconciler"
-    assert fields["Uid"].split() == [str(UID)] * 4
-    assert fields["Gid"].split() == [str(UID)] * 4
+    processes = [
+        line.split(None, 2)
+        for line in deployment.container.exec("ps", "-eo", "uid=,gid=,comm=").splitlines()
+    ]
+    assert any(comm.strip() == "reconciler" for _, _, comm in processes), processes
+    assert all((uid, gid) == (str(UID), str(UID)) for uid, gid, _ in processes), processes
     assert deployment.container.exec("id", "-u").strip() == str(UID)
 
 
@@ -201,6 +211,7 @@ def test_follows_new_commits(deployment: Deployment) -> None:
     deployment.work.push()
     config = deployment.managed / "app" / "config.ini"
     deployment.wait(lambda: config.read_text() == changed, "the new commit's config.ini")
+    assert HTTP_TOKEN not in deployment.container.logs()
 
 
 def test_keeps_its_state_in_the_volume(deployment: Deployment, docker: Dockerd) -> None:
