@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tarfile
 import tempfile
 import uuid
@@ -390,7 +391,7 @@ class GitSource:
                 )
                 archive.seek(0)
                 with tarfile.open(fileobj=archive, mode="r:") as tar:
-                    tar.extractall(tmp, filter=_safe_member)
+                    _extract(tar, tmp)
             (tmp / self.path).mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
             if final.exists():
@@ -619,6 +620,40 @@ def _stderr_reason(stderr: str) -> str:
     starts = [i for i, line in enumerate(useful) if line.startswith(("fatal:", "error:"))]
     reason = " ".join(useful[starts[-1] :]) if starts else (useful[-1] if useful else "")
     return reason[:300]
+
+
+_CLEARED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+"""Mode bits tarfile's `data` filter clears, and so does the fallback."""
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract `git archive` output through tarfile's `data` filter. Pythons
+    without extraction filters (before 3.11.4; Debian 12 ships 3.11.2) get the
+    same rules by hand: members and link targets stay inside `dest`, only files,
+    directories and symlinks, no setuid/setgid/sticky or group/other write bits."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter=_safe_member)
+        return
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    for member in tar.getmembers():
+        target = os.path.join(root, member.name)
+        if os.path.isabs(member.name) or not inside(target):
+            raise tarfile.TarError(f"{member.name!r} would be extracted outside the export")
+        if member.issym():
+            link = os.path.join(os.path.dirname(target), member.linkname)
+            if os.path.isabs(member.linkname) or not inside(link):
+                log.warning("git export: skipping %s: its link target leaves the tree", member.name)
+                continue
+        elif not (member.isfile() or member.isdir()):
+            continue
+        member.mode &= ~_CLEARED_BITS
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        tar.extract(member, root, set_attrs=not member.issym(), numeric_owner=True)
 
 
 def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

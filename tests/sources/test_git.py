@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import stat
+import tarfile
 import time
 from pathlib import Path
 
@@ -416,8 +417,17 @@ async def test_path_disappearing_in_a_later_commit(
         await source.fetch()
 
 
+@pytest.fixture(params=["data filter", "without extraction filters"])
+def extraction(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a tree is extracted: through tarfile's `data` filter, and as on
+    Pythons before 3.11.4 (Debian 12's 3.11.2), which have no filters."""
+    if request.param == "without extraction filters":
+        monkeypatch.delattr(tarfile, "data_filter")
+    return str(request.param)
+
+
 async def test_symlinks_cannot_escape_the_export(
-    git_repos: GitRepos, make_source: SourceFactory
+    git_repos: GitRepos, make_source: SourceFactory, extraction: str
 ) -> None:
     git_repos.create()
     work = git_repos.clone()
@@ -433,6 +443,9 @@ async def test_symlinks_cannot_escape_the_export(
     assert (rev.path / "inside.yaml").read_text() == APP
     for name in ("absolute", "upward"):
         assert not (rev.path / name).is_symlink() and not (rev.path / name).exists()
+    # git archive writes group-writable modes (tar.umask 002); neither keeps them
+    assert stat.S_IMODE((rev.path / "app.yaml").stat().st_mode) & 0o022 == 0
+    assert (rev.path / "inside.yaml").is_symlink()
 
 
 async def test_only_the_newest_trees_are_kept(
