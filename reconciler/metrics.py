@@ -360,7 +360,8 @@ class _Present(Collector):
         if snap.last_converged is not None:
             yield GaugeMetricFamily(
                 "reconciler_last_converged_timestamp_seconds",
-                "Unix time of the end of the last pass that left every resource in sync.",
+                "Unix time of the end of the last pass after which no resource was failed "
+                "or blocked.",
                 value=snap.last_converged,
             )
         yield GaugeMetricFamily(

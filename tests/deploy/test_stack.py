@@ -24,7 +24,7 @@ from tests.prometheus import Prometheus
 
 DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$job": "reconciler", "$instance": ".*"}
 NO_DATA = {
-    ("Last converged", "A"): "a resource is Failed, so no pass has left every resource in sync",
+    ("Last converged", "A"): "a resource is Failed, so no pass has ended with nothing failed",
     ("Drift detected and prunes", "B"): "nothing was pruned",
 }
 
