@@ -167,7 +167,7 @@ def main() -> int:
             i = random.randrange(n)
             path = root / workload.file_rel(i)
             marker = f"c{k:03d}"
-            target = next(f for f in manifest_files if f"f{i:05d}.txt" in f.read_text())
+            target = next(f for f in manifest_files if f"bench file {i:05d}" in f.read_text())
             text = target.read_text()
             new = re.sub(rf'"bench file {i:05d}[^\\]*', f'"bench file {i:05d} {marker}', text)
             assert new != text, i
