@@ -561,9 +561,9 @@ class Daemon:
 
     def _metrics_snapshot(self) -> Snapshot:
         state = self.source_state
-        records = self.store.inventory().values() if self.store is not None else ()
+        inventory = self.store.inventory() if self.store is not None else {}
         return Snapshot(
-            resources=[(r.kind, r.name, r.state) for r in records],
+            resources={rid: record.state for rid, record in inventory.items()},
             revision=None if self.desired is None else self.desired.revision,
             head_rejected=state.rejected is not None,
             last_fetch_success=state.last_success,

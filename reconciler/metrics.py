@@ -102,8 +102,8 @@ against it."""
 class Snapshot:
     """The present, copied on the event loop at the start of a scrape."""
 
-    resources: list[tuple[str, str, State]] = field(default_factory=list)
-    """(kind, name, state) of every resource in the inventory."""
+    resources: dict[str, State] = field(default_factory=dict)
+    """The state of every resource in the inventory, by id (Kind/name)."""
     revision: str | None = None
     """The revision enforced now."""
     head_rejected: bool = False
@@ -245,10 +245,11 @@ _DRIFTED_HELP = "1 while a resource differs from git and its policy did not heal
 _RESOURCES_HELP = "Resources by kind and state."
 
 
-def _counts(resources: list[tuple[str, str, State]]) -> list[tuple[tuple[str, str], int]]:
+def _counts(resources: dict[str, State]) -> list[tuple[tuple[str, str], int]]:
     counts: dict[tuple[str, str], int] = {}
-    for kind, _, current in resources:
-        counts[kind, current.value] = counts.get((kind, current.value), 0) + 1
+    for rid, current in resources.items():
+        key = (rid.partition("/")[0], current.value)
+        counts[key] = counts.get(key, 0) + 1
     return sorted(counts.items())
 
 
@@ -264,6 +265,10 @@ class _Resources(Collector):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._lines: dict[str, tuple[State, str, str, str]] = {}
+        """The two lines of each resource as last written, by id, with the state they
+        were written for: a scrape rewrites only the lines of resources whose state
+        changed (used under the metrics' render lock)."""
 
     def describe(self) -> Iterable[Metric]:
         return ()  # made at scrape time; nothing to check at registration
@@ -276,7 +281,10 @@ class _Resources(Collector):
         drifted = GaugeMetricFamily(
             "reconciler_resource_drifted", _DRIFTED_HELP, labels=["kind", "name"]
         )
-        for kind, name, current in snap.resources[: MAX_RESOURCE_SERIES // 2]:
+        for i, (rid, current) in enumerate(snap.resources.items()):
+            if i >= MAX_RESOURCE_SERIES // 2:
+                break
+            kind, _, name = rid.partition("/")
             state.add_metric([kind, name, current.value], 1)
             drifted.add_metric([kind, name], 1 if current is State.DRIFTED else 0)
         by_state = GaugeMetricFamily(
@@ -290,35 +298,57 @@ class _Resources(Collector):
 
     def text(self, snap: Snapshot) -> str:
         """The same families as `collect`, in the text format, written directly."""
-        shown = snap.resources[: MAX_RESOURCE_SERIES // 2]
-        escaped = [(_label(kind), _label(name), current) for kind, name, current in shown]
-        lines = [
-            f"# HELP reconciler_resource_state {_STATE_HELP}",
-            "# TYPE reconciler_resource_state gauge",
+        cache = self._lines
+        if len(cache) > 2 * len(snap.resources) + 1024:  # forget removed resources
+            self._lines = cache = {rid: cache[rid] for rid in snap.resources if rid in cache}
+        state_lines: list[str] = []
+        drifted_lines: list[str] = []
+        counts: dict[tuple[str, State], int] = {}
+        shown = MAX_RESOURCE_SERIES // 2
+        for rid, current in snap.resources.items():
+            lines = cache.get(rid)
+            if lines is None or lines[0] is not current:
+                lines = cache[rid] = _resource_lines(rid, current)
+            key = (lines[1], current)
+            counts[key] = counts.get(key, 0) + 1
+            if shown:
+                shown -= 1
+                state_lines.append(lines[2])
+                drifted_lines.append(lines[3])
+        count_lines = [
+            f'reconciler_resources{{kind="{kind}",state="{value}"}} {float(n)!r}'
+            for kind, value, n in sorted(
+                (kind, current.value, n) for (kind, current), n in counts.items()
+            )
         ]
-        lines += [
-            f'reconciler_resource_state{{kind="{kind}",name="{name}",state="{current.value}"}} 1.0'
-            for kind, name, current in escaped
-        ]
-        lines += [
-            f"# HELP reconciler_resource_drifted {_DRIFTED_HELP}",
-            "# TYPE reconciler_resource_drifted gauge",
-        ]
-        lines += [
-            f'reconciler_resource_drifted{{kind="{kind}",name="{name}"}} '
-            + ("1.0" if current is State.DRIFTED else "0.0")
-            for kind, name, current in escaped
-        ]
-        lines += [
-            f"# HELP reconciler_resources {_RESOURCES_HELP}",
-            "# TYPE reconciler_resources gauge",
-        ]
-        lines += [
-            f'reconciler_resources{{kind="{_label(kind)}",state="{value}"}} {float(n)!r}'
-            for (kind, value), n in _counts(snap.resources)
-        ]
-        lines.append("")
-        return "\n".join(lines)
+        return "\n".join(
+            [
+                f"# HELP reconciler_resource_state {_STATE_HELP}",
+                "# TYPE reconciler_resource_state gauge",
+                *state_lines,
+                f"# HELP reconciler_resource_drifted {_DRIFTED_HELP}",
+                "# TYPE reconciler_resource_drifted gauge",
+                *drifted_lines,
+                f"# HELP reconciler_resources {_RESOURCES_HELP}",
+                "# TYPE reconciler_resources gauge",
+                *count_lines,
+                "",
+            ]
+        )
+
+
+def _resource_lines(rid: str, current: State) -> tuple[State, str, str, str]:
+    """(state, escaped kind, state line, drifted line) of one resource."""
+    kind, _, name = rid.partition("/")
+    kind = _label(kind)
+    labels = f'kind="{kind}",name="{_label(name)}"'
+    drifted = "1.0" if current is State.DRIFTED else "0.0"
+    return (
+        current,
+        kind,
+        f'reconciler_resource_state{{{labels},state="{current.value}"}} 1.0',
+        f"reconciler_resource_drifted{{{labels}}} {drifted}",
+    )
 
 
 class _Present(Collector):

@@ -45,8 +45,7 @@ class Rig:
         self.engine = Engine(self.registry, self.store, telemetry=self.metrics)
 
     def snapshot(self) -> Snapshot:
-        records = self.store.inventory().values()
-        return Snapshot(resources=[(r.kind, r.name, r.state) for r in records])
+        return Snapshot(resources={rid: r.state for rid, r in self.store.inventory().items()})
 
     def desired(self, *docs: dict[str, Any]) -> DesiredState:
         (self.config / "m.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -206,7 +205,7 @@ def test_every_family_of_the_exposition_is_listed_and_typed() -> None:
     metrics.phase("File", "detect", 0.01)
     metrics.transitions({("File", "none", "Pending"): 1})
     snapshot = Snapshot(
-        resources=[("File", "a", State.IN_SYNC)],
+        resources={"File/a": State.IN_SYNC},
         revision="abc",
         last_fetch_success=1.0,
         interval=60.0,
@@ -236,7 +235,7 @@ def test_each_daemon_has_its_own_registry() -> None:
 def test_label_values_from_manifests_are_escaped() -> None:
     odd = 'we"ird\\kind\nline'
     metrics = Metrics(Snapshot, version='v"1')
-    snapshot = Snapshot(resources=[(odd, "name.with-dots_1", State.DRIFTED)])
+    snapshot = Snapshot(resources={f"{odd}/name.with-dots_1": State.DRIFTED})
     text = metrics.render(snapshot).decode()
     samples = _samples(text)
     key = ("reconciler_resource_drifted", (("kind", odd), ("name", "name.with-dots_1")))
@@ -245,9 +244,22 @@ def test_label_values_from_manifests_are_escaped() -> None:
     _promtool_check(text)
 
 
+def test_a_changed_state_is_written_anew_and_a_removed_resource_is_forgotten() -> None:
+    metrics = Metrics(Snapshot, version="t")
+    first = _samples(metrics.render(Snapshot(resources={"File/a": State.IN_SYNC})).decode())
+    assert first["reconciler_resource_drifted", (("kind", "File"), ("name", "a"))] == 0
+    then = Snapshot(resources={"File/a": State.DRIFTED, "File/b": State.FAILED})
+    second = _samples(metrics.render(then).decode())
+    assert second["reconciler_resource_drifted", (("kind", "File"), ("name", "a"))] == 1
+    state = ("reconciler_resource_state", (("kind", "File"), ("name", "a"), ("state", "InSync")))
+    assert state not in second
+    third = _samples(metrics.render(Snapshot(resources={"File/b": State.FAILED})).decode())
+    assert not [key for key in third if ("name", "a") in key[1]]
+
+
 def test_per_resource_series_are_bounded_and_counts_stay_complete() -> None:
     n = MAX_RESOURCE_SERIES // 2 + 100
-    snapshot = Snapshot(resources=[("File", f"r{i}", State.IN_SYNC) for i in range(n)])
+    snapshot = Snapshot(resources={f"File/r{i}": State.IN_SYNC for i in range(n)})
     samples = _samples(Metrics(Snapshot, version="t").render(snapshot).decode())
     per_resource = [k for k in samples if k[0] == "reconciler_resource_state"]
     assert len(per_resource) == MAX_RESOURCE_SERIES // 2
