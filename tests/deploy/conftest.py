@@ -48,7 +48,7 @@ def exported() -> dict[str, frozenset[str]]:
     rendered by reconciler.metrics with every family populated, plus `up`, which
     Prometheus adds to every target."""
     snapshot = Snapshot(
-        resources=[("File", "app-config", State.IN_SYNC), ("Directory", "reports", State.DRIFTED)],
+        resources={"File/app-config": State.IN_SYNC, "Directory/reports": State.DRIFTED},
         revision="0a24eef47bcae0252bd2f4a77dae6cc343f4cdfb",
         head_rejected=True,
         last_fetch_success=1_700_000_000.0,
