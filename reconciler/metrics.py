@@ -25,6 +25,7 @@ and the rest with `generate_latest`. `registry` still holds every collector, so
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -202,8 +203,16 @@ class Metrics:
 
     def phase(self, kind: str, phase: str, seconds: float, n: int = 1) -> None:
         child = self.duration.labels(kind, phase)
-        for _ in range(n):
+        if n == 1:
             child.observe(seconds)
+            return
+        # n equal observations at once: a pass's batched detect covers up to every
+        # resource, and n calls of observe() cost 26 ms per 12,000 on the event loop.
+        # prometheus-client's Histogram keeps per-bucket (not cumulative) counts
+        # and the sum; tests/unit/test_metrics.py checks the result against observe().
+        child._sum.inc(seconds * n)
+        bucket = bisect.bisect_left(child._upper_bounds, seconds)
+        child._buckets[bucket].inc(n)
 
     def applied(self, kind: str, ok: bool) -> None:
         self.apply_total.labels(kind, "success" if ok else "error").inc()

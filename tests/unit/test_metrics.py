@@ -280,3 +280,21 @@ def _promtool_check(text: str) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.001, 0.0011, 0.05, 60.0, 75.0])
+def test_a_batch_of_equal_observations_counts_as_that_many_observations(seconds: float) -> None:
+    batched, one_by_one = Metrics(Snapshot, version="t"), Metrics(Snapshot, version="t")
+    batched.phase("File", "detect", seconds, 7)
+    for _ in range(7):
+        one_by_one.phase("File", "detect", seconds)
+    family = "reconciler_reconcile_duration_seconds"
+    mine, theirs = (
+        {
+            k: v
+            for k, v in _samples(m.render(Snapshot()).decode()).items()
+            if k[0].startswith(family)
+        }
+        for m in (batched, one_by_one)
+    )
+    assert mine == pytest.approx(theirs) and mine
