@@ -31,6 +31,7 @@ from reconciler import graph
 from reconciler.model import (
     API_VERSION,
     DEFAULT_POLICY,
+    PROCESS_DIGEST_KEY,
     DesiredState,
     Location,
     Policy,
@@ -184,10 +185,7 @@ class _Documents:
             self.issues.append(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
             return False
         self.sources[shown] = raw
-        if self.digest_key is None:
-            ctx = PrepareContext(manifest=path, config_root=self.root)
-        else:
-            ctx = PrepareContext(path, self.root, digest_key=self.digest_key)
+        ctx = PrepareContext(path, self.root, digest_key=self.digest_key)
         self._parse_documents(shown, text, ctx)
         self.secrets = self.secrets or bool(ctx.resolved)
         return bool(ctx.resolved)
@@ -448,13 +446,8 @@ class _DigestKey:
 
     def __call__(self) -> bytes:
         if self.key is None:
-            self.key = _digest_key(self.cache) or _FALLBACK_KEY
+            self.key = _digest_key(self.cache) or PROCESS_DIGEST_KEY
         return self.key
-
-
-_FALLBACK_KEY = secrets.token_bytes(_KEY_BYTES)
-"""For a load that may not write the key file and finds none (a read-only `plan`
-before any key was made): digests then compare within this process only."""
 
 
 def _digest_key(cache: Cache) -> bytes | None:

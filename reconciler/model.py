@@ -237,8 +237,9 @@ MAX_SECRET_FILE = 1024 * 1024
 """Largest secret file read; anything bigger is a mistake (a wrong path)."""
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PROCESS_KEY = secrets.token_bytes(32)
-"""Digest key of a load that has no key of its own (no state directory)."""
+PROCESS_DIGEST_KEY = secrets.token_bytes(32)
+"""Digest key of a load that has no key of its own (no state directory, or one it
+may not write): digests then compare within this process only."""
 
 
 class Sensitive(str):
@@ -306,7 +307,7 @@ class PrepareContext:
 
     manifest: Path
     config_root: Path
-    digest_key: Callable[[], bytes] = lambda: _PROCESS_KEY
+    digest_key: Callable[[], bytes] | None = None
     """Gives the key of the digests that stand for sensitive values in dumped
     specs, when the first is made; the loader keeps one per state directory so
     digests compare across runs."""
@@ -349,7 +350,8 @@ class PrepareContext:
 
     def sensitive(self, text: str) -> Sensitive:
         """`text`, made from a secret, as a Sensitive value with its digest."""
-        mac = hmac.new(self.digest_key(), text.encode(), hashlib.sha256).hexdigest()[:32]
+        key = self.digest_key() if self.digest_key is not None else PROCESS_DIGEST_KEY
+        mac = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
         return Sensitive(text, f"sensitive:hmac-sha256:{mac}")
 
     def mask(self, text: str) -> str:
