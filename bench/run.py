@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
 
+from reconciler.diff import REPORT_ORDER
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -41,18 +43,6 @@ SCENARIOS = ("first apply", "no-op", EDITED, "drift repair")
 """BENCH.md's three, plus a supplementary one: a no-op after a commit that changed
 the text of one manifest but no resource (a comment), so a cache of validated
 config trees keyed by the tree's digest misses and the whole tree is parsed."""
-COUNT_KEYS = (
-    "created",
-    "updated",
-    "healed",
-    "deleted",
-    "released",
-    "unchanged",
-    "drifted",
-    "suspended",
-    "failed",
-    "blocked",
-)
 
 # (N, scenario, metric, limit, unit); metrics: wall, engine (medians), rss (max of runs)
 TARGETS: tuple[tuple[int, str, str, float, str], ...] = (
@@ -158,7 +148,7 @@ def run_apply(manifests: Path, root: Path, state: Path, env: dict[str, str], log
     try:
         report = json.loads(stdout)
         timings = report["timings"]
-        counts = {k: int(report["counts"].get(k, 0)) for k in COUNT_KEYS}
+        counts = {k: int(report["counts"].get(k, 0)) for k in REPORT_ORDER}
         changed = {r["id"]: r["action"] for r in report.get("results", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"unexpected report ({exc}): {stdout[:500]!r}") from exc
@@ -177,7 +167,7 @@ def check_report(n: int, scenario: str, run: Run) -> str | None:
     """Check the report's counts and, for drift repair, the action of every file
     touched out of band. Returns how deleted files were reported (drift repair)."""
     total = n + n // 5
-    expected = dict.fromkeys(COUNT_KEYS, 0)
+    expected = dict.fromkeys(REPORT_ORDER, 0)
     deleted_as = None
     if scenario == "first apply":
         expected["created"] = total
