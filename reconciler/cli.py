@@ -803,7 +803,6 @@ def _since(value: str) -> float:
     `since`), a number with a unit a duration back from now, else an RFC 3339 or
     ISO 8601 time (local time when it has no offset)."""
     import math
-    import re
     from datetime import datetime
 
     from reconciler.model import parse_duration
@@ -817,8 +816,10 @@ def _since(value: str) -> float:
         if not math.isfinite(seconds) or seconds < 0:
             _fail(f"--since: {_SINCE_EXPECTED}, found {value!r}")
         return seconds
-    if re.fullmatch(r"\d+(\.\d+)?\s*(ms|s|m|h|d)", text):
+    try:
         return time.time() - parse_duration(text)
+    except ValueError:
+        pass
     try:
         return datetime.fromisoformat(text.upper()).timestamp()
     except (ValueError, OverflowError, OSError):

@@ -132,6 +132,7 @@ def test_events_leaves_the_state_directory_untouched(sandbox: Sandbox, history: 
         (("--since", "yesterday"), "error: --since: expected a duration back from now"),
         (("--since", "-5"), "found '-5'"),
         (("--since", "10 parsecs"), "found '10 parsecs'"),
+        (("--since", "0m"), "found '0m'"),
     ],
 )
 def test_bad_filters_are_one_clear_line(
