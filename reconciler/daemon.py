@@ -147,6 +147,7 @@ class Daemon:
         self._unsettled: set[ResourceId] = set()
         """Resources whose last pass left them failed or blocked."""
         self._last_converged: float | None = None
+        self._warm: asyncio.Task[Any] | None = None
         self.metrics = Metrics(self._metrics_snapshot, version=__version__)
 
     # lifecycle
@@ -369,6 +370,8 @@ class Daemon:
             self.source_state.last_error = None
             self._after_pass(report, resync_all=first)
         self._rewatch.set()
+        if first:  # write every resource's metric lines now, not in the first scrape
+            self._warm = asyncio.create_task(self.metrics.exposition(), name="metrics warm-up")
         log.info(
             "revision %s converged: %s",
             revision.id,
