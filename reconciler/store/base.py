@@ -1,9 +1,9 @@
 """The state store interface the engine depends on, and its records.
 
 The store holds the inventory (what reconciler manages and whether it created
-each object), each resource's status, the revisions applied and a bounded
-history of transitions. SQLite implements it today; a networked store can
-implement the same protocol.
+each object), each resource's status, the revisions applied, when each source
+was last fetched and a bounded history of transitions. SQLite implements it
+today; a networked store can implement the same protocol.
 """
 
 from __future__ import annotations
@@ -101,7 +101,16 @@ class Store(Protocol):
 
     def set_revision(self, revision: str) -> None: ...
 
-    def last_revision(self) -> str | None: ...
+    def last_revision(self) -> str | None:
+        """The revision of the last pass started (a revision that loaded and was
+        not refused): what the daemon enforces again after a restart whose first
+        fetch is rejected."""
+
+    def set_fetched(self, source: str, at: float) -> None:
+        """Record a successful fetch of `source` (a redacted URL) at `at` (buffered)."""
+
+    def last_fetched(self, source: str) -> float | None:
+        """The time of the last successful fetch of `source`, across restarts."""
 
     def history(
         self,

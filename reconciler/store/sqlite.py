@@ -62,6 +62,13 @@ MIGRATIONS: tuple[str, ...] = (
         applied_at REAL NOT NULL
     );
     """,
+    # 2: facts about sources that must outlive the process (the last successful fetch)
+    """
+    CREATE TABLE sources (
+        source TEXT PRIMARY KEY,
+        last_success REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -165,6 +172,7 @@ class SqliteStore:
         self._forgotten: set[str] = set()
         self._events: list[tuple[float, str, str | None, str, str, str | None]] = []
         self._revisions: list[tuple[str, float]] = []
+        self._fetched: dict[str, float] = {}
         self._db: sqlite3.Connection | None
         if readonly:
             self._db = self._open_readonly()
@@ -322,6 +330,18 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def last_fetched(self, source: str) -> float | None:
+        """When `source` (its redacted URL) was last fetched successfully, in any
+        process that used this state directory; None if never."""
+        if source in self._fetched:
+            return self._fetched[source]
+        if self._db is None:
+            return None
+        row = self._db.execute(
+            "SELECT last_success FROM sources WHERE source = ?", (source,)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
     def history(
         self,
         rid: str | None = None,
@@ -445,6 +465,9 @@ class SqliteStore:
     def set_revision(self, revision: str) -> None:
         self._revisions.append((revision, time.time()))
 
+    def set_fetched(self, source: str, at: float) -> None:
+        self._fetched[source] = at
+
     def flush(self) -> None:
         if self._db is None or self.readonly:
             return
@@ -454,6 +477,7 @@ class SqliteStore:
             or self._forgotten
             or self._events
             or self._revisions
+            or self._fetched
         ):
             return
         rows = self._rows
@@ -489,11 +513,16 @@ class SqliteStore:
                 db.execute(
                     "DELETE FROM revisions WHERE seq <= (SELECT max(seq) FROM revisions) - 1000"
                 )
+            if self._fetched:
+                db.executemany(
+                    "INSERT OR REPLACE INTO sources VALUES (?, ?)", self._fetched.items()
+                )
         self._dirty_status.clear()
         self._dirty_resources.clear()
         self._forgotten.clear()
         self._events.clear()
         self._revisions.clear()
+        self._fetched.clear()
 
     def close(self) -> None:
         try:

@@ -321,3 +321,58 @@ def test_history_reads_through_a_readonly_store(state_dir: Path) -> None:
         assert (t.from_state, t.to_state, t.event, t.reason) == (None, S.PENDING, "new", "because")
     finally:
         reader.close()
+
+
+# --- what the daemon needs after a restart ---------------------------------------
+
+
+def test_last_fetch_survives_a_reopen_per_source(state_dir: Path) -> None:
+    store = SqliteStore(state_dir)
+    assert store.last_fetched("git://a/repo.git") is None
+    store.set_fetched("git://a/repo.git", 1000.5)
+    assert store.last_fetched("git://a/repo.git") == 1000.5  # buffered, already visible
+    assert _query(state_dir, "SELECT * FROM sources") == []  # not yet flushed
+    store.flush()
+    store.set_fetched("git://a/repo.git", 1060.25)  # a later fetch replaces it
+    store.set_fetched("/srv/config", 7.0)
+    store.close()
+
+    store = SqliteStore(state_dir)
+    try:
+        assert store.last_fetched("git://a/repo.git") == 1060.25
+        assert store.last_fetched("/srv/config") == 7.0
+        assert store.last_fetched("git://other/repo.git") is None
+    finally:
+        store.close()
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_rows(state_dir: Path) -> None:
+    """A state directory written before the sources table existed: opening it adds
+    the table and keeps the inventory and the last revision."""
+    from reconciler.store.sqlite import MIGRATIONS
+
+    state_dir.mkdir(parents=True)
+    db = sqlite3.connect(state_dir / DB_NAME, isolation_level=None)
+    db.executescript(MIGRATIONS[0] + ";PRAGMA user_version=1;")
+    db.execute("INSERT INTO resources VALUES ('File/a', 'File', 'a', 'h', '{}', '{}', '[]', 1)")
+    db.execute("INSERT INTO status VALUES ('File/a', 'InSync', 5.0, NULL, 0, NULL)")
+    db.execute("INSERT INTO revisions (revision, applied_at) VALUES ('sha-good', 5.0)")
+    db.close()
+    with pytest.raises(StoreError, match="schema 1"):  # a reader does not migrate
+        SqliteStore(state_dir, readonly=True)
+
+    store = SqliteStore(state_dir)
+    try:
+        assert _query(state_dir, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION == 2
+        assert store.inventory()["File/a"].state is S.IN_SYNC
+        assert store.last_revision() == "sha-good"
+        assert store.last_fetched("git://a/repo.git") is None
+        store.set_fetched("git://a/repo.git", 3.0)
+    finally:
+        store.close()
+    reader = SqliteStore(state_dir, readonly=True)
+    try:
+        assert reader.last_fetched("git://a/repo.git") == 3.0
+    finally:
+        reader.close()
