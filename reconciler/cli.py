@@ -44,8 +44,17 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _printable(text: str) -> str:
+    """`text` with its control characters shown as escapes (`\\x1b`, `\\r`,
+    `\\u202e`): every value printed in text comes from a repository, a daemon or a
+    file name, and must not drive the terminal (reconciler.logs.printable)."""
+    from reconciler.logs import printable
+
+    return printable(text)
+
+
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(1)
 
 
@@ -54,7 +63,7 @@ class _OneLineError(click.ClickException):
     settings and secret files, whose messages name the file, and the events filters."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {_printable(self.format_message())}", err=True)
 
 
 def _colour(no_color: bool) -> bool:
@@ -83,7 +92,14 @@ def _load(
     try:
         return load(path, registry, cache=cache)
     except ManifestError as exc:
-        click.echo(f"error: {path} is invalid, nothing applied: {exc}", err=True)
+        # one line per issue, each issue's values escaped (str(exc) has the same lines)
+        noun = "error" if len(exc.issues) == 1 else "errors"
+        issues = "".join(f"\n  {_printable(str(issue))}" for issue in exc.issues)
+        click.echo(
+            f"error: {_printable(str(path))} is invalid, nothing applied: "
+            f"{len(exc.issues)} {noun}:{issues}",
+            err=True,
+        )
         sys.exit(1)
     finally:
         gc.enable()
@@ -161,7 +177,10 @@ def cli() -> None:
 def validate(path: Path, roots: tuple[str, ...]) -> None:
     """Check every manifest under PATH; print all errors."""
     desired = _load(path, _registry(roots))
-    click.echo(f"{path}: valid (revision {desired.revision}, {len(desired.resources)} resources)")
+    click.echo(
+        f"{_printable(str(path))}: valid (revision {_printable(desired.revision)}, "
+        f"{len(desired.resources)} resources)"
+    )
 
 
 @cli.command()
@@ -191,7 +210,7 @@ def plan(
         )
         click.echo(render_plan(planned, header=header, colour=_colour(no_color)), nl=False)
     if refusal is not None:
-        click.echo(f"warning: apply would refuse: {refusal}", err=True)
+        click.echo(f"warning: apply would refuse: {_printable(str(refusal))}", err=True)
     if any(p.action == "error" for p in planned):
         sys.exit(1)
     _exit(2 if any(p.action in CHANGING for p in planned) else 0)
@@ -714,18 +733,30 @@ def status(url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"status": info, "resources": resources}, indent=2))
         return
+    # every value from the daemon is shown escaped: commit summaries, paths and
+    # errors come from the repository
+    show = _printable
     revision = info.get("revision") or {}
-    click.echo(f"source     {info['source']['url']}  (ref {info['source'].get('ref') or 'HEAD'})")
-    click.echo(f"revision   {revision.get('id', '-')}  {revision.get('summary', '')}")
+    source = info["source"]
+    click.echo(
+        f"source     {show(str(source['url']))}  (ref {show(str(source.get('ref') or 'HEAD'))})"
+    )
+    click.echo(
+        f"revision   {show(str(revision.get('id', '-')))}  {show(str(revision.get('summary', '')))}"
+    )
     if info.get("lastError"):
-        click.echo(f"last error {info['lastError']}")
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(info["resources"].items()))
+        click.echo(f"last error {show(str(info['lastError']))}")
+    counts = ", ".join(f"{n} {show(str(state))}" for state, n in sorted(info["resources"].items()))
     click.echo(f"resources  {counts or 'none'}")
     click.echo("")
-    width = max((len(r["id"]) for r in resources), default=10)
+    rows = [
+        (show(str(r["id"])), show(str(r["state"])), show(str(r.get("lastError") or "")))
+        for r in resources
+    ]
+    width = max((len(rid) for rid, _, _ in rows), default=10)
     click.echo(f"{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
-    for r in resources:
-        click.echo(f"{r['id']:<{width}}  {r['state']:<10}  {r.get('lastError') or ''}".rstrip())
+    for rid, state, error in rows:
+        click.echo(f"{rid:<{width}}  {state:<10}  {error}".rstrip())
 
 
 @cli.command()
@@ -883,10 +914,10 @@ def _events_table(events: list[dict[str, Any]]) -> str:
         rows.append(
             (
                 f"{stamp}.{millis:03d}",
-                e["id"],
-                f"{e['from'] or '-'} -> {e['to']}",
-                e["event"],
-                reason,
+                _printable(str(e["id"])),
+                _printable(f"{e['from'] or '-'} -> {e['to']}"),
+                _printable(str(e["event"])),
+                _printable(reason),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

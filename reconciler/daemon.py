@@ -344,9 +344,10 @@ class Daemon:
         self.source_state.last_error = f"revision {revision.id} rejected: {len(errors)} error(s)"
         self.metrics.rejected()
         log.error(
-            "revision %s rejected, nothing of it applied:\n  %s",
+            # one argument per error: the log escapes what an error carries, not our lines
+            "revision %s rejected, nothing of it applied:" + "\n  %s" * len(errors),
             revision.id,
-            "\n  ".join(errors),
+            *errors,
             extra={"revision": revision.id},
         )
 

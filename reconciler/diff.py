@@ -1,5 +1,11 @@
 """Rendering of previews (what `plan` shows) and reports (what `apply` did), as
-Terraform-style text with optional ANSI colours, or as JSON data."""
+Terraform-style text with optional ANSI colours, or as JSON data.
+
+Every value in the text (ids, descriptions, paths, link targets, contents, errors,
+notes) goes through `logs.printable`: a control character in a manifest cannot
+move the cursor, erase a line or start a forged `Plan:` line. The only escape
+sequences in the text are the colours added here; the only line breaks are ours.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reconciler.engine import Planned, Report
+from reconciler.logs import printable
 from reconciler.model import Action, Change
 
 MAX_DIFF_LINES = 20
@@ -43,11 +50,21 @@ class _Style:
 def _value(value: Any) -> str:
     if value is None:
         return "(none)"
-    return json.dumps(value, ensure_ascii=False)
+    # JSON escapes C0 controls itself; printable escapes what it leaves raw (DEL, C1, bidi)
+    return printable(json.dumps(value, ensure_ascii=False))
+
+
+def _text_lines(text: str) -> list[str]:
+    """Lines split at LF only: a CR, form feed or separator inside a line stays
+    in it, to be shown escaped (str.splitlines would split there and hide it)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def _change_lines(change: Change, style: _Style) -> list[str]:
-    name = change.field.lstrip("/").replace("/", ".")
+    name = printable(change.field.lstrip("/").replace("/", "."))
     if change.sensitive:  # the values are masked in the plan itself (Change.masked)
         return [f"{name}: (sensitive value{'' if change.before is None else ' changed'})"]
     before, after = change.before, change.after
@@ -55,14 +72,14 @@ def _change_lines(change: Change, style: _Style) -> list[str]:
         diff = [
             line
             for line in difflib.unified_diff(
-                before.splitlines(), after.splitlines(), n=0, lineterm=""
+                _text_lines(before), _text_lines(after), n=0, lineterm=""
             )
             if line[:1] in "+-" and not line.startswith(("+++", "---"))
         ]
         lines = [f"{name}: {len(diff)} line{'' if len(diff) == 1 else 's'} changed"]
         for line in diff[:MAX_DIFF_LINES]:
             code = "31" if line.startswith("-") else "32"
-            lines.append(style(code, f"  {line[0]}  {line[1:]}"))
+            lines.append(style(code, f"  {line[0]}  {printable(line[1:])}"))
         if len(diff) > MAX_DIFF_LINES:
             lines.append(f"  ... {len(diff) - MAX_DIFF_LINES} more")
         return lines
@@ -78,17 +95,17 @@ def summary_counts(planned: Sequence[Planned]) -> Counter[str]:
 def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str:
     style = _Style(colour)
     shown = [p for p in planned if p.action in _SYMBOL]
-    width = max((len(p.id) for p in shown), default=0)
-    out = [header, ""]
+    width = max((len(printable(p.id)) for p in shown), default=0)
+    out = [printable(header), ""]
     for item in shown:
         symbol, code = _SYMBOL[item.action]
-        note = item.note or _NOTE.get(item.action, "")
-        line = f"  {style(code, symbol)} {item.id:<{width}}  {item.describe}"
+        note = printable(item.note or _NOTE.get(item.action, ""))
+        line = f"  {style(code, symbol)} {printable(item.id):<{width}}  {printable(item.describe)}"
         if note:
             line += f"   {note}"
         out.append(line.rstrip())
         if item.action == "error":
-            out.append(f"      {style('31', item.error or '')}")
+            out.append(f"      {style('31', printable(item.error or ''))}")
         elif item.plan is not None and item.plan.action is Action.CREATE:
             if item.action != "create":
                 out.append("      missing: removed out of band")
@@ -160,16 +177,17 @@ def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
     style = _Style(colour)
     out = []
     for result in report.results.values():
+        rid, error = printable(result.id), printable(str(result.error))
         if result.action == "failed":
-            out.append(f"{style('31;1', 'failed ')} {result.id}: {result.error}")
+            out.append(f"{style('31;1', 'failed ')} {rid}: {error}")
         elif result.action == "blocked":
-            out.append(f"{style('33', 'blocked')} {result.id}: {result.error}")
+            out.append(f"{style('33', 'blocked')} {rid}: {error}")
         elif result.action == "drifted":
-            out.append(f"{style('35', 'drifted')} {result.id}: policy warn, not healed")
+            out.append(f"{style('35', 'drifted')} {rid}: policy warn, not healed")
     counts = ", ".join(f"{report.count(a)} {a}" for a in REPORT_ORDER)
     status = style("32", "Apply complete") if report.ok else style("31;1", "Apply incomplete")
     out.append(
-        f"{status}: {counts}. (revision {report.revision}, load {load_seconds:.2f} s, "
+        f"{status}: {counts}. (revision {printable(report.revision)}, load {load_seconds:.2f} s, "
         f"engine {report.seconds:.2f} s)"
     )
     return "\n".join(out) + "\n"

@@ -12,6 +12,14 @@ The revision and resource of a record come from its `extra={"revision": ...,
 (`bound` sets them for a block). A context variable is per task: set in one
 asyncio task it is not seen by tasks already running.
 
+Whatever a value carries, a record cannot move the cursor, rewrite a line or
+start a forged one: `printable` turns control characters (C0, DEL, C1), Unicode
+line separators, bidi controls and lone surrogates into visible escapes
+(`\x1b`, `\r`, `\u202e`). The text format escapes every argument of a record
+this way (the format string's own line breaks stay); the JSON format escapes
+the same characters inside its strings, losslessly. The command line prints
+through `printable` too.
+
 This module imports nothing of ours: any layer may log through it.
 """
 
@@ -27,7 +35,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 REVISION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -51,13 +59,42 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
     "taskName",  # Python 3.12+
 }
 _SCALARS = (str, int, float, bool, type(None))
-# JSON escapes control characters but leaves these raw; str.splitlines and some
-# log shippers break lines at them (the separators, NEL), and a lone surrogate
-# (an undecodable file name) cannot be written as UTF-8.
-_UNSAFE = re.compile("[\u2028\u2029\x85\ud800-\udfff]")
+# What a terminal or a line-based reader must never get raw: C0 controls (ESC
+# starts a sequence that can move the cursor and erase lines, CR returns to the
+# line start), DEL, C1 controls (0x9b is a one-byte CSI on some terminals, 0x85
+# breaks lines), the Unicode line and paragraph separators, the bidi embeddings,
+# overrides, isolates and marks that reorder what is shown ("Trojan Source"), and
+# lone surrogates (an undecodable file name; they cannot be written as UTF-8).
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# JSON escapes C0 itself but leaves the rest of _CONTROL raw.
+_UNSAFE = re.compile(
+    "[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _SHORT_REVISION = 12
 _GIT_SHA = re.compile("[0-9a-f]{40}|[0-9a-f]{64}")
 _COLOURS = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character of a terminal or a log line shown as a
+    visible escape: `\\n`, `\\r`, `\\t`, `\\x1b` (up to 0xff), `\\u202e` (above):
+    safe to print or log whatever it came from. Line breaks are escaped too: a
+    caller that prints lines of its own escapes each line's values, then joins."""
+    if _CONTROL.search(text) is None:  # the common case: nothing to copy
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 @contextlib.contextmanager
@@ -130,7 +167,7 @@ class JsonFormatter(logging.Formatter):
         if exc is not None:
             out["exc"] = exc
         line = json.dumps(out, ensure_ascii=self.ascii_only, separators=(",", ":"))
-        return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+        return _UNSAFE.sub(_json_escape, line)
 
 
 class TextFormatter(logging.Formatter):
@@ -147,24 +184,57 @@ class TextFormatter(logging.Formatter):
         level = f"{record.levelname:<7}"
         if self.colour and record.levelname in _COLOURS:
             level = f"{_COLOURS[record.levelname]}{level}\x1b[0m"
-        line = f"{stamp}.{int(record.msecs):03d} {level} {record.name}: {out['msg']}"
+        message = _text_message(record)
+        line = f"{stamp}.{int(record.msecs):03d} {level} {printable(record.name)}: {message}"
         if "revision" in out and _GIT_SHA.fullmatch(out["revision"]):
             out["revision"] = out["revision"][:_SHORT_REVISION]
-        extras = [f"{k}={_text_value(v)}" for k, v in out.items() if k not in _CORE[:4]]
+        extras = [f"{printable(k)}={_text_value(v)}" for k, v in out.items() if k not in _CORE[:4]]
         if extras:
             line += "  " + " ".join(extras)
         exc = _traceback(self, record)
         if exc is not None:
-            line += "\n" + exc
+            # the traceback's own lines stay; what an exception message carries is escaped
+            line += "\n" + "\n".join(printable(part) for part in exc.split("\n"))
         return line
+
+
+def _text_message(record: logging.LogRecord) -> str:
+    """The record's message with every argument escaped by `printable`: the
+    format string is the program's own and keeps its line breaks (a rejected
+    revision's errors, one per line), the values cannot add lines or sequences."""
+    if not isinstance(record.msg, str):  # an object logged as the message is a value
+        return printable(record.getMessage())
+    template = record.msg
+    ours = "\n".join(printable(part) for part in template.split("\n"))
+    if not record.args:
+        return ours
+    args: dict[Any, Any] | tuple[Any, ...]
+    if isinstance(record.args, Mapping):
+        args = {key: _text_arg(value) for key, value in record.args.items()}
+    else:
+        args = tuple(_text_arg(value) for value in record.args)
+    try:
+        return ours % args
+    except (TypeError, ValueError, KeyError):  # a %d given a string, or a bad format
+        return printable(record.getMessage())
+
+
+def _text_arg(value: Any) -> Any:
+    if isinstance(value, int | float):  # bool is an int; numbers carry no controls
+        return value
+    return printable(str(value))
 
 
 def _text_value(value: Any) -> str:
     if not isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if not value or any(c.isspace() or c in "\"'=" for c in value):
-        return json.dumps(value, ensure_ascii=False)
+        return _UNSAFE.sub(_json_escape, json.dumps(value, ensure_ascii=False))
+    if not value or any(c.isspace() or c in "\"'=" for c in value) or printable(value) != value:
+        return _UNSAFE.sub(_json_escape, json.dumps(value, ensure_ascii=False))
     return value
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 class _Handler(logging.StreamHandler[TextIO]):
