@@ -473,6 +473,8 @@ class Engine:
             describe = provider.describe(res.spec)
             if res.policy.suspend:
                 return Planned(res.id, res.kind, "suspended", describe)
+            if _unchecked(res, inventory.get(res.id)):
+                return Planned(res.id, res.kind, "none", describe, note=_UNCHECKED_NOTE)
             try:
                 observed = await observer.submit(res.kind, res.spec)
                 plan = provider.plan(res.spec, observed).without(res.policy.ignore_fields)
@@ -483,7 +485,11 @@ class Engine:
             record = inventory.get(res.id)
             if plan.empty:
                 action = "none"
-            elif record is not None and record.spec_hash == res.spec_hash:
+            elif (
+                record is not None
+                and record.spec_hash == res.spec_hash
+                and res.policy.drift != "ignore"
+            ):
                 # a drift check, as in the engine: even an object deleted by hand
                 action = "drift" if res.policy.drift == "heal" else "drift-warn"
             else:
@@ -506,6 +512,22 @@ class Engine:
                 action = "release"
             planned.append(Planned(rid, record.kind, action, describe, note=note))
         return planned
+
+
+_UNCHECKED_NOTE = "(drift not checked: policy drift: ignore)"
+
+
+def _unchecked(res: Resource, record: Record | None) -> bool:
+    """Whether a pass leaves `res` alone: under `policy.drift: ignore` a resource
+    whose spec converged is never observed again (no drift check, no drift); only
+    a new spec (or a failure, a dependency, a resume) brings it back into a pass."""
+    return (
+        res.policy.drift == "ignore"
+        and not res.policy.suspend
+        and record is not None
+        and record.state in (State.IN_SYNC, State.DRIFTED)
+        and record.spec_hash == res.spec_hash
+    )
 
 
 def _stored_policy(record: Record) -> Policy:
@@ -565,6 +587,9 @@ class _Pass:
             if rid not in self.targets:  # outside this pass: as last recorded
                 record = self.inventory.get(rid)
                 self.settled[rid].set_result(record.state if record else State.PENDING)
+        for rid in [rid for rid in self.targets if rid in self.desired.resources]:
+            if _unchecked(self.desired.resources[rid], self.inventory.get(rid)):
+                self._leave_alone(rid)
         checks = await self._observe_in_sync()
         async with asyncio.TaskGroup() as group:
             for rid in graph.topological_order(self.desired.dependencies):
@@ -630,6 +655,21 @@ class _Pass:
         self._converged(self._work(res, deps))
         self._settle(rid, Result(rid, state, "unchanged"))
         return True
+
+    def _leave_alone(self, rid: ResourceId) -> None:
+        """A resource under `drift: ignore` with a converged spec: settled in sync
+        without being observed. One found Drifted (under warn or heal before)
+        stops being reported so; a new policy or dependency list is recorded."""
+        res = self.desired.resources[rid]
+        record = self.inventory[rid]
+        state = record.state
+        if state is State.DRIFTED:
+            state = self._step(
+                rid, state, Outcome(Event.DRIFT_IGNORED, "policy drift: ignore: not checked")
+            )
+        self._converged(self._work(res, self.desired.dependencies.get(rid, ())))
+        self.targets.discard(rid)
+        self._settle(rid, Result(rid, state, "unchanged"))
 
     def _work(self, res: Resource, deps: tuple[ResourceId, ...]) -> _Work:
         policy_json = self._policy_json(res.policy)
@@ -816,7 +856,9 @@ class _Pass:
             self._converged(work)
             return Outcome(Event.PLAN_EMPTY)
         fields = ", ".join(c.field for c in plan.changes)
-        if work.changed:
+        if work.changed or res.policy.drift == "ignore":
+            # under ignore a resource reaches a plan only to finish what it was
+            # doing (a new spec, a retry, a resume), never as a drift check
             return Outcome(Event.PLAN_CHANGED, f"{plan.action}: {fields}")
         work.result = "drifted"
         self.telemetry.drifted(res.kind)

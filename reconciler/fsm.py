@@ -49,6 +49,7 @@ class Event(StrEnum):
     SUSPEND = "suspend"
     RESUME = "resume"
     RESTART = "restart"  # found in an active state at start-up: resume from Detecting
+    DRIFT_IGNORED = "drift-ignored"  # policy drift: ignore; a drift found earlier is let be
 
 
 ACTIVE = frozenset(
@@ -82,6 +83,7 @@ TABLE: tuple[Row, ...] = (
     _row(S.PLANNING, E.PLAN_CHANGED, S.APPLYING),
     _row(S.PLANNING, E.DRIFT, S.DRIFTED),
     _row(S.DRIFTED, E.HEAL, S.APPLYING),
+    _row(S.DRIFTED, E.DRIFT_IGNORED, S.IN_SYNC),
     _row(S.APPLYING, E.APPLIED, S.VERIFYING),
     _row(S.VERIFYING, E.VERIFIED, S.IN_SYNC),
     _row(S.VERIFYING, E.NOT_CONVERGED, S.FAILED),

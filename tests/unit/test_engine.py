@@ -761,6 +761,97 @@ async def test_drift_of_a_real_file(rig: Rig) -> None:
     assert mode_path.stat().st_mode & 0o777 == 0o644
 
 
+async def test_drift_ignore_never_observes_a_converged_resource(rig: Rig) -> None:
+    """policy.drift: ignore: once its spec converged, a resource is not looked at
+    by a resync or watch pass (no observation, no history, never Drifted), and a
+    hand edit stays; other resources of the same pass are still checked."""
+    docs = (thing("a", drift="ignore"), thing("b"))
+    report = await rig.converge(*docs)
+    assert actions(report) == {"Thing/a": "created", "Thing/b": "created"}
+    rig.things.target["a"]["value"] = "by hand"
+    del rig.things.target["b"]
+    history = rig.history("Thing/a")
+    observed_before = [key for batch in rig.things.batches for key in batch]
+    for trigger in (Event.RESYNC, Event.WATCH):
+        store = SqliteStore(rig.state)
+        try:
+            report = await Engine(rig.registry, store).converge(rig.desired(*docs), trigger=trigger)
+        finally:
+            store.close()
+        assert report.results["Thing/a"].action == "unchanged"
+        assert report.results["Thing/a"].state is S.IN_SYNC
+    observed = [key for batch in rig.things.batches for key in batch]
+    assert observed[len(observed_before) :].count("a") == 0
+    assert observed[len(observed_before) :].count("b") >= 2  # b was checked (and healed)
+    assert rig.things.target["a"]["value"] == "by hand"
+    assert rig.history("Thing/a") == history
+    assert rig.inventory()["Thing/a"].state is S.IN_SYNC
+
+
+async def test_drift_ignore_still_applies_a_new_spec(rig: Rig) -> None:
+    await rig.converge(thing("a", "one", drift="ignore"))
+    rig.things.target["a"]["colour"] = "by hand"
+    report = await rig.converge(thing("a", "two", drift="ignore"))
+    assert actions(report) == {"Thing/a": "updated"}
+    assert rig.things.target["a"] == {"value": "two", "colour": ""}
+    assert rig.states("Thing/a")[len(CREATE_PATH) :] == [
+        S.DETECTING,
+        S.PLANNING,
+        S.APPLYING,
+        S.VERIFYING,
+        S.IN_SYNC,
+    ]
+    # a failed update is retried as an update, never turned into a drift
+    rig.things.apply_errors["a"] = [TemporaryError("busy")]
+    report = await rig.converge(thing("a", "three", drift="ignore"))
+    assert report.results["Thing/a"].state is S.FAILED
+    rig.things.target["a"]["value"] = "by hand"
+    report = await rig.converge(thing("a", "three", drift="ignore"))
+    assert actions(report) == {"Thing/a": "updated"}
+    assert rig.things.target["a"]["value"] == "three"
+    assert S.DRIFTED not in rig.states("Thing/a")
+
+
+async def test_a_drifted_resource_switched_to_ignore_stops_being_drifted(rig: Rig) -> None:
+    await rig.converge(thing("a", drift="warn"))
+    rig.things.target["a"]["value"] = "by hand"
+    report = await rig.converge(thing("a", drift="warn"))
+    assert report.results["Thing/a"].state is S.DRIFTED
+    observed = rig.things.observed_specs
+
+    report = await rig.converge(thing("a", drift="ignore"))
+    assert actions(report) == {"Thing/a": "unchanged"}
+    assert report.results["Thing/a"].state is S.IN_SYNC
+    assert rig.things.observed_specs == observed  # let be, not looked at
+    assert rig.things.target["a"]["value"] == "by hand"
+    (last,) = rig.history("Thing/a")[-1:]
+    assert (last.from_state, last.to_state, last.event) == (
+        S.DRIFTED,
+        S.IN_SYNC,
+        Event.DRIFT_IGNORED,
+    )
+    assert json.loads(rig.inventory()["Thing/a"].policy or "{}")["drift"] == "ignore"
+    # back to heal: the next pass checks it again and heals
+    report = await rig.converge(thing("a", drift="heal"))
+    assert actions(report) == {"Thing/a": "healed"}
+
+
+async def test_preview_under_drift_ignore_shows_no_drift(rig: Rig) -> None:
+    await rig.converge(thing("a", drift="ignore"))
+    rig.things.target["a"]["value"] = "by hand"
+    observed = rig.things.observed_specs
+    store = SqliteStore(rig.state)
+    try:
+        engine = Engine(rig.registry, store)
+        (same,) = await engine.preview(rig.desired(thing("a", drift="ignore")))
+        (changed,) = await engine.preview(rig.desired(thing("a", "new", drift="ignore")))
+    finally:
+        store.close()
+    assert (same.action, same.note) == ("none", "(drift not checked: policy drift: ignore)")
+    assert rig.things.observed_specs == observed + 1  # only the changed spec was observed
+    assert changed.action == "update"
+
+
 async def test_ignore_fields_are_excluded_from_drift(rig: Rig) -> None:
     doc = thing("a", colour="red", ignoreFields=["/colour"])
     await rig.converge(doc)
