@@ -2,10 +2,11 @@
 sync trigger and signed webhooks that ask the daemon to fetch the source now.
 
 The server knows the daemon only through `Backend`, a handful of quick,
-non-blocking methods answered from memory; it imports nothing else of ours, so it
-sits beside the daemon without a layer to point at. Nothing here is global:
-`build_app` wires one `Backend` and one `ServerSettings` into an aiohttp
-application, and `start` binds it and returns a `Server` to stop.
+non-blocking methods answered from memory; it imports nothing else of ours but
+its limits (`httplimits`), so it sits beside the daemon without a layer to point
+at. Nothing here is global: `build_app` wires one `Backend` and one
+`ServerSettings` into an aiohttp application, and `start` binds it and returns a
+`Server` to stop.
 
 Routes:
 
@@ -37,10 +38,20 @@ Webhook authentication, all with `webhook_secret` and compared in constant time:
   asks for a sync; the body is not interpreted.
 
 A missing and a wrong signature get the same 401, so a caller learns nothing
-about which part failed. Bodies above `max_body_bytes` (1 MiB) are a 413. With no
+about which part failed. Bodies above `max_body_bytes` (1 MiB) are a 413, bodies
+not received within `limits.body_timeout` a 408. With no
 `webhook_secret` the hooks answer 404, with no `api_token` the sync endpoint
 answers 404, each saying so. The server only asks for syncs: coalescing a burst
 of requests into one fetch is the daemon's job.
+
+Limits (`HttpLimits`, see reconciler/httplimits.py): the webhooks and the sync
+endpoint each have a token bucket, checked before anything else; past it the
+answer is 429 with `Retry-After`. A connection must send a complete request head
+within `header_timeout`, may stay idle between requests for `idle_timeout`, and
+at most `connection_cap(max_connections)` connections are open at once (the
+least recently active idle one is closed to make room). aiohttp bounds the
+request head itself: request line and each header at most 8190 bytes, at most
+128 headers, else 400 (431 for headers) and the connection is closed.
 
 Every JSON response is `application/json`; every error is `{"error": "..."}`.
 Secrets never appear in responses, logs or the settings' repr.
@@ -53,14 +64,22 @@ import hashlib
 import hmac
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["Backend", "Server", "ServerSettings", "build_app", "start"]
+from reconciler.httplimits import (
+    ConnectionGuard,
+    HttpLimits,
+    TokenBucket,
+    accept_error_handler,
+    connection_cap,
+)
+
+__all__ = ["Backend", "HttpLimits", "Server", "ServerSettings", "build_app", "start"]
 
 _log = logging.getLogger(__name__)
 
@@ -130,6 +149,7 @@ class ServerSettings:
     api_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = MiB
     shutdown_timeout: float = 5.0
+    limits: HttpLimits = field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         # An empty secret would make HMAC keyless and the GitLab token check
@@ -149,10 +169,20 @@ class ServerSettings:
 class Server:
     """A started server: the port it really bound and a bounded `stop`."""
 
-    def __init__(self, runner: web.AppRunner, port: int, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        listener: asyncio.Server,
+        guard: ConnectionGuard,
+        shutdown_timeout: float,
+        restore: Callable[[], None],
+    ) -> None:
         self._runner = runner
-        self._port = port
+        self._listener = listener
+        self._guard = guard
+        self._port = int(listener.sockets[0].getsockname()[1])
         self._shutdown_timeout = shutdown_timeout
+        self._restore = restore
         self._stopped = False
 
     @property
@@ -160,11 +190,23 @@ class Server:
         """The bound port (useful when the settings asked for port 0)."""
         return self._port
 
+    @property
+    def connections(self) -> int:
+        """Connections open right now."""
+        return len(self._guard)
+
+    @property
+    def connection_cap(self) -> int:
+        """At most this many connections are open at once."""
+        return self._guard.cap
+
     async def stop(self) -> None:
         """Stop listening, give in-flight requests `shutdown_timeout`, then close."""
         if self._stopped:
             return
         self._stopped = True
+        self._listener.close()
+        self._restore()
         # aiohttp already bounds the wait for in-flight handlers by
         # shutdown_timeout; the outer timeout also bounds closing the sockets and
         # the app's cleanup hooks, with a second of slack for them.
@@ -187,14 +229,25 @@ def build_app(
     *,
     routes: Iterable[web.AbstractRouteDef] = (),
 ) -> web.Application:
-    """The aiohttp application serving `backend`.
+    """The aiohttp application serving `backend`, with its rate limits.
 
     `routes` are added as they are, e.g. the daemon's `/metrics`, which lives
-    with the metrics registry rather than here.
+    with the metrics registry rather than here. The connection limits need the
+    listening socket: `start` adds them.
     """
+    app, _ = _build(backend, settings, routes)
+    return app
+
+
+def _build(
+    backend: Backend, settings: ServerSettings, routes: Iterable[web.AbstractRouteDef]
+) -> tuple[web.Application, _Gate]:
+    gate = _Gate(settings.limits)
     # client_max_size bounds bodies that arrive without a Content-Length
     # (chunked) too; _read_body checks the declared length before reading.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[gate.middleware, _json_errors]
+    )
     handlers = _Handlers(backend, settings)
     app.add_routes(
         [
@@ -211,7 +264,7 @@ def build_app(
         ]
     )
     app.add_routes(list(routes))
-    return app
+    return app, gate
 
 
 async def start(
@@ -221,23 +274,56 @@ async def start(
     routes: Iterable[web.AbstractRouteDef] = (),
 ) -> Server:
     """Build the application, bind `settings.host:settings.port` and serve."""
-    app = build_app(backend, settings, routes=routes)
+    limits = settings.limits
+    app, gate = _build(backend, settings, routes)
     runner = web.AppRunner(
         app,
         # The daemon owns signal handling and the shutdown order.
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=limits.idle_timeout,
+        # how long an unread body is drained after the response before closing
+        lingering_time=limits.body_timeout,
     )
     await runner.setup()
+    loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        assert runner.server is not None
+        guard = ConnectionGuard(
+            runner.server,
+            cap=connection_cap(limits.max_connections),
+            header_timeout=limits.header_timeout,
+        )
+        gate.guard = guard
+        # Our own listener instead of a TCPSite: the guard must see every
+        # connection the moment it is accepted.
+        listener = await loop.create_server(guard.protocol, settings.host, settings.port)
     except BaseException:
         await runner.cleanup()
         raise
-    port = int(runner.addresses[0][1])
-    _log.info("HTTP server listening on %s:%d", settings.host, port)
-    return Server(runner, port, settings.shutdown_timeout)
+    previous = loop.get_exception_handler()
+
+    def fallback(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    ours = accept_error_handler(guard, fallback)
+    loop.set_exception_handler(ours)
+
+    def restore() -> None:
+        if loop.get_exception_handler() is ours:
+            loop.set_exception_handler(previous)
+
+    server = Server(runner, listener, guard, settings.shutdown_timeout, restore)
+    _log.info(
+        "HTTP server listening on %s:%d (at most %d connections)",
+        settings.host,
+        server.port,
+        guard.cap,
+    )
+    return server
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -262,6 +348,59 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         # The traceback goes to the log; the client learns only that it failed.
         _log.exception("error serving %s %s", request.method, request.path)
         return _error(500, "internal error")
+
+
+class _Gate:
+    """The first middleware: tells the connection guard when a connection is
+    inside a request, and answers 429 past a route group's rate limit before a
+    body is read or a signature checked."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.guard: ConnectionGuard | None = None
+        self._hooks = TokenBucket(limits.hook_rate, limits.hook_burst)
+        self._sync = TokenBucket(limits.sync_rate, limits.sync_burst)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard = self.guard
+        if guard is not None:
+            guard.request_started(request.protocol)
+        try:
+            limited = self._limited(request)
+            if limited is not None:
+                return limited
+            return await handler(request)
+        finally:
+            if guard is not None:
+                guard.request_finished(request.protocol)
+
+    def _limited(self, request: web.Request) -> web.Response | None:
+        path = request.path
+        if path.startswith("/hooks/"):
+            bucket, what = self._hooks, "webhooks"
+        elif path == "/api/v1/sync":
+            bucket, what = self._sync, "the sync API"
+        else:
+            return None
+        wait = bucket.take()
+        if wait == 0.0:
+            return None
+        retry = max(1, math.ceil(wait))
+        _log.warning(
+            "rate limit: %s take at most %g requests a second (bursts of %d); answered 429 to %s",
+            what,
+            bucket.rate,
+            bucket.burst,
+            request.remote,
+        )
+        return web.json_response(
+            {
+                "error": f"too many requests: {what} take at most {bucket.rate:g} a second "
+                f"(bursts of {bucket.burst}); retry after {retry}s"
+            },
+            status=429,
+            headers={"Retry-After": str(retry)},
+        )
 
 
 class _BadRequest(Exception):
@@ -365,7 +504,7 @@ class _Handlers:
             return _reject_hook(request, "gitlab")
         # Read (and bound) the body even though nothing in it is needed, so an
         # oversized request is a 413 here as on the other hooks.
-        body = await _read_body(request, self._settings.max_body_bytes)
+        body = await _read_body(request, self._settings)
         if isinstance(body, web.Response):
             return body
         event = request.headers.get("X-Gitlab-Event", "")
@@ -388,7 +527,7 @@ class _Handlers:
         presented = request.headers.get(header)
         if presented is None:
             return _reject_hook(request, source)
-        body = await _read_body(request, self._settings.max_body_bytes)
+        body = await _read_body(request, self._settings)
         if isinstance(body, web.Response):
             return body
         expected = "sha256=" + hmac.new(self._secret, body, hashlib.sha256).hexdigest()
@@ -404,15 +543,22 @@ class _Handlers:
         return web.json_response({"accepted": True}, status=202)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
-    """The raw body, or a 413 response when it is larger than `limit` bytes."""
+async def _read_body(request: web.Request, settings: ServerSettings) -> bytes | web.Response:
+    """The raw body; a 413 response when it is larger than `max_body_bytes`, a
+    408 when it does not arrive within `body_timeout` (a dribbled body)."""
+    limit, timeout = settings.max_body_bytes, settings.limits.body_timeout
     # Refuse on the declared length without reading a byte of it; chunked
     # bodies are cut off by the application's client_max_size instead.
     if request.content_length is None or request.content_length <= limit:
         try:
-            return await request.read()
+            async with asyncio.timeout(timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             pass
+        except TimeoutError:
+            response = _error(408, f"request body not received within {timeout:g}s")
+            response.force_close()  # the rest of the body is not worth waiting for
+            return response
     return _error(413, f"request body too large: at most {limit} bytes accepted")
 
 
