@@ -1,11 +1,13 @@
 """What the filesystem providers share: path rules, mode and ownership fields,
 and the observation of metadata.
 
-Safety rules, in one place: paths are absolute, lexically normal and inside an
-allowed root (checked at load time); before any write the parent's real path is
-checked again, so a symlinked directory cannot carry a write outside the roots.
-Only symlinks are ever replaced by something else; files and directories found
-where another type is wanted are reported, never destroyed.
+Safety rules, in one place: paths are absolute, lexically normal, within the
+system's length limits and inside an allowed root (checked at load time); every
+call on the filesystem then goes through `reconciler.confined`, which never
+follows a symlink in any component of a path, so nothing is read, written,
+chmodded, chowned or deleted through a link, whenever it was planted. Only
+symlinks are ever replaced by something else; files and directories found where
+another type is wanted are reported, never destroyed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from reconciler import confined
 from reconciler.model import (
     Action,
     Change,
@@ -38,10 +41,12 @@ def _mode(value: Any) -> str:
             f'expected an octal string such as "0640", found {value!r} '
             "(quote it: YAML reads an unquoted 0640 as the number 416)"
         )
-    text = value.strip()
-    if not (3 <= len(text) <= 4) or any(c not in "01234567" for c in text):
-        raise ValueError(f'expected an octal string such as "0640", found {value!r}')
-    return f"{int(text, 8):04o}"
+    if not (3 <= len(value) <= 4) or any(c not in "01234567" for c in value):
+        raise ValueError(
+            f'expected an octal string such as "0640" (3 or 4 digits 0-7, no spaces), '
+            f"found {value!r}"
+        )
+    return f"{int(value, 8):04o}"
 
 
 def _principal(value: Any) -> str:
@@ -65,8 +70,37 @@ class PathSpec(BaseModel):
     path: str
 
 
+PATH_MAX = 4096
+"""Linux's limit on a path, in bytes, its terminating NUL included."""
+NAME_MAX = 255
+"""Linux's limit on one component of a path, in bytes."""
+
+
+def check_length(field: str, path: str) -> None:
+    """Raise SpecError for a NUL, or a path the system would refuse as too long."""
+    if "\0" in path:
+        raise SpecError(field, f"a path cannot contain a NUL character, found {path!r}")
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise SpecError(field, f"expected UTF-8 text, found {path!r}") from None
+    if size >= PATH_MAX:
+        raise SpecError(
+            field, f"expected at most {PATH_MAX - 1} bytes (PATH_MAX), found {size} bytes"
+        )
+    for part in path.split("/"):
+        if len(part.encode("utf-8")) > NAME_MAX:
+            raise SpecError(
+                field,
+                f"expected at most {NAME_MAX} bytes in each part of a path (NAME_MAX), "
+                f"found {len(part.encode('utf-8'))} bytes in {part[:40]!r}...",
+            )
+
+
 def check_path(path: str, settings: ProviderSettings) -> None:
-    """Raise SpecError unless `path` is absolute, normal and under an allowed root."""
+    """Raise SpecError unless `path` is absolute, normal, within the system's
+    length limits and under an allowed root."""
+    check_length("path", path)
     if not path.startswith("/"):
         raise SpecError("path", f"expected an absolute path, found {path!r}")
     parts = path.split("/")
@@ -87,44 +121,10 @@ def check_path(path: str, settings: ProviderSettings) -> None:
         )
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-@lru_cache(maxsize=64)
-def _real_root(root: str) -> str:
-    """Roots are resolved once per process; the paths under them at every write."""
-    return os.path.realpath(root)
-
-
-def _check_inside_roots(path: str, real: str, settings: ProviderSettings) -> None:
-    for root in settings.roots:
-        if _under(real, _real_root(root)):
-            return
-    raise PermanentError(
-        f"{path}: resolves to {real}, outside the allowed roots; refusing to write"
-    )
-
-
-def make_parent(path: str, settings: ProviderSettings) -> str:
-    """Create the parent directories of `path` (mode 0755) and return the parent.
-
-    The nearest existing ancestor is resolved first, so a symlink planted in the
-    path cannot make us create anything outside the allowed roots; the parent is
-    resolved again afterwards, closing the window between the two.
-    """
-    parent = os.path.dirname(path)
-    existing = parent
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if not any(_under(root, existing) for root in settings.roots):
-        # below a root that exists: what exists must resolve inside a root. (Above a
-        # root that does not exist yet, everything below `existing` is created by us.)
-        _check_inside_roots(path, os.path.realpath(existing), settings)
-    if existing != parent:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-    _check_inside_roots(path, os.path.realpath(parent), settings)
-    return parent
+@lru_cache(maxsize=16)
+def roots(settings: ProviderSettings) -> confined.Roots:
+    """The confined filesystem of the settings' roots (one per settings)."""
+    return confined.Roots(settings.roots)
 
 
 @lru_cache(maxsize=256)
@@ -209,17 +209,19 @@ def planned(spec: Any, plan: Plan, field: str) -> Any:
     return None
 
 
-def set_metadata(path: str, mode: str | None, owner: str | None, group: str | None) -> None:
-    """chmod/chown without following a symlink at `path`; None leaves a field alone."""
+def set_metadata(
+    fs: confined.Batch, path: str, mode: str | None, owner: str | None, group: str | None
+) -> None:
+    """chown/chmod of the object at `path` itself (never through a symlink);
+    None leaves a field alone."""
     if owner is not None or group is not None:
-        os.chown(
+        fs.chown(
             path,
             uid_of(owner) if owner is not None else -1,
             gid_of(group) if group is not None else -1,
-            follow_symlinks=False,
         )
     if mode is not None:
-        os.chmod(path, int(mode, 8))
+        fs.chmod(path, int(mode, 8))
 
 
 def os_error(action: str, path: str, exc: OSError) -> Exception:
@@ -231,32 +233,35 @@ def os_error(action: str, path: str, exc: OSError) -> Exception:
 
 
 def apply_each(
-    apply: Callable[[Any, Plan, ProviderSettings], None],
+    apply: Callable[[confined.Batch, Any, Plan], None],
     items: Sequence[tuple[Any, Plan]],
     settings: ProviderSettings,
 ) -> list[BaseException | None]:
-    """Apply a batch in one worker thread: one thread hop per batch, not per object;
-    each item's failure is its own."""
+    """Apply a batch in one worker thread and one confined batch: one thread hop
+    and one walk per directory per batch, not per object; each item's failure
+    is its own."""
     results: list[BaseException | None] = []
-    for spec, plan in items:
-        try:
-            apply(spec, plan, settings)
-        except Exception as exc:
-            results.append(exc)
-        else:
-            results.append(None)
+    with roots(settings).batch() as fs:
+        for spec, plan in items:
+            try:
+                apply(fs, spec, plan)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
     return results
 
 
-async def watch(paths: Mapping[str, str]) -> AsyncIterator[str]:
+async def watch(paths: Mapping[str, str], settings: ProviderSettings) -> AsyncIterator[str]:
     """Yield the id (key of `paths`) of every managed path that changes. Watches
     the existing parent directories, not recursively: one inotify watch per
-    directory, whatever the number of files in it."""
+    directory, whatever the number of files in it; only real directories under
+    the roots (none reached through a symlink)."""
     import watchfiles  # only the daemon watches
 
     by_path = {path: rid for rid, path in paths.items()}
     dirs = sorted({os.path.dirname(path) for path in by_path} | set(by_path))
-    existing = await asyncio.to_thread(lambda: [d for d in dirs if os.path.isdir(d)])
+    existing = await asyncio.to_thread(_real_directories, dirs, settings)
     if not existing:
         return
     async for changes in watchfiles.awatch(
@@ -268,10 +273,19 @@ async def watch(paths: Mapping[str, str]) -> AsyncIterator[str]:
                 yield rid
 
 
-def lstat_or_none(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
+def _real_directories(dirs: Sequence[str], settings: ProviderSettings) -> list[str]:
+    found = []
+    above = {os.path.dirname(root) for root in settings.roots}  # trusted, as the roots are
+    with roots(settings).batch() as fs:
+        for directory in dirs:
+            if directory in above:
+                if os.path.isdir(directory):
+                    found.append(directory)
+                continue
+            try:
+                st = fs.lstat(directory)
+            except (confined.ConfinementError, OSError):
+                continue
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                found.append(directory)
+    return found

@@ -1,16 +1,17 @@
 """`Directory`: a directory's existence, mode and ownership; parents are created.
 
 Deleting removes the directory only when it is empty: entries that reconciler
-does not manage are never removed with it.
+does not manage are never removed with it (its own temporary files left by a
+crash are). Every call goes through `reconciler.confined`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from reconciler import confined
 from reconciler.model import (
     NO_CHANGES,
     Action,
@@ -20,7 +21,6 @@ from reconciler.model import (
     Plan,
     PrepareContext,
     Provider,
-    ProviderSettings,
 )
 from reconciler.providers import _fs
 
@@ -47,10 +47,12 @@ class DirectoryProvider(Provider[DirectorySpec]):
         return spec.path
 
     def watch(self, specs: Mapping[str, DirectorySpec]) -> AsyncIterator[str]:
-        return _fs.watch({rid: spec.path for rid, spec in specs.items()})
+        return _fs.watch({rid: spec.path for rid, spec in specs.items()}, self.settings)
 
     async def observe_many(self, specs: Sequence[DirectorySpec]) -> list[Observed | None]:
-        return await asyncio.to_thread(_observe_all, [s.path for s in specs])
+        return await asyncio.to_thread(
+            _observe_all, _fs.roots(self.settings), [s.path for s in specs]
+        )
 
     def plan(self, spec: DirectorySpec, observed: Observed | None) -> Plan:
         if observed is None:
@@ -67,7 +69,9 @@ class DirectoryProvider(Provider[DirectorySpec]):
         return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
 
     async def apply(self, spec: DirectorySpec, plan: Plan) -> None:
-        await asyncio.to_thread(_apply, spec, plan, self.settings)
+        [error] = await self.apply_many([(spec, plan)])
+        if error is not None:
+            raise error
 
     async def apply_many(
         self, items: Sequence[tuple[DirectorySpec, Plan]]
@@ -75,55 +79,55 @@ class DirectoryProvider(Provider[DirectorySpec]):
         return await asyncio.to_thread(_fs.apply_each, _apply, items, self.settings)
 
     async def delete(self, spec: DirectorySpec) -> None:
-        await asyncio.to_thread(_delete, spec.path)
+        await asyncio.to_thread(_delete, _fs.roots(self.settings), spec.path)
 
 
-def _observe_all(paths: list[str]) -> list[Observed | None]:
+def _observe_all(roots: confined.Roots, paths: list[str]) -> list[Observed | None]:
     observed: list[Observed | None] = []
-    for path in paths:
-        st = _fs.lstat_or_none(path)
-        observed.append(None if st is None else _fs.metadata(st))
+    with roots.batch() as fs:
+        for path in paths:
+            st = fs.lstat(path)
+            observed.append(None if st is None else _fs.metadata(st))
     return observed
 
 
-def _apply(spec: DirectorySpec, plan: Plan, settings: ProviderSettings) -> None:
+def _apply(fs: confined.Batch, spec: DirectorySpec, plan: Plan) -> None:
     path = spec.path
     mode, owner, group = (_fs.planned(spec, plan, f) for f in ("mode", "owner", "group"))
     try:
-        st = _fs.lstat_or_none(path)
+        st = fs.lstat(path)
         if st is not None:
             kind = _fs.file_type(st)
             if kind == "symlink":
-                _fs.make_parent(path, settings)
-                os.unlink(path)
+                fs.unlink(path)  # the link itself; what it points at is never touched
                 st = None
             elif kind != "directory":
                 raise PermanentError(f"{path} is a {kind}; refusing to replace it with a directory")
         if st is None:
-            _fs.make_parent(path, settings)
-            os.mkdir(path, 0o755)
+            fs.mkdir(path, 0o755, parents=True)
             if mode is None:
-                os.chmod(path, 0o755)  # independent of the process umask
-        _fs.set_metadata(path, mode, owner, group)
+                fs.chmod(path, 0o755)  # independent of the process umask
+        _fs.set_metadata(fs, path, mode, owner, group)
     except OSError as exc:
         verb = "create" if plan.action is Action.CREATE else "update"
         raise _fs.os_error(verb, path, exc) from exc
 
 
-def _delete(path: str) -> None:
-    st = _fs.lstat_or_none(path)
-    if st is None:
-        return
-    if _fs.file_type(st) != "directory":
-        raise PermanentError(f"{path} is no longer a directory; refusing to delete it")
-    try:
-        os.rmdir(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOTEMPTY:
-            left = sorted(os.listdir(path))
-            shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
-            raise PermanentError(
-                f"{path} is not empty ({len(left)} entries not managed here: {shown}); "
-                "remove them or set policy.prune: false"
-            ) from None
-        raise _fs.os_error("delete", path, exc) from exc
+def _delete(roots: confined.Roots, path: str) -> None:
+    with roots.batch() as fs:
+        st = fs.lstat(path)
+        if st is None:
+            return
+        if _fs.file_type(st) != "directory":
+            raise PermanentError(f"{path} is no longer a directory; refusing to delete it")
+        try:
+            fs.rmdir(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                left = sorted(fs.listdir(path))
+                shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+                raise PermanentError(
+                    f"{path} is not empty ({len(left)} entries not managed here: {shown}); "
+                    "remove them or set policy.prune: false"
+                ) from None
+            raise _fs.os_error("delete", path, exc) from exc

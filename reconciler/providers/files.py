@@ -9,22 +9,22 @@ Secrets: `content` may be a secret reference (`{valueFrom: {env: NAME}}` or
 `{valueFrom: {file: /path}}`, the whole file as content), and so may any value
 in `vars`, at any depth. A file made from a secret is sensitive: its content is
 never shown in a plan, and its stored spec holds a keyed digest instead.
-Writes are atomic: a temporary file in the target's directory, fsync, rename;
-a symlink at the path is replaced, never written through.
+Writes are atomic: an unnamed (or temporary) file in the target's directory,
+fsync, rename; a symlink at the path is replaced, never written through. Every
+call on the filesystem goes through `reconciler.confined`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationInfo, model_validator
 
+from reconciler import confined
 from reconciler.model import (
     NO_CHANGES,
     Action,
@@ -34,7 +34,6 @@ from reconciler.model import (
     Plan,
     PrepareContext,
     Provider,
-    ProviderSettings,
     Sensitive,
     SensitiveStr,
     SpecError,
@@ -201,10 +200,11 @@ class FileProvider(Provider[FileSpec]):
         return spec.path
 
     def watch(self, specs: Mapping[str, FileSpec]) -> AsyncIterator[str]:
-        return _fs.watch({rid: spec.path for rid, spec in specs.items()})
+        return _fs.watch({rid: spec.path for rid, spec in specs.items()}, self.settings)
 
     async def observe_many(self, specs: Sequence[FileSpec]) -> list[Observed | None]:
-        return await asyncio.to_thread(_observe_all, [s.path for s in specs])
+        paths = [s.path for s in specs]
+        return await asyncio.to_thread(_observe_all, _fs.roots(self.settings), paths)
 
     def plan(self, spec: FileSpec, observed: Observed | None) -> Plan:
         content = spec.text
@@ -237,7 +237,9 @@ class FileProvider(Provider[FileSpec]):
         return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
 
     async def apply(self, spec: FileSpec, plan: Plan) -> None:
-        await asyncio.to_thread(_apply, spec, plan, self.settings)
+        [error] = await self.apply_many([(spec, plan)])
+        if error is not None:
+            raise error
 
     async def apply_many(
         self, items: Sequence[tuple[FileSpec, Plan]]
@@ -245,15 +247,16 @@ class FileProvider(Provider[FileSpec]):
         return await asyncio.to_thread(_fs.apply_each, _apply, items, self.settings)
 
     async def delete(self, spec: FileSpec) -> None:
-        await asyncio.to_thread(_delete, spec.path)
+        await asyncio.to_thread(_delete, _fs.roots(self.settings), spec.path)
 
 
-def _observe_all(paths: list[str]) -> list[Observed | None]:
-    return [_observe(path) for path in paths]
+def _observe_all(roots: confined.Roots, paths: list[str]) -> list[Observed | None]:
+    with roots.batch() as fs:
+        return [_observe(fs, path) for path in paths]
 
 
-def _observe(path: str) -> Observed | None:
-    st = _fs.lstat_or_none(path)
+def _observe(fs: confined.Batch, path: str) -> Observed | None:
+    st = fs.lstat(path)
     if st is None:
         return None
     observed = _fs.metadata(st)
@@ -262,15 +265,11 @@ def _observe(path: str) -> Observed | None:
     observed["content"], observed["sha256"], observed["binary"] = None, None, False
     try:
         if st.st_size > MAX_SHOWN:
-            with open(path, "rb") as handle:
+            with fs.open_read(path) as handle:
                 observed["sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
             return observed
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            # sized by the lstat: a 1 MiB read buffer per small file costs more than the I/O
-            data = os.read(fd, st.st_size + 1)
-        finally:
-            os.close(fd)
+        # sized by the lstat: a 1 MiB read buffer per small file costs more than the I/O
+        data = fs.read(path, st.st_size + 1)
     except OSError as exc:
         raise _fs.os_error("read", path, exc) from exc
     if len(data) > st.st_size:  # changed while we looked: report it as unknown content
@@ -285,11 +284,11 @@ def _observe(path: str) -> Observed | None:
     return observed
 
 
-def _apply(spec: FileSpec, plan: Plan, settings: ProviderSettings) -> None:
+def _apply(fs: confined.Batch, spec: FileSpec, plan: Plan) -> None:
     path = spec.path
     fields = {c.field for c in plan.changes}
     if "/type" in fields:
-        st = _fs.lstat_or_none(path)
+        st = fs.lstat(path)
         if st is not None and _fs.file_type(st) == "directory":
             raise PermanentError(f"{path} is a directory; refusing to replace it with a file")
         if st is not None and _fs.file_type(st) not in ("symlink", "file"):
@@ -297,26 +296,20 @@ def _apply(spec: FileSpec, plan: Plan, settings: ProviderSettings) -> None:
     mode, owner, group = (_fs.planned(spec, plan, f) for f in ("mode", "owner", "group"))
     try:
         if plan.action is Action.CREATE or fields & {"/type", "/content"}:
-            _write_atomically(spec, mode, owner, group, settings)
+            _write(fs, spec, mode, owner, group)
         else:
-            _fs.set_metadata(path, mode, owner, group)
+            _fs.set_metadata(fs, path, mode, owner, group)
     except OSError as exc:
         raise _fs.os_error("write", path, exc) from exc
 
 
-def _write_atomically(
-    spec: FileSpec,
-    mode: str | None,
-    owner: str | None,
-    group: str | None,
-    settings: ProviderSettings,
+def _write(
+    fs: confined.Batch, spec: FileSpec, mode: str | None, owner: str | None, group: str | None
 ) -> None:
-    """Temporary file beside the target, fsync, rename. Metadata the plan does not
-    change is carried over from the file being replaced."""
+    """Write the file atomically. Metadata the plan does not change is carried
+    over from the file being replaced (its owner only where we may give it)."""
     path = spec.path
-    directory = _fs.make_parent(path, settings)
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    st = _fs.lstat_or_none(path)
+    st = fs.lstat(path)
     old = st if st is not None and _fs.file_type(st) == "file" else None
     if mode is None:
         # a file made from a secret is private unless its spec says otherwise
@@ -324,40 +317,26 @@ def _write_atomically(
         mode = f"{old.st_mode & 0o7777:04o}" if old is not None else (spec.mode or new_mode)
     uid = _fs.uid_of(owner) if owner is not None else (old.st_uid if old is not None else -1)
     gid = _fs.gid_of(group) if group is not None else (old.st_gid if old is not None else -1)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    data = spec.text.encode()
     try:
-        try:
-            data = memoryview(spec.text.encode())
-            while data:
-                data = data[os.write(fd, data) :]
-            if (uid, gid) != (-1, -1):
-                try:
-                    os.fchown(fd, uid, gid)
-                except PermissionError:
-                    if owner is not None or group is not None:
-                        raise  # asked for: an error; only carrying over: best effort
-            os.fchmod(fd, int(mode, 8))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+        fs.write_atomic(path, data, int(mode, 8), uid, gid, parents=True)
+    except PermissionError:
+        if owner is not None or group is not None or (uid, gid) == (-1, -1):
+            raise  # asked for, or not about ownership: an error
+        # only carrying the owner over: best effort
+        fs.write_atomic(path, data, int(mode, 8), parents=True)
 
 
-def _delete(path: str) -> None:
-    st = _fs.lstat_or_none(path)
-    if st is None:
-        return
-    if _fs.file_type(st) == "directory":
-        raise PermanentError(f"{path} is now a directory; refusing to delete it as a file")
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise _fs.os_error("delete", path, exc) from exc
+def _delete(roots: confined.Roots, path: str) -> None:
+    with roots.batch() as fs:
+        st = fs.lstat(path)
+        if st is None:
+            return
+        if _fs.file_type(st) == "directory":
+            raise PermanentError(f"{path} is now a directory; refusing to delete it as a file")
+        try:
+            fs.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _fs.os_error("delete", path, exc) from exc

@@ -201,6 +201,11 @@ def _common_invalid(extra: SpecData) -> tuple[Invalid, ...]:
         Invalid("double-slash", lambda root: {"path": f"{root}//thing", **extra}),
         Invalid("filesystem-root", lambda root: {"path": "/", **extra}),
         Invalid("unknown-field", lambda root: {"path": f"{root}/thing", "colour": "red", **extra}),
+        Invalid("nul-in-path", lambda root: {"path": f"{root}/a\0b", **extra}),
+        # PATH_MAX (4096 bytes with the NUL) and NAME_MAX (255 bytes, UTF-8): the
+        # system would refuse them at apply time
+        Invalid("path-too-long", lambda root: {"path": f"{root}/" + "d/" * 2048 + "x", **extra}),
+        Invalid("name-too-long", lambda root: {"path": f"{root}/" + "é" * 128, **extra}),
     )
 
 
@@ -277,6 +282,10 @@ FILE = Case(
             "mode-too-long", lambda root: {"path": f"{root}/f.txt", "content": "x", "mode": "00644"}
         ),
         Invalid(
+            "mode-with-spaces",
+            lambda root: {"path": f"{root}/f.txt", "content": "x", "mode": " 0644"},
+        ),
+        Invalid(
             "owner-empty", lambda root: {"path": f"{root}/f.txt", "content": "x", "owner": " "}
         ),
         Invalid(
@@ -338,6 +347,7 @@ DIRECTORY = Case(
         *_common_invalid({}),
         Invalid("mode-not-octal", lambda root: {"path": f"{root}/d", "mode": "rwxr-xr-x"}),
         Invalid("mode-as-number", lambda root: {"path": f"{root}/d", "mode": 493}),
+        Invalid("mode-with-newline", lambda root: {"path": f"{root}/d", "mode": "0755\n"}),
         Invalid("owner-list", lambda root: {"path": f"{root}/d", "owner": ["root"]}),
         Invalid("content-field", lambda root: {"path": f"{root}/d", "content": "x"}),
     ),
@@ -376,6 +386,7 @@ SYMLINK = Case(
         Invalid("missing-target", lambda root: {"path": f"{root}/l"}),
         Invalid("empty-target", lambda root: {"path": f"{root}/l", "target": ""}),
         Invalid("nul-in-target", lambda root: {"path": f"{root}/l", "target": "a\0b"}),
+        Invalid("target-too-long", lambda root: {"path": f"{root}/l", "target": "t/" * 2048}),
         Invalid("mode-field", lambda root: {"path": f"{root}/l", "target": "x", "mode": "0777"}),
         # a symlink's path cannot end in a slash: accepting one turns it into a directory
         Invalid("trailing-slash", lambda root: {"path": f"{root}/l/", "target": "x"}),
