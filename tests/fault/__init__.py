@@ -1,0 +1,1 @@
+"""Fault injection: seeded SIGKILLs of the real CLI, and what must hold after the next apply."""
