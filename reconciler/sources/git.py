@@ -12,6 +12,10 @@ All git work runs in a worker thread (`asyncio.to_thread`) through GitPython's
 command wrapper. Credentials come from files and reach git only through the
 environment of its subprocess (GIT_SSH_COMMAND, GIT_CONFIG_* for an HTTP header), so
 they never appear in argv, in the cached repository's config, in logs or in errors.
+
+With a `SignaturePolicy`, the object the ref names (the commit, or the annotated
+tag) is verified after the fetch and before the export (signatures.py); an
+untrusted one raises `UntrustedRevision` and is never exported.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import git
 from git.repo.fun import is_git_dir
 
 from reconciler.sources.base import Revision, SourceError, redact
+from reconciler.sources.signatures import SignaturePolicy, UntrustedRevision, Verifier
 
 __all__ = ["GitSource"]
 
@@ -94,6 +99,7 @@ class GitSource:
         shallow: bool = True,
         timeout: float = 300.0,
         keep_trees: int = 3,
+        signatures: SignaturePolicy | None = None,
     ) -> None:
         if not url or url.startswith("-"):
             raise ValueError(f"invalid git url {redact(url)!r}")
@@ -112,6 +118,7 @@ class GitSource:
         self.shallow = shallow
         self.timeout = timeout
         self.keep_trees = max(1, keep_trees)
+        self._verifier = Verifier(signatures, cache_dir) if signatures is not None else None
 
     def __repr__(self) -> str:
         return f"GitSource(url={self.url!r}, ref={self.ref!r}, path={self.path!r})"
@@ -151,6 +158,8 @@ class GitSource:
                 return self._attempt(env)
             except _GitFailure as failure:
                 raise SourceError(self._scrub(str(failure), env)) from None
+            except UntrustedRevision:
+                raise  # names a commit and a key, nothing secret
             except SourceError as error:
                 raise SourceError(self._scrub(str(error), env)) from None
 
@@ -163,6 +172,8 @@ class GitSource:
         else:
             self._fetch_ref(cmd, env, op, target)
             sha = self._peel_commit(cmd, target.local_ref)
+        if self._verifier is not None:
+            self._verify(cmd, target, sha)
         tree = self._export(cmd, sha)
         summary = self._summary(cmd, sha)
         self._prune_trees(keep=sha)
@@ -364,6 +375,29 @@ class GitSource:
         # the ref really points to a tree or blob.
         kind = self._run(cmd, "resolve", ["cat-file", "-t", f"{local_ref}^{{}}"])
         raise SourceError(f"ref {self.ref!r} on {self.url} points to a {kind}, not a commit")
+
+    # ------------------------------------------------------------------ verify
+
+    def _verify(self, cmd: git.Git, target: _Target, sha: str) -> None:
+        """UntrustedRevision unless what the ref names is signed by a trusted key: an
+        annotated tag's own signature, else the commit's."""
+        assert self._verifier is not None
+        obj, kind, tag = sha, "commit", None
+        if target.remote_ref is not None:
+            obj = self._run(cmd, "verify", ["rev-parse", "--verify", target.local_ref])
+            kind = self._run(cmd, "verify", ["cat-file", "-t", obj]).strip()
+        if kind == "tag":
+            assert target.remote_ref is not None
+            if target.remote_ref.startswith("refs/tags/"):
+                tag = target.remote_ref.removeprefix("refs/tags/")
+            name = f"tag {tag or target.remote_ref} (object {obj}, commit {sha})"
+        else:
+            kind, name = "commit", f"commit {sha}"
+        reason = self._verifier.verify(self._repo_dir, obj, kind=kind, name=name, tag=tag)
+        if reason is not None:
+            # Never exported: the path is where the tree would have gone.
+            revision = Revision(id=sha, path=self._trees_dir / sha, summary=self._summary(cmd, sha))
+            raise UntrustedRevision(revision, reason)
 
     # ------------------------------------------------------------------ export
 
