@@ -505,6 +505,38 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     return host.strip("[]"), int(port)
 
 
+def _signature_files(
+    ctx: click.Context, param: click.Parameter, value: Any
+) -> tuple[Path, ...] | Path | None:
+    """--trusted-keys and --allowed-signers: readable, and holding what they should
+    (public GPG keys only; allowed-signers lines), checked before anything starts."""
+    from reconciler.sources.signatures import check_allowed_signers, check_trusted_keys
+
+    many = isinstance(value, (tuple, list))
+    paths = tuple(Path(v) for v in value) if many else () if value is None else (Path(value),)
+    for path in paths:
+        problem = _unreadable(path, text=True)
+        if problem is None:
+            try:
+                if param.name == "trusted_keys":
+                    check_trusted_keys(path)
+                else:
+                    check_allowed_signers(path)
+            except ValueError as exc:
+                problem = str(exc)
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+        if problem is None:
+            continue
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if source is None:  # from the settings file, which names the setting
+            raise _OneLineError(f"{path}: {problem}")
+        if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+            raise _OneLineError(f"{param.envvar}={path}: {problem}")
+        raise _OneLineError(f"{getattr(param, 'opts', [param.name])[0]} {path}: {problem}")
+    return paths if many else (paths[0] if paths else None)
+
+
 _secret = click.Path(path_type=Path)
 """Checked by `_secret_file`, which says what is wrong in one line."""
 
@@ -604,6 +636,28 @@ _secret = click.Path(path_type=Path)
     help="File holding the bearer token for POST /api/v1/sync.",
 )
 @click.option(
+    "--verify-commits",
+    type=click.Choice(["gpg", "ssh"], case_sensitive=False),
+    envvar="RECONCILER_VERIFY_COMMITS",
+    help="Apply only commits (or tags) signed by a trusted key; others are rejected.",
+)
+@click.option(
+    "--trusted-keys",
+    multiple=True,
+    metavar="FILE",
+    callback=_signature_files,
+    envvar="RECONCILER_TRUSTED_KEYS",
+    help="Armored GPG public keys trusted by --verify-commits gpg (repeatable; "
+    "env RECONCILER_TRUSTED_KEYS, several separated by spaces).",
+)
+@click.option(
+    "--allowed-signers",
+    metavar="FILE",
+    callback=_signature_files,
+    envvar="RECONCILER_ALLOWED_SIGNERS",
+    help="SSH allowed-signers file of --verify-commits ssh.",
+)
+@click.option(
     "--concurrency",
     default=16,
     show_default=True,
@@ -663,6 +717,9 @@ def run(
     token_file: Path | None,
     webhook_secret_file: Path | None,
     api_token_file: Path | None,
+    verify_commits: str | None,
+    trusted_keys: tuple[Path, ...],
+    allowed_signers: Path | None,
     concurrency: int,
     allow_mass_prune: bool,
     max_prune_share: float,
@@ -676,6 +733,13 @@ def run(
     from reconciler.store import StoreError
 
     logs.configure(log_level, json={"auto": None, "json": True, "text": False}[log_format.lower()])
+    if verify_commits or trusted_keys or allowed_signers:
+        from reconciler.sources.signatures import signature_policy
+
+        try:
+            signature_policy(verify_commits, trusted_keys, allowed_signers)
+        except ValueError as exc:
+            _fail(str(exc))
     settings = DaemonSettings(
         repo=repo,
         ref=ref,
@@ -690,6 +754,9 @@ def run(
         token_file=token_file,
         webhook_secret_file=webhook_secret_file,
         api_token_file=api_token_file,
+        verify_commits=verify_commits.lower() if verify_commits else None,
+        trusted_keys=trusted_keys,
+        allowed_signers=allowed_signers,
         concurrency=concurrency,
         allow_mass_prune=allow_mass_prune,
         max_prune_share=max_prune_share,

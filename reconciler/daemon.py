@@ -33,6 +33,7 @@ from reconciler.metrics import Metrics, Snapshot
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
+from reconciler.sources.signatures import UntrustedRevision, signature_policy
 from reconciler.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class DaemonSettings:
     allow_mass_prune: bool = False
     max_prune_share: float = 0.5
     shutdown_timeout: float = 30.0
+    verify_commits: str | None = None
+    """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
+    trusted_keys: tuple[Path, ...] = ()
+    allowed_signers: Path | None = None
 
 
 class SettingsError(Exception):
@@ -253,6 +258,11 @@ class Daemon:
         local = Path(repo)
         bare = (local / "HEAD").is_file() and (local / "objects").is_dir()
         if "://" not in repo and local.is_dir() and not (local / ".git").exists() and not bare:
+            if self.settings.verify_commits:
+                raise SettingsError(
+                    f"--verify-commits needs a git repository: {repo} is a plain directory "
+                    "(local mode), which has no commits to verify"
+                )
             return LocalSource(local / self.settings.path)
         from reconciler.sources.git import GitSource
 
@@ -268,6 +278,11 @@ class Daemon:
                 insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
                 token_file=self.settings.token_file,
                 timeout=120.0,
+                signatures=signature_policy(
+                    self.settings.verify_commits,
+                    self.settings.trusted_keys,
+                    self.settings.allowed_signers,
+                ),
             )
         except ValueError as exc:  # a bad ref, path or URL: a settings error, not a crash
             raise SettingsError(str(exc)) from None
@@ -307,6 +322,9 @@ class Daemon:
         state.last_fetch = time.time()
         try:
             revision = await self.source.fetch()
+        except UntrustedRevision as exc:
+            self._untrusted(exc)
+            return
         except SourceError as exc:
             state.last_fetch_ok, state.last_error = False, str(exc)
             self.metrics.fetched(False)
@@ -338,6 +356,15 @@ class Daemon:
         if self.desired is None:
             gc.freeze()  # what start-up made lives to the end: spare the collector
         await self._apply_revision(revision, desired)
+
+    def _untrusted(self, exc: UntrustedRevision) -> None:
+        """Fetched, but not signed by a trusted key: rejected like an invalid revision."""
+        state = self.source_state
+        state.last_fetch_ok, state.last_success = True, time.time()
+        self.metrics.fetched(True)
+        if state.rejected is not None and state.rejected["revision"] == exc.revision.id:
+            return  # already rejected: say it once, not at every poll
+        self._reject(exc.revision, [exc.reason])
 
     def _reject(self, revision: Revision, errors: list[str]) -> None:
         self.source_state.rejected = {"revision": revision.id, "at": time.time(), "errors": errors}
