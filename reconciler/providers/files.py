@@ -109,57 +109,6 @@ def _read_text(path: Path, field: str, relative: str) -> str:
         raise SpecError(field, f"cannot read {relative!r}: {exc.strerror}") from None
 
 
-def _resolve(ctx: PrepareContext, value: Any, where: tuple[str | int, ...]) -> Any:
-    """`vars` with every secret reference replaced by the secret, as plain text:
-    Jinja must see the values themselves (a Sensitive repr would be masked)."""
-    secret = ctx.secret(value, where)
-    if secret is not None:
-        return str(secret)
-    if isinstance(value, dict):
-        return {k: _resolve(ctx, v, (*where, str(k))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(ctx, v, (*where, i)) for i, v in enumerate(value)]
-    return value
-
-
-def _render(ctx: PrepareContext, relative: str, variables: dict[str, Any]) -> str:
-    import jinja2  # only manifests with templates pay for the import
-
-    source = _inside(ctx, "template", relative)
-    root = ctx.config_root.resolve()
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(root),  # {% include %} stays inside the config tree
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    name = source.relative_to(root).as_posix()
-    try:
-        return env.get_template(name).render(**variables)
-    except jinja2.TemplateSyntaxError as exc:
-        where = exc.name or name
-        raise SpecError("template", f"{where}:{exc.lineno}: {exc.message}") from None
-    except UnicodeDecodeError:
-        raise SpecError("template", f"{relative!r} is not UTF-8 text") from None
-    except Exception as exc:  # undefined variables, and anything a template raises
-        message = exc.message if isinstance(exc, jinja2.UndefinedError) else str(exc)
-        # an error may quote a value, and a value may be a secret
-        message = ctx.mask(f"{_template_line(exc, root, name)}: {message}")
-        raise SpecError("template", message) from None
-
-
-def _template_line(exc: BaseException, root: Path, name: str) -> str:
-    """`file:line` of the innermost template frame of a rendering error."""
-    where = name
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if filename.startswith(str(root)):
-            where = f"{Path(filename).relative_to(root).as_posix()}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return where
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -175,11 +124,10 @@ class FileProvider(Provider[FileSpec]):
         if spec.source is not None:
             text = _read_text(_inside(ctx, "source", spec.source), "source", spec.source)
         elif spec.template is not None:
-            secrets_before = len(ctx.resolved)
-            variables = _resolve(ctx, spec.vars or {}, ("vars",))
-            text = _render(ctx, spec.template, variables)
-            if len(ctx.resolved) > secrets_before:
-                text = ctx.sensitive(text)
+            from reconciler import templates  # only manifests with templates pay for Jinja2
+
+            variables = templates.resolve_variables(ctx, spec.vars or {}, ("vars",))
+            text = templates.render(ctx, spec.template, variables)  # Sensitive if vars are
         elif isinstance(spec.content, dict):
             secret = ctx.secret(spec.content, ("content",), whole_file=True)
             if secret is None:
