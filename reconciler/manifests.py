@@ -9,7 +9,8 @@ revision is rejected whole. Errors name file, line and field.
 
 Parsing uses libyaml (CSafeLoader) with a mapping constructor that rejects
 duplicate keys; a document with anchors is measured before construction so an
-alias bomb is refused instead of expanded.
+alias bomb is refused instead of expanded. Everything a revision may hold is
+bounded (`Limits`): no input can make a load exhaust memory or recurse without end.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import pickle
 import re
-import secrets
-from collections.abc import Callable, Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from reconciler import cache as _cache
 from reconciler import graph
+from reconciler.cache import Cache
 from reconciler.model import (
     API_VERSION,
     DEFAULT_POLICY,
-    PROCESS_DIGEST_KEY,
     DesiredState,
     Location,
     Policy,
@@ -51,11 +52,42 @@ _METADATA = ("name", "labels", "annotations")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 
 
+__all__ = ["Cache", "Issue", "Limits", "ManifestError", "ParseMemo", "load", "tree_digest"]
+
+_MiB = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_file_bytes: int = 8 * 1024 * 1024
+    """How much one revision may hold. Crossing a limit is an error that names it
+    (`max_files` ...) and its value, at the file and line where it was crossed;
+    the revision is rejected whole. Together they bound the memory and time of a
+    load, and of everything after it, whatever the config tree holds."""
+
+    max_file_bytes: int = 8 * _MiB
+    """Each file of the tree: manifests, and the sources and templates they use."""
+    max_tree_bytes: int = 256 * _MiB
+    """All files of the tree together."""
+    max_files: int = 100_000
+    """Files in the tree (hidden ones are not counted: they are not read)."""
     max_nodes: int = 200_000
     """Nodes per document after alias expansion."""
+    max_expanded_bytes: int = 16 * _MiB
+    """Characters of text per document after alias expansion."""
+    max_depth: int = 100
+    """Levels of nested mappings and sequences in a document."""
+    max_resources: int = 100_000
+    """Resources in a revision."""
+    max_spec_bytes: int = 256 * _MiB
+    """All specs of a revision as stored (JSON), sources and templates filled in."""
+
+
+_MAX_ISSUES = 1000
+"""A revision with more errors is reported up to here: the rest cannot be read anyway."""
+
+
+class _Stop(Exception):
+    """A limit of the whole revision was crossed: stop reading (the issue is recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,19 +120,6 @@ def _field(path: tuple[str | int, ...]) -> str:
     return text
 
 
-def tree_files(root: Path) -> list[Path]:
-    """Every file of a config tree in a stable order; hidden files and directories
-    (such as .git) skipped. Manifests are the `*.yaml`/`*.yml` among them."""
-    if root.is_file():
-        return [root]
-    found = [
-        p
-        for p in root.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()
-    ]
-    return sorted(found)
-
-
 def manifest_files(root: Path) -> list[Path]:
     """The manifests of a config tree, in the order they are loaded."""
     return [p for p in tree_files(root) if p.suffix in (".yaml", ".yml")]
@@ -118,6 +137,8 @@ class ParseMemo:
 
     context: str = ""
     files: dict[tuple[str, bytes], list[Resource]] = dataclasses.field(default_factory=dict)
+    spec_bytes: dict[tuple[str, bytes], int] = dataclasses.field(default_factory=dict)
+    """What the specs of each file in `files` count against `Limits.max_spec_bytes`."""
 
 
 class _Documents:
@@ -128,15 +149,18 @@ class _Documents:
         root: Path,
         registry: Mapping[str, Provider[Any]],
         limits: Limits,
-        memo: dict[tuple[str, bytes], list[Resource]] | None = None,
+        memo: ParseMemo | None = None,
         digest_key: Callable[[], bytes] | None = None,
     ) -> None:
         self.root = root
         self.registry = registry
         self.limits = limits
         self.memo = memo
-        self.used: dict[tuple[str, bytes], list[Resource]] = {}
+        self.used = ParseMemo()
+        """The memo entries this revision used or made."""
         self.issues: list[Issue] = []
+        self.spec_bytes = 0
+        """Size of the specs so far, as dumped (the spec hash is taken over it)."""
         self.resources: dict[ResourceId, Resource] = {}
         self.sources: dict[str, bytes] = {}
         """Raw bytes of every parsed manifest, to find a node again for an error line:
@@ -148,41 +172,77 @@ class _Documents:
 
     def _node(self, rid: ResourceId) -> Node:
         """The YAML node of a resource's document, parsed again from its file."""
-        from reconciler import yamlload
-
         res = self.resources[rid]
         raw = self.sources.get(res.location.file)
         if raw is None:  # came from the memo: parse the whole tree afresh
             raise _Reparse
-        for node, _ in yamlload.documents(raw.decode("utf-8"), self.limits.max_nodes):
+        for node, _ in self._documents(raw.decode("utf-8")):
             if int(node.start_mark.line) + 1 == res.location.line:
                 return node
         raise _Reparse
 
+    def _documents(self, text: str) -> Iterator[tuple[Node, Any]]:
+        from reconciler import yamlload  # only a tree not found in the cache is parsed
+
+        limits = self.limits
+        return yamlload.documents(
+            text,
+            max_nodes=limits.max_nodes,
+            max_bytes=limits.max_expanded_bytes,
+            max_depth=limits.max_depth,
+        )
+
+    def add_issue(self, issue: Issue) -> None:
+        self.issues.append(issue)
+        if len(self.issues) >= _MAX_ISSUES:
+            self.issues.append(Issue(issue.file, None, "", f"stopped after {_MAX_ISSUES} errors"))
+            raise _Stop
+
+    def _count(self, file: str, line: int | None, spec_bytes: int) -> None:
+        """Count one more resource against the limits of the whole revision."""
+        limits = self.limits
+        self.spec_bytes += spec_bytes
+        if len(self.resources) >= limits.max_resources:
+            message = f"over the limit of {limits.max_resources} resources (max_resources)"
+        elif self.spec_bytes > limits.max_spec_bytes:
+            message = (
+                f"the specs of this revision are over {limits.max_spec_bytes} bytes "
+                "(max_spec_bytes)"
+            )
+        else:
+            return
+        self.issues.append(Issue(file, line, "", message))
+        raise _Stop
+
     def add_file(self, path: Path, shown: str, raw: bytes, digest: bytes = b"") -> None:
         key = (shown, digest)
         if self.memo is not None:
-            known = self.memo.get(key)
+            known = self.memo.files.get(key)
             if known is not None:
+                size = self.memo.spec_bytes.get(key, 0)
                 for res in known:
                     if res.id in self.seen_ids:
                         raise _Reparse  # a duplicate id: report it with lines
+                    self._count(shown, res.location.line, size)
+                    size = 0
                     self.seen_ids.add(res.id)
                     self.resources[res.id] = res
-                self.used[key] = known
+                self.used.files[key] = known
+                self.used.spec_bytes[key] = self.memo.spec_bytes.get(key, 0)
                 return
-        issues, before = len(self.issues), len(self.resources)
+        issues, before, size = len(self.issues), len(self.resources), self.spec_bytes
         secrets = self._parse_file(path, shown, raw)
         # a file that resolved secrets is parsed again each time: they may have changed
         if self.memo is not None and len(self.issues) == issues and not secrets:
-            self.used[key] = list(self.resources.values())[before:]
+            self.used.files[key] = list(self.resources.values())[before:]
+            self.used.spec_bytes[key] = self.spec_bytes - size
 
     def _parse_file(self, path: Path, shown: str, raw: bytes) -> bool:
         """Parse one manifest file; whether any of its specs resolved a secret."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self.issues.append(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
+            self.add_issue(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
             return False
         self.sources[shown] = raw
         ctx = PrepareContext(path, self.root, digest_key=self.digest_key)
@@ -194,7 +254,7 @@ class _Documents:
         from reconciler import yamlload  # only a tree not found in the cache is parsed
 
         try:
-            for node, data in yamlload.documents(text, self.limits.max_nodes):
+            for node, data in self._documents(text):
                 self._add_document(shown, node, data, ctx)
         except yamlload.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -202,16 +262,16 @@ class _Documents:
             problem = exc.problem or str(exc)
             if exc.context and not isinstance(exc, yamlload.DuplicateKey):
                 problem = f"{problem} ({exc.context})"
-            self.issues.append(Issue(shown, line, "", f"invalid YAML: {problem}"))
+            self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}"))
         except yamlload.YAMLError as exc:
-            self.issues.append(Issue(shown, None, "", f"invalid YAML: {exc}"))
-        except RecursionError:
-            self.issues.append(Issue(shown, None, "", "invalid YAML: nested too deeply"))
+            self.add_issue(Issue(shown, None, "", f"invalid YAML: {exc}"))
+        except RecursionError:  # past every depth check: still an error, never a crash
+            self.add_issue(Issue(shown, None, "", "invalid YAML: nested too deeply"))
 
     def _issue(self, file: str, node: Node, path: tuple[str | int, ...], message: str) -> None:
         from reconciler.yamlload import line_of
 
-        self.issues.append(Issue(file, line_of(node, path), _field(path), message))
+        self.add_issue(Issue(file, line_of(node, path), _field(path), message))
 
     def _validation(
         self,
@@ -317,7 +377,9 @@ class _Documents:
             return
         if not ok or policy is None:
             return
-        spec_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
+        dumped = spec.model_dump_json().encode()
+        self._count(file, location.line, len(dumped))
+        spec_hash = hashlib.sha256(dumped).hexdigest()[:32]
         labels = data["metadata"].get("labels") or {}
         self.resources[rid] = Resource(str(kind), name, spec, policy, spec_hash, location, labels)
 
@@ -416,73 +478,6 @@ class _Documents:
 
 
 @dataclass(frozen=True, slots=True)
-class Cache:
-    """Where validated desired states are kept between runs, keyed by the digest
-    of the config tree and `fingerprint` (the providers, their settings and the
-    code of reconciler itself): an unchanged tree is not parsed again. A tree
-    whose specs resolved secrets is never kept (decision 0045).
-
-    The directory also holds `digest.key`, the key of the digests that stand for
-    secrets in stored specs, so that they compare equal from one run to the next."""
-
-    directory: Path
-    fingerprint: str
-    write: bool = True
-
-    @property
-    def key_file(self) -> Path:
-        return self.directory / "digest.key"
-
-
-_KEY_BYTES = 32
-
-
-class _DigestKey:
-    """The state directory's digest key, read (or made) when a load first needs it."""
-
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
-        self.key: bytes | None = None
-
-    def __call__(self) -> bytes:
-        if self.key is None:
-            self.key = _digest_key(self.cache) or PROCESS_DIGEST_KEY
-        return self.key
-
-
-def _digest_key(cache: Cache) -> bytes | None:
-    """The key from `cache.key_file`, made there if there is none and the cache may
-    be written; None otherwise."""
-    try:
-        key = cache.key_file.read_bytes()
-        if len(key) == _KEY_BYTES:
-            return key
-    except OSError:
-        pass
-    if not cache.write:
-        return None
-    try:
-        cache.directory.mkdir(parents=True, exist_ok=True)
-        temp = cache.directory / f".digest.key.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, cache.key_file)  # never replaces a key another process made
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink(missing_ok=True)
-        key = cache.key_file.read_bytes()
-    except OSError:
-        return None
-    return key if len(key) == _KEY_BYTES else None
-
-
-@dataclass(frozen=True, slots=True)
 class _File:
     path: Path
     shown: str
@@ -492,31 +487,123 @@ class _File:
     digest: bytes = b""
 
 
+@dataclass
+class _Walk:
+    """The files of a tree, found without following a link out of it."""
+
+    root: Path
+    limits: Limits
+    files: list[tuple[Path, os.stat_result]] = dataclasses.field(default_factory=list)
+    problems: list[_File] = dataclasses.field(default_factory=list)
+    total: int = 0
+
+    def walk(self, top: Path) -> None:
+        limits = self.limits
+        pending = [top]
+        while pending:
+            directory = pending.pop()
+            try:
+                with os.scandir(directory) as entries:
+                    listed = list(entries)
+            except OSError:
+                continue  # unreadable directory: nothing of it can be loaded
+            for entry in listed:
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                    continue
+                try:
+                    st = os.stat(path)  # a link to a file is read as the file ...
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if entry.is_symlink() and not self._inside(path):
+                    # ... but only inside the tree: never a file of the host
+                    if path.suffix in (".yaml", ".yml"):
+                        problem = "a symbolic link to outside the config tree; not read"
+                        self.problems.append(_File(path, self._shown(path), None, problem))
+                    continue
+                self.files.append((path, st))
+                self.total += st.st_size
+                if len(self.files) > limits.max_files:
+                    raise self._over(path, f"over {limits.max_files} files (max_files)")
+                if self.total > limits.max_tree_bytes:
+                    raise self._over(
+                        path, f"the tree is over {limits.max_tree_bytes} bytes (max_tree_bytes)"
+                    )
+
+    def _inside(self, path: Path) -> bool:
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        root = self.root.resolve()
+        return target == root or root in target.parents
+
+    def _shown(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path != self.root else path.name
+
+    def _over(self, path: Path, problem: str) -> ManifestError:
+        return ManifestError([Issue(self._shown(path), None, "", problem)])
+
+
+def _walk(path: Path, root: Path, limits: Limits) -> _Walk:
+    """The files of the tree at `path` (or the file itself); raises ManifestError
+    past `max_files` or `max_tree_bytes`."""
+    walk = _Walk(root, limits)
+    if path.is_dir():
+        walk.walk(path)
+    else:
+        st = path.stat()
+        walk.files.append((path, st))
+        walk.total = st.st_size
+    walk.files.sort(key=lambda item: item[0])
+    return walk
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Every file of a config tree in a stable order; hidden files and directories
+    (such as .git), and links to files outside the tree, skipped. Manifests are
+    the `*.yaml`/`*.yml` among them."""
+    base = root if root.is_dir() else root.parent
+    return [p for p, _ in _walk(root, base, _NO_LIMITS).files]
+
+
 def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str, str]:
     """Every file of the tree (manifests read, others hashed), the tree digest and
     the digest of the non-manifest files (sources, templates) alone."""
     digest = hashlib.sha256()
     others = hashlib.sha256()
-    files = []
-    for file in tree_files(path):
+    walk = _walk(path, root, limits)
+    files = list(walk.problems)
+    for file, st in walk.files:
         shown = str(file.relative_to(root)) if file != root else file.name
         manifest = file.suffix in (".yaml", ".yml") or file == path
+        if st.st_size > limits.max_file_bytes:
+            problem = (
+                f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes} "
+                "(max_file_bytes)"
+            )
+            files.append(_File(file, shown, None, problem))
+            continue
         try:
-            if not manifest:
-                with file.open("rb") as handle:
+            with file.open("rb") as handle:
+                if not manifest:
                     file_hash = hashlib.file_digest(handle, "sha256").digest()
-                digest.update(shown.encode() + b"\0" + file_hash)
-                others.update(shown.encode() + b"\0" + file_hash)
-                continue
-            size = file.stat().st_size
-            if size > limits.max_file_bytes:
-                problem = f"file is {size} bytes, over the limit of {limits.max_file_bytes}"
-                files.append(_File(file, shown, None, problem))
-                continue
-            raw = file.read_bytes()
+                    digest.update(shown.encode() + b"\0" + file_hash)
+                    others.update(shown.encode() + b"\0" + file_hash)
+                    continue
+                raw = handle.read(limits.max_file_bytes + 1)  # it may have grown
         except OSError as exc:
             if manifest:  # other files matter only when referenced; prepare says so
                 files.append(_File(file, shown, None, f"cannot read: {exc.strerror}"))
+            continue
+        if len(raw) > limits.max_file_bytes:
+            problem = f"file is over the limit of {limits.max_file_bytes} bytes (max_file_bytes)"
+            files.append(_File(file, shown, None, problem))
             continue
         file_hash = hashlib.sha256(raw).digest()
         digest.update(shown.encode() + b"\0" + file_hash)
@@ -524,36 +611,15 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
     return files, digest.hexdigest(), others.hexdigest()
 
 
+_NO_LIMITS = Limits(
+    max_file_bytes=1 << 62, max_tree_bytes=1 << 62, max_files=1 << 62, max_resources=1 << 62
+)
+
+
 def tree_digest(path: Path) -> str:
     """The digest a load of `path` would use as its revision (all files' bytes)."""
     root = path if path.is_dir() else path.parent
-    return _read_tree(path, root, Limits(max_file_bytes=1 << 62))[1]
-
-
-def _cached(cache: Cache, key: str) -> DesiredState | None:
-    try:
-        with (cache.directory / f"{key}.pickle").open("rb") as handle:
-            state = pickle.load(handle)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged or foreign cache entry is only a miss
-        return None
-    return state if isinstance(state, DesiredState) else None
-
-
-def _store_cached(cache: Cache, key: str, state: DesiredState) -> None:
-    """Keep only the newest entry; a failure to write costs only the next parse."""
-    try:
-        cache.directory.mkdir(parents=True, exist_ok=True)
-        temp = cache.directory / f".{key}.{os.getpid()}.tmp"
-        with temp.open("wb") as handle:
-            pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        temp.replace(cache.directory / f"{key}.pickle")
-        for old in cache.directory.glob("*.pickle"):
-            if old.name != f"{key}.pickle":
-                old.unlink(missing_ok=True)
-    except OSError:
-        pass
+    return _read_tree(path, root, _NO_LIMITS)[1]
 
 
 def load(
@@ -575,33 +641,30 @@ def load(
         raise ManifestError([Issue(str(path), None, "", "no such file or directory")])
     limits = limits or Limits()
     files, digest, others = _read_tree(path, root, limits)
+    revision = revision or digest[:12]
     cache_key = ""
     fingerprint = cache.fingerprint if cache is not None else ""
     if cache is not None:
         cache_key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
-        state = _cached(cache, cache_key)
+        state = _cache.read(cache, cache_key, registry, revision)
         if state is not None:
-            return dataclasses.replace(state, revision=revision or digest[:12])
-    files_memo = None
+            return state
     if memo is not None:
         context = f"{others}\0{fingerprint}\0{limits}"
         if memo.context != context:
-            memo.context, memo.files = context, {}
-        files_memo = memo.files
-    key = _DigestKey(cache) if cache is not None else None
+            memo.context, memo.files, memo.spec_bytes = context, {}, {}
+    key = _cache.DigestKey(cache) if cache is not None else None
     try:
-        docs, edges = _parse(files, root, registry, limits, files_memo, key)
+        docs, edges = _parse(files, root, registry, limits, memo, key)
     except _Reparse:
         docs, edges = _parse(files, root, registry, limits, None, key)
     if docs.issues:
         raise ManifestError(docs.issues)
-    if memo is not None:
-        memo.files = docs.used  # only what this revision uses stays in memory
-    state = DesiredState(
-        revision=revision or digest[:12], resources=docs.resources, dependencies=edges
-    )
+    if memo is not None:  # only what this revision uses stays in memory
+        memo.files, memo.spec_bytes = docs.used.files, docs.used.spec_bytes
+    state = DesiredState(revision=revision, resources=docs.resources, dependencies=edges)
     if cache is not None and cache.write and not docs.secrets:
-        _store_cached(cache, cache_key, state)
+        _cache.write(cache, cache_key, state)
     return state
 
 
@@ -610,13 +673,16 @@ def _parse(
     root: Path,
     registry: Mapping[str, Provider[Any]],
     limits: Limits,
-    memo: dict[tuple[str, bytes], list[Resource]] | None,
+    memo: ParseMemo | None,
     digest_key: Callable[[], bytes] | None,
 ) -> tuple[_Documents, dict[ResourceId, tuple[ResourceId, ...]]]:
     docs = _Documents(root, registry, limits, memo, digest_key)
-    for file in files:
-        if file.raw is None:
-            docs.issues.append(Issue(file.shown, None, "", file.problem or "unreadable"))
-        else:
-            docs.add_file(file.path, file.shown, file.raw, file.digest)
+    try:
+        for file in files:
+            if file.raw is None:
+                docs.add_issue(Issue(file.shown, None, "", file.problem or "unreadable"))
+            else:
+                docs.add_file(file.path, file.shown, file.raw, file.digest)
+    except _Stop:
+        return docs, {}  # past a limit of the revision: what was found is reported
     return docs, docs.cross_checks()

@@ -1,6 +1,7 @@
 """libyaml parsing for the manifest loader: duplicate keys are errors, an alias
-bomb or a recursive alias is refused before construction, and the line of any
-field can be found again for error messages.
+bomb (too many nodes or too much text once expanded) or a recursive alias is
+refused before construction, nesting is bounded, and the line of any field can
+be found again for error messages.
 
 Kept apart from `manifests` so that a run served from the cache of validated
 config trees never imports PyYAML.
@@ -47,15 +48,26 @@ class _Loader(yaml.CSafeLoader):
         return _MAP if kind is MappingNode else _SEQ
 
 
-def _construct(loader: _Loader, node: Node) -> Any:
+class _TooDeep(Exception):
+    """Nesting past the limit, at `node` (turned into a MarkedYAMLError)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+
+def _construct(loader: _Loader, node: Node, room: int) -> Any:
     """Build Python data from a composed node: plain dicts, lists and str directly,
-    other tags through PyYAML's safe constructors; duplicate keys are errors."""
+    other tags through PyYAML's safe constructors; duplicate keys are errors.
+    `room` is how many more levels of nesting are allowed below this node."""
     cls = type(node)
     tag = node.tag
     if cls is ScalarNode:
         return node.value if tag == _STR else loader.construct_object(node, deep=True)
+    if room <= 0:
+        raise _TooDeep(node)
+    room -= 1
     if cls is SequenceNode and tag == _SEQ:
-        return [_construct(loader, child) for child in node.value]
+        return [_construct(loader, child, room) for child in node.value]
     if not isinstance(node, MappingNode) or tag != _MAP:
         return loader.construct_object(node, deep=True)
     mapping: dict[Any, Any] = {}
@@ -64,10 +76,10 @@ def _construct(loader: _Loader, node: Node) -> Any:
         own = [(k, v) for k, v in own if k.tag != _MERGE]
         loader.flatten_mapping(node)  # merged pairs first; the mapping's own keys win
         for key_node, value_node in node.value[: len(node.value) - len(own)]:
-            mapping[_construct(loader, key_node)] = _construct(loader, value_node)
+            mapping[_construct(loader, key_node, room)] = _construct(loader, value_node, room)
     lines: dict[Any, int] = {}
     for key_node, value_node in own:
-        key = _construct(loader, key_node)
+        key = _construct(loader, key_node, room)
         try:
             first = lines.get(key)
         except TypeError:
@@ -79,14 +91,16 @@ def _construct(loader: _Loader, node: Node) -> Any:
                 None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
             )
         lines[key] = key_node.start_mark.line + 1
-        mapping[key] = _construct(loader, value_node)
+        mapping[key] = _construct(loader, value_node, room)
     return mapping
 
 
-def expanded_size(node: Node, limit: int) -> int | None:
-    """Node count with every alias expanded, memoized per node; stops past `limit`.
-    None when an alias refers to a node that contains it (a recursive structure)."""
-    sizes: dict[int, int] = {}
+def expanded_size(node: Node, max_nodes: int, max_bytes: int) -> tuple[int, int] | None:
+    """(nodes, bytes) of a document with every alias expanded, memoized per node;
+    bytes are the characters of its scalars, keys included. Stops as soon as one
+    passes its limit. None when an alias refers to a node that contains it (a
+    recursive structure)."""
+    sizes: dict[int, tuple[int, int]] = {}
     open_nodes: set[int] = set()
     stack: list[tuple[Node, bool]] = [(node, False)]
     while stack:
@@ -95,7 +109,7 @@ def expanded_size(node: Node, limit: int) -> int | None:
         if key in sizes:
             continue
         if isinstance(current, ScalarNode):
-            sizes[key] = 1
+            sizes[key] = (1, len(current.value))
             continue
         children: list[Node] = (
             [n for pair in current.value for n in pair]
@@ -104,10 +118,14 @@ def expanded_size(node: Node, limit: int) -> int | None:
         )
         if children_done:
             open_nodes.discard(key)
-            total = 1 + sum(sizes[id(c)] for c in children)
-            if total > limit:
-                return total
-            sizes[key] = total
+            nodes, size = 1, 0
+            for child in children:
+                child_nodes, child_size = sizes[id(child)]
+                nodes += child_nodes
+                size += child_size
+            if nodes > max_nodes or size > max_bytes:
+                return nodes, size
+            sizes[key] = (nodes, size)
         elif key in open_nodes:
             return None
         else:
@@ -134,8 +152,14 @@ def line_of(node: Node, path: tuple[str | int, ...]) -> int:
     return int(node.start_mark.line) + 1
 
 
-def documents(text: str, max_nodes: int) -> Iterator[tuple[Node, Any]]:
-    """Each document of a stream as (node, data); raises MarkedYAMLError."""
+def documents(
+    text: str, *, max_nodes: int, max_bytes: int, max_depth: int
+) -> Iterator[tuple[Node, Any]]:
+    """Each document of a stream as (node, data); raises MarkedYAMLError.
+
+    A document deeper than `max_depth` is refused; one with anchors is measured
+    first and refused if its aliases expand past `max_nodes` nodes or `max_bytes`
+    characters of scalars (without aliases it is no bigger than its file)."""
     check_aliases = "&" in text  # no anchor, no alias: nothing to measure
     loader = _Loader(text)
     try:
@@ -144,14 +168,26 @@ def documents(text: str, max_nodes: int) -> Iterator[tuple[Node, Any]]:
             if node is None:
                 continue
             if check_aliases:
-                size = expanded_size(node, max_nodes)
-                if size is None or size > max_nodes:
+                size = expanded_size(node, max_nodes, max_bytes)
+                problem = None
+                if size is None:
+                    problem = "an alias refers to a node that contains it (recursive structure)"
+                elif size[0] > max_nodes:
+                    problem = f"aliases expand to over {max_nodes} nodes (max_nodes)"
+                elif size[1] > max_bytes:
                     problem = (
-                        "an alias refers to a node that contains it (recursive structure)"
-                        if size is None
-                        else f"aliases expand to over {max_nodes} nodes"
+                        f"aliases expand to over {max_bytes} bytes of text (max_expanded_bytes)"
                     )
+                if problem is not None:
                     raise yaml.MarkedYAMLError(None, None, problem, node.start_mark)
-            yield node, _construct(loader, node)
+            try:
+                data = _construct(loader, node, max_depth)
+            except _TooDeep as exc:
+                problem = f"nested deeper than {max_depth} levels (max_depth)"
+                raise yaml.MarkedYAMLError(None, None, problem, exc.node.start_mark) from None
+            except RecursionError:  # a tag PyYAML builds itself (!!omap, !!set), deeply nested
+                problem = f"nested deeper than {max_depth} levels (max_depth)"
+                raise yaml.MarkedYAMLError(None, None, problem, node.start_mark) from None
+            yield node, data
     finally:
         loader.dispose()

@@ -533,7 +533,7 @@ CASES: list[Case] = [
     Case(
         "file over the size limit",
         {"a.yaml": file_doc("a", "$ROOT/a", content="x" * 500)},
-        [("a.yaml", None, "", r"^file is \d+ bytes, over the limit of 300$")],
+        [("a.yaml", None, "", r"^file is \d+ bytes, over the limit of 300 \(max_file_bytes\)$")],
         limits=Limits(max_file_bytes=300),
     ),
     Case(

@@ -64,13 +64,13 @@ def test_cache_hit_returns_the_same_state_and_a_change_misses(
     root, config, registry = tree
     cache = Cache(tmp_path / "cache", registry.fingerprint())
     first = load(config, registry, cache=cache)
-    assert len(list((tmp_path / "cache").glob("*.pickle"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.entry"))) == 1
     again = load(config, registry, cache=cache)
     assert again == first
     (config / "c.yaml").write_text(DOC.format(name="c", root=root, content="three"))
     third = load(config, registry, cache=cache)
     assert third.resources["File/c"].spec.content == "three"  # type: ignore[attr-defined]
-    assert len(list((tmp_path / "cache").glob("*.pickle"))) == 1  # only the newest kept
+    assert len(list((tmp_path / "cache").glob("*.entry"))) == 1  # only the newest kept
 
 
 def test_a_damaged_cache_entry_is_only_a_miss(
@@ -79,8 +79,8 @@ def test_a_damaged_cache_entry_is_only_a_miss(
     _, config, registry = tree
     cache = Cache(tmp_path / "cache", registry.fingerprint())
     first = load(config, registry, cache=cache)
-    for entry in (tmp_path / "cache").glob("*.pickle"):
-        entry.write_bytes(b"not a pickle")
+    for entry in (tmp_path / "cache").glob("*.entry"):
+        entry.write_bytes(b"not an entry")
     assert load(config, registry, cache=cache) == first
 
 
