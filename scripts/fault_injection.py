@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"trial {index:4d} {phase:<7} {result.mode:<7} delay {result.delay:6.3f} s "
-                f"landed {result.landing:<10} {status} ({result.seconds:.1f} s{left})",
+                f"landed {result.landing:<10} next {result.next_revision:<6} {status} "
+                f"({result.seconds:.1f} s{left})",
                 flush=True,
             )
             if not result.ok and args.stop:

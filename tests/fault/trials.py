@@ -16,7 +16,9 @@ check what the crash may not leave behind:
 Phases: `first` (empty root and state), `update` (a revision changing about 30%
 of contents, modes and link targets), `heal` (out-of-band edits and deletes of
 about 10% of the resources, then apply of the same revision) and `prune` (a
-revision removing about 30% of the resources, whole directories included).
+revision removing about 30% of the resources, whole directories included). A
+third of the update trials apply next a revision that also prunes about 30%, so
+directories the killed run was writing into are removed.
 
 Trial `i` of a run with seed `S` draws everything from `random.Random(S + i)`
 (decision 0072): the revision or the drift, the kill mode and the kill delay. The
@@ -41,6 +43,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,6 +68,9 @@ KILL_MODES = {"work": 0.7, "commit": 0.2, "any": 0.1}
 work window; `commit`: the same, then at the next write to the store's log;
 `any`: at a uniform point of the whole run, start-up and manifest loading included."""
 RUN_TIMEOUT = 120.0
+PRUNE_AFTER_UPDATE = 1 / 3
+"""Share of update trials whose next apply is of a revision pruning about 30%,
+whole directories included (a crash's leftovers once made such prunes fail)."""
 
 FILE_MODES = (0o644, 0o600, 0o640, 0o755, 0o664)
 DIR_MODES = (0o755, 0o750, 0o700)
@@ -143,14 +149,18 @@ def updated(base: Desired, rng: random.Random, share: float = 0.3) -> Desired:
     return out
 
 
-def pruned(base: Desired, rng: random.Random, share: float = 0.3) -> Desired:
+def pruned(
+    base: Desired, rng: random.Random, share: float = 0.3, first: Iterable[str] = ()
+) -> Desired:
     """A revision without about `share` of the resources: whole directories (with
-    everything under them) for about two thirds of it, single files and links for
-    the rest."""
+    everything under them) for about two thirds of it, the directories `first`
+    before any other, and single files and links for the rest."""
     goal = int(len(base) * share)
     gone: set[str] = set()
     dirs = [p for p, e in base.items() if e.kind == "dir"]
     rng.shuffle(dirs)
+    chosen = [d for d in sorted(set(first)) if d in base and base[d].kind == "dir"]
+    dirs = chosen + [d for d in dirs if d not in chosen]
     for d in dirs:
         if len(gone) >= goal * 2 // 3:
             break
@@ -449,15 +459,18 @@ class _Watch:
 
 def _timed_clean_run(ws: Workspace, phase: str) -> Timing:
     watch = _Watch(ws)
-    started = time.monotonic()
-    proc = subprocess.Popen(cli("apply", ws), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    work: float | None = None
-    while proc.poll() is None:
-        if work is None and watch.started():
-            work = time.monotonic() - started
-        time.sleep(0.001)
-    end = time.monotonic() - started
-    output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    # Output to a file, not a pipe: a pipe nobody reads while polling could fill up.
+    with tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        with subprocess.Popen(cli("apply", ws), stdout=out, stderr=subprocess.STDOUT) as proc:
+            work: float | None = None
+            while proc.poll() is None:
+                if work is None and watch.started():
+                    work = time.monotonic() - started
+                time.sleep(0.001)
+        end = time.monotonic() - started
+        out.seek(0)
+        output = out.read().decode(errors="replace")
     if proc.returncode != 0:
         raise AssertionError(f"clean {phase} apply exited {proc.returncode}:\n{output[-4000:]}")
     return Timing(work if work is not None else end, end)
@@ -482,6 +495,8 @@ class TrialResult:
     killed_rc: int = 0
     leftovers_after_kill: list[str] = field(default_factory=list)
     """Entries the kill left that the desired state does not declare."""
+    next_revision: str = "same"
+    """The revision of the next apply: the same, or (some updates) one that prunes."""
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -503,7 +518,8 @@ class TrialResult:
     def describe(self) -> str:
         head = (
             f"trial {self.index} (seed {self.seed}, phase {self.phase}, kill mode {self.mode}, "
-            f"delay {self.delay:.3f} s, landed {self.landing})"
+            f"delay {self.delay:.3f} s, landed {self.landing}, next revision "
+            f"{self.next_revision})"
         )
         return head + "".join(f"\n  {f}" for f in self.failures) + f"\n  replay: {self.replay}"
 
@@ -580,6 +596,13 @@ def run_trial(ws: Workspace, index: int, seed: int, phase: str | None = None) ->
     else:
         result.landing = "during"
 
+    if phase == "update" and rng.random() < PRUNE_AFTER_UPDATE:
+        # The next revision removes whole directories, first those the kill left an
+        # undeclared entry in: what a crash leaves must not make their prune fail.
+        dirty = {os.path.dirname(p) for p in result.leftovers_after_kill}
+        desired = pruned(desired, rng, first=dirty)
+        write_config(ws.config, ws.root, desired)
+        result.next_revision = "pruned"
     rerun = run_cli("apply", ws)
     if rerun.returncode != 0:
         result.failures.append(
