@@ -332,6 +332,10 @@ class Daemon:
             return
         state.last_fetch_ok, state.last_success = True, time.time()
         self.metrics.fetched(True)
+        if state.rejected is not None and state.rejected.get("cause") == "signature":
+            # the head passed verification (a signed tag, a new trusted key): judge it
+            # again, even when it is the commit rejected before
+            state.rejected = None
         if state.current is not None and revision.id == state.current.id and self.desired:
             state.last_error = None
             return
@@ -362,9 +366,12 @@ class Daemon:
         state = self.source_state
         state.last_fetch_ok, state.last_success = True, time.time()
         self.metrics.fetched(True)
-        if state.rejected is not None and state.rejected["revision"] == exc.revision.id:
+        said = state.rejected
+        if said and said["revision"] == exc.revision.id and said["errors"] == [exc.reason]:
             return  # already rejected: say it once, not at every poll
         self._reject(exc.revision, [exc.reason])
+        assert self.source_state.rejected is not None
+        self.source_state.rejected["cause"] = "signature"
 
     def _reject(self, revision: Revision, errors: list[str]) -> None:
         self.source_state.rejected = {"revision": revision.id, "at": time.time(), "errors": errors}
