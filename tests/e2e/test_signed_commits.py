@@ -101,25 +101,35 @@ def test_a_signed_commit_is_applied_and_an_unsigned_one_after_it_is_rejected(
 
 
 def test_a_first_revision_signed_by_an_untrusted_key_applies_nothing(
-    repos: GitRepos, work: WorkClone, root: Path, daemons: Daemons, keys: Keys
+    repos: GitRepos, work: WorkClone, root: Path, daemons: Daemons, keys: Keys, tmp_path: Path
 ) -> None:
     alice, mallory = keys.gpg("alice"), keys.gpg("mallory")
+    trusted = tmp_path / "trusted.asc"
+    trusted.write_bytes(alice.public.read_bytes())
     target = root / "app.conf"
     sha = push(work, "by mallory", {"app.yaml": file_doc("app", target, "evil\n")}, mallory)
     daemon = daemons.start(
         repos.root / "repo.git",
         root=root,
         ready=False,
-        args=["--verify-commits", "gpg", "--trusted-keys", str(alice.public)],
+        args=["--verify-commits", "gpg", "--trusted-keys", str(trusted)],
     )
     status = wait_rejected(daemon, sha)
     assert status["rejected"]["errors"] == [
         f"commit {sha} is signed by GPG key {mallory.fingerprint}, which is not among the "
         "trusted keys"
     ]
+    assert status["rejected"]["cause"] == "signature"
     assert status["revision"] is None and not target.exists()
     assert daemon.request("GET", "/readyz").status == 503
     assert rejected_counter(daemon) == 1
+
+    # the same commit, once its key is trusted (the file is read again): applied
+    trusted.write_bytes(mallory.public.read_bytes())
+    assert daemon.sync().status == 202
+    daemon.wait_revision(sha)
+    daemon.wait_file(target, "evil\n")
+    assert daemon.status()["rejected"] is None
 
 
 def test_ssh_signed_commits_against_an_allowed_signers_file(
