@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from reconciler import cache as _cache
 from reconciler import graph
@@ -377,7 +378,12 @@ class _Documents:
             return
         if not ok or policy is None:
             return
-        dumped = spec.model_dump_json().encode()
+        try:
+            dumped = spec.model_dump_json().encode()
+        except PydanticSerializationError as exc:  # such as !!binary that is not UTF-8
+            message = ctx.mask(f"a value cannot be stored as JSON: {exc}")
+            self._issue(file, node, ("spec",), message)
+            return
         self._count(file, location.line, len(dumped))
         spec_hash = hashlib.sha256(dumped).hexdigest()[:32]
         labels = data["metadata"].get("labels") or {}
