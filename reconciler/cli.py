@@ -688,6 +688,70 @@ _secret = click.Path(path_type=Path)
     help="How long a stop waits for in-flight applies.",
 )
 @click.option(
+    "--http-max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="RECONCILER_HTTP_MAX_CONNECTIONS",
+    help="Most HTTP connections open at once (never within 256 of the fd limit).",
+)
+@click.option(
+    "--http-header-timeout",
+    default="10s",
+    show_default=True,
+    callback=_duration,
+    envvar="RECONCILER_HTTP_HEADER_TIMEOUT",
+    help="A new connection must send a complete request head within this.",
+)
+@click.option(
+    "--http-idle-timeout",
+    default="15s",
+    show_default=True,
+    callback=_duration,
+    envvar="RECONCILER_HTTP_IDLE_TIMEOUT",
+    help="How long a keep-alive connection may stay idle between requests.",
+)
+@click.option(
+    "--http-body-timeout",
+    default="10s",
+    show_default=True,
+    callback=_duration,
+    envvar="RECONCILER_HTTP_BODY_TIMEOUT",
+    help="A request body must arrive within this (else 408).",
+)
+@click.option(
+    "--hook-rate",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="RECONCILER_HOOK_RATE",
+    help="Webhook requests a second, all hooks together (past it: 429).",
+)
+@click.option(
+    "--hook-burst",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="RECONCILER_HOOK_BURST",
+    help="Webhook requests allowed at once above --hook-rate.",
+)
+@click.option(
+    "--sync-rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="RECONCILER_SYNC_RATE",
+    help="POST /api/v1/sync requests a second (past it: 429).",
+)
+@click.option(
+    "--sync-burst",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="RECONCILER_SYNC_BURST",
+    help="Sync requests allowed at once above --sync-rate.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -724,12 +788,21 @@ def run(
     allow_mass_prune: bool,
     max_prune_share: float,
     shutdown_timeout: float,
+    http_max_connections: int,
+    http_header_timeout: float,
+    http_idle_timeout: float,
+    http_body_timeout: float,
+    hook_rate: float,
+    hook_burst: int,
+    sync_rate: float,
+    sync_burst: int,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the daemon: follow REPO, converge every revision, heal drift."""
     from reconciler import logs
     from reconciler.daemon import Daemon, DaemonSettings, SettingsError
+    from reconciler.httplimits import HttpLimits
     from reconciler.store import StoreError
 
     logs.configure(log_level, json={"auto": None, "json": True, "text": False}[log_format.lower()])
@@ -761,6 +834,16 @@ def run(
         allow_mass_prune=allow_mass_prune,
         max_prune_share=max_prune_share,
         shutdown_timeout=shutdown_timeout,
+        http_limits=HttpLimits(
+            max_connections=http_max_connections,
+            header_timeout=http_header_timeout,
+            idle_timeout=http_idle_timeout,
+            body_timeout=http_body_timeout,
+            hook_rate=hook_rate,
+            hook_burst=hook_burst,
+            sync_rate=sync_rate,
+            sync_burst=sync_burst,
+        ),
     )
 
     async def daemon() -> None:

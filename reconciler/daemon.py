@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler import __version__, logs
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
+from reconciler.httplimits import HttpLimits
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.metrics import Metrics, Snapshot
 from reconciler.model import DesiredState, ProviderSettings, ResourceId
@@ -70,6 +71,8 @@ class DaemonSettings:
     """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
     trusted_keys: tuple[Path, ...] = ()
     allowed_signers: Path | None = None
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    """Timeouts, connection cap and rate limits of the HTTP server."""
 
 
 class SettingsError(Exception):
@@ -190,6 +193,7 @@ class Daemon:
                     port=port,
                     webhook_secret=webhook_secret.encode() if webhook_secret else None,
                     api_token=api_token,
+                    limits=settings.http_limits,
                 ),
                 routes=[web.get("/metrics", self._serve_metrics)],
             )

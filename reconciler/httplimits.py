@@ -213,7 +213,7 @@ class ConnectionGuard:
         """Close up to `count` idle connections, least recently active first."""
         victims = [c for c in self._open if not c.busy][:count]
         for victim in victims:
-            victim.close()
+            self._close(victim)
         self.evicted += len(victims)
         return len(victims)
 
@@ -227,11 +227,21 @@ class ConnectionGuard:
             self._evict_one(connection)
 
     def _closed(self, connection: _Connection) -> None:
+        self._forget(connection)
+        self._by_handler.pop(connection.inner, None)
+
+    def _close(self, connection: _Connection) -> None:
+        # Forgotten at once, not when asyncio reports the connection lost (a
+        # loop iteration later): the next connection accepted in the same
+        # batch must pick another victim and see the true count.
+        self._forget(connection)
+        connection.close()
+
+    def _forget(self, connection: _Connection) -> None:
         if connection.head_deadline is not None:
             connection.head_deadline.cancel()
             connection.head_deadline = None
         self._open.pop(connection, None)
-        self._by_handler.pop(connection.inner, None)
 
     def _evict_one(self, newcomer: _Connection) -> None:
         victim = next((c for c in self._open if not c.busy and c is not newcomer), None)
@@ -245,7 +255,7 @@ class ConnectionGuard:
             len(self._open),
             self.cap,
         )
-        victim.close()
+        self._close(victim)
 
     def _head_timed_out(self, connection: _Connection) -> None:
         connection.head_deadline = None
@@ -257,7 +267,7 @@ class ConnectionGuard:
             connection.peer,
             self.header_timeout,
         )
-        connection.close()
+        self._close(connection)
 
 
 def accept_error_handler(

@@ -34,8 +34,9 @@ import math
 import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 REVISION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -257,9 +258,12 @@ def configure(level: str, *, json: bool | None = None, stream: TextIO | None = N
     else:
         colour = tty and "NO_COLOR" not in os.environ
         handler.setFormatter(TextFormatter(colour=colour))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
+        for repeats in [f for f in old.filters if isinstance(f, RepeatFilter)]:
+            repeats.close()
         old.close()
     root.addHandler(handler)
     root.setLevel(name.upper())
@@ -281,3 +285,121 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+# Repeated records from the HTTP side: one line per kind per interval.
+
+REPEAT_INTERVAL = 60.0
+"""Seconds during which further records of a kind are counted instead of written."""
+REPEAT_LOGGERS = ("asyncio", "aiohttp", "reconciler.server")
+"""Loggers whose records anyone who can reach the HTTP port can cause, at any rate."""
+
+_RepeatKey = tuple[str, int, str, str]
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first record of a kind through, then counts the rest for
+    `interval` seconds and writes one summary for them, "N similar messages
+    suppressed", when the interval ends; a flood that goes on gets one summary
+    per interval and nothing else.
+
+    A kind is the logger, the level, the message template (before its
+    arguments: the same complaint about another peer is the same kind) and the
+    exception class. Only records of `loggers` (and their children) are
+    counted: the engine's lines are about distinct resources and stay whole.
+    The summaries are written by a timer thread, so one still arrives when the
+    flood has stopped; `close` cancels it.
+    """
+
+    def __init__(
+        self,
+        interval: float = REPEAT_INTERVAL,
+        loggers: tuple[str, ...] = REPEAT_LOGGERS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self._loggers = tuple(loggers)
+        self._children = tuple(f"{name}." for name in loggers)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # kind -> [window start, records suppressed, last suppressed message]
+        self._windows: dict[_RepeatKey, list[Any]] = {}
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_repeat_summary", False):
+            return True
+        name = record.name
+        if name not in self._loggers and not name.startswith(self._children):
+            return True
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key = (name, record.levelno, str(record.msg), exc)
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.interval:
+                if window is not None and window[1]:
+                    return self._suppress(window, record)  # its summary is due: the timer writes it
+                self._windows[key] = [now, 0, ""]
+                return True
+            return self._suppress(window, record)
+
+    def _suppress(self, window: list[Any], record: logging.LogRecord) -> bool:
+        window[1] += 1
+        try:
+            window[2] = record.getMessage()
+        except Exception:  # a record with bad arguments: the handler reports that itself
+            window[2] = str(record.msg)
+        if self._timer is None and not self._closed:
+            self._schedule(window[0] + self.interval - self._clock())
+        return False
+
+    def _schedule(self, delay: float) -> None:
+        timer = threading.Timer(max(delay, 0.0), self.flush)
+        timer.daemon = True
+        timer.name = "log-repeat-summary"
+        self._timer = timer
+        timer.start()
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the summaries whose interval has ended (`everything`: all of them)."""
+        now = self._clock()
+        due: list[tuple[_RepeatKey, int, str]] = []
+        with self._lock:
+            self._timer = None
+            for key, window in list(self._windows.items()):
+                if not everything and now - window[0] < self.interval:
+                    continue
+                if window[1]:
+                    due.append((key, window[1], window[2]))
+                    self._windows[key] = [now, 0, ""]  # the flood may go on: a new window
+                else:
+                    del self._windows[key]
+            pending = [w[0] for w in self._windows.values() if w[1]]
+            if pending and not self._closed:
+                self._schedule(min(pending) + self.interval - now)
+        for (name, level, _, _), count, last in due:
+            summary = logging.LogRecord(
+                name,
+                level,
+                __file__,
+                0,
+                "%d similar messages suppressed in the last %gs; the last: %s",
+                (count, self.interval, last),
+                None,
+            )
+            summary._repeat_summary = True
+            summary.suppressed = count
+            logging.getLogger(name).handle(summary)
+
+    def close(self) -> None:
+        """Stop the timer (its handler is being replaced); counts not yet written
+        are dropped, since there is no handler left to write them to."""
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
