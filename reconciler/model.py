@@ -292,6 +292,29 @@ def mask(text: str, values: Sequence[str]) -> str:
     return text
 
 
+WITHHELD_MESSAGE = "(message withheld: it quoted part of a secret)"
+"""An error message that held a value derived from a secret, in its place."""
+
+SECRET_PIECE = 4
+"""Characters of a secret that, found in a message in any case or reversed,
+make it withheld."""
+
+
+def quotes_a_secret(text: str, values: Sequence[str]) -> bool:
+    """Whether `text` holds SECRET_PIECE or more consecutive characters of any of
+    `values`, forwards or reversed, in any case (SENSITIVE itself aside)."""
+    folded = text.replace(SENSITIVE, "").casefold()
+    if len(folded) < SECRET_PIECE:
+        return False
+    pieces = {folded[i : i + SECRET_PIECE] for i in range(len(folded) - SECRET_PIECE + 1)}
+    for value in values:
+        for form in (value.casefold(), value[::-1].casefold()):
+            for i in range(len(form) - SECRET_PIECE + 1):
+                if form[i : i + SECRET_PIECE] in pieces:
+                    return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """What every provider instance is built with."""
@@ -355,8 +378,13 @@ class PrepareContext:
         return Sensitive(text, f"sensitive:hmac-sha256:{mac}")
 
     def mask(self, text: str) -> str:
-        """`text` (an error message) without any secret resolved so far."""
-        return mask(text, self.resolved) if self.resolved else text
+        """`text` (an error message) without any secret resolved so far: each one
+        masked, and the whole message withheld if it still holds a piece of one
+        (a slice, its reverse, another case: see `quotes_a_secret`)."""
+        if not self.resolved:
+            return text
+        text = mask(text, self.resolved)
+        return WITHHELD_MESSAGE if quotes_a_secret(text, self.resolved) else text
 
 
 def _from_env(name: Any, where: tuple[str | int, ...]) -> str:
