@@ -7,6 +7,13 @@ them coalesces into one fetch. Engine passes never overlap (`_pass_lock`):
 a new revision's changes, watch events and due resyncs each become a targeted
 pass (`Engine.converge(only=...)`). A rejected revision changes nothing: the last
 good desired state stays enforced.
+
+What survives a restart (decision 0066): every converged revision's tree is kept
+in the state directory (`sources.kept`), so a start whose first revision cannot be
+used enforces the store's last revision again rather than nothing; the last
+successful fetch is in the store, so freshness does not reset. A revision whose
+specs resolved secrets is loaded again at every sync that brings nothing new, so a
+rotated secret file re-applies the resources using it (decision 0067).
 """
 
 from __future__ import annotations
@@ -25,15 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from reconciler import __version__, logs
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
 from reconciler.httplimits import HttpLimits
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.metrics import Metrics, Snapshot
-from reconciler.model import DesiredState, ProviderSettings, ResourceId
+from reconciler.model import DesiredState, ProviderSettings, ResourceId, Sensitive
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
+from reconciler.sources.kept import KeptRevisions
 from reconciler.sources.signatures import UntrustedRevision, signature_policy
 from reconciler.store import SqliteStore
 
@@ -156,6 +166,14 @@ class Daemon:
         """Resources whose last pass left them failed or blocked."""
         self._last_converged: float | None = None
         self._warm: asyncio.Task[Any] | None = None
+        self._kept = KeptRevisions(settings.state_dir / "last-good")
+        self._kept_path: Path | None = None
+        """The kept tree of the enforced revision: what a reload for secrets reads."""
+        self._recovery: dict[str, Any] | None = None
+        """The attempt to enforce the last good revision after a start; once."""
+        self._secrets = False
+        """Whether the enforced revision's specs hold secrets (reloaded at each sync)."""
+        self._secret_errors: list[str] | None = None
         self.metrics = Metrics(self._metrics_snapshot, version=__version__)
 
     # lifecycle
@@ -185,6 +203,8 @@ class Daemon:
                 telemetry=self.metrics,
             )
             self.source = self._make_source()
+            # freshness is the store's: a restart does not make a stale source look fresh
+            self.source_state.last_success = self.store.last_fetched(self.source_state.url)
             host, port = settings.listen
             http = await server.start(
                 self,
@@ -318,7 +338,16 @@ class Daemon:
             self._sync.clear()
             if self._stop.is_set():
                 return
+            fetched, enforced = self.source_state.last_success, self.desired
             await self._sync_once()
+            if self.source_state.last_success != fetched and self.store is not None:
+                assert self.source_state.last_success is not None
+                self.store.set_fetched(self.source_state.url, self.source_state.last_success)
+                self.store.flush()
+            if self.desired is None:
+                await self._recover()
+            elif self.desired is enforced:
+                await self._reload_secrets()
 
     async def _sync_once(self) -> None:
         assert self.source is not None and self.registry is not None
@@ -342,6 +371,7 @@ class Daemon:
             state.rejected = None
         if state.current is not None and revision.id == state.current.id and self.desired:
             state.last_error = None
+            state.rejected = None  # the head is the enforced revision again
             return
         if state.rejected is not None and state.rejected["revision"] == revision.id:
             return  # already rejected: say it once, not at every poll
@@ -364,6 +394,98 @@ class Daemon:
         if self.desired is None:
             gc.freeze()  # what start-up made lives to the end: spare the collector
         await self._apply_revision(revision, desired)
+
+    async def _recover(self) -> None:
+        """After a start whose first revision could not be used: enforce the last
+        revision the store applied, from its kept tree; once per process. When it
+        cannot be had, nothing is enforced and nothing pruned, and status says why."""
+        if self._recovery is not None or self.store is None or self.registry is None:
+            return
+        rid = self.store.last_revision()
+        self._recovery = {"revision": rid, "at": time.time(), "ok": False, "error": None}
+        if rid is None:
+            self._recovery["error"] = "no revision was applied before from this state directory"
+            log.warning("no revision to enforce: %s", self._recovery["error"])
+            return
+        try:
+            revision = await asyncio.to_thread(self._kept.revision, rid)
+            desired = await asyncio.to_thread(
+                functools.partial(
+                    load, revision.path, self.registry, revision=rid, cache=self._cache
+                )
+            )
+        except (SourceError, ManifestError) as exc:
+            error = (
+                str(exc)
+                if isinstance(exc, SourceError)
+                else f"it no longer loads: {'; '.join(str(issue) for issue in exc.issues)}"
+            )
+            self._recovery["error"] = error
+            log.error(
+                "cannot enforce the last good revision %s: %s; nothing is enforced or "
+                "pruned until a revision loads",
+                rid,
+                error,
+                extra={"revision": rid},
+            )
+            return
+        log.warning(
+            "enforcing the last good revision %s, kept in the state directory, until the "
+            "source offers a revision that loads",
+            rid,
+            extra={"revision": rid},
+        )
+        self._recovery["ok"] = True
+        gc.freeze()
+        await self._apply_revision(revision, desired, recovered=True)
+
+    async def _reload_secrets(self) -> None:
+        """Load the enforced revision again when its specs hold secrets: a rotated
+        secret file changes the digests in the specs of the resources using it, so
+        they are applied as a new revision's changes are. A load that fails (a
+        secret file removed) is reported once; what was loaded stays enforced."""
+        current, engine = self.source_state.current, self.engine
+        if not self._secrets or current is None or engine is None or self.registry is None:
+            return
+        path = self._kept_path if self._kept_path is not None else current.path
+        try:
+            desired = await asyncio.to_thread(
+                functools.partial(
+                    load,
+                    path,
+                    self.registry,
+                    revision=current.id,
+                    cache=self._cache,
+                    memo=self._memo,  # only the files that resolved secrets are parsed
+                )
+            )
+        except ManifestError as exc:
+            errors = [str(issue) for issue in exc.issues]
+            if errors != self._secret_errors:
+                log.error(
+                    "revision %s no longer loads (a secret it uses changed?); "
+                    "what was loaded stays enforced:" + "\n  %s" * len(errors),
+                    current.id,
+                    *errors,
+                    extra={"revision": current.id},
+                )
+            self._secret_errors = errors
+            return
+        self._secret_errors = None
+        async with self._pass_lock:
+            changed = engine.changed(desired)
+            if not changed or self.source_state.current is not current:
+                return  # nothing rotated, or a new revision came meanwhile
+            report = await engine.converge(desired, only=changed)
+            self.desired = desired
+            self._after_pass(report)
+        self._rewatch.set()
+        log.info(
+            "secrets of revision %s changed: %s",
+            current.id,
+            _summary(report),
+            extra={"revision": current.id},
+        )
 
     def _untrusted(self, exc: UntrustedRevision) -> None:
         """Fetched, but not signed by a trusted key: rejected like an invalid revision."""
@@ -389,8 +511,15 @@ class Daemon:
             extra={"revision": revision.id},
         )
 
-    async def _apply_revision(self, revision: Revision, desired: DesiredState) -> None:
+    async def _apply_revision(
+        self, revision: Revision, desired: DesiredState, *, recovered: bool = False
+    ) -> None:
+        """Converge a loaded revision; `recovered`: the kept last good one, enforced
+        while the source's newest stays rejected."""
         assert self.engine is not None and self.store is not None
+        kept: asyncio.Task[Path | None] | None = None
+        if not recovered:  # kept beside the pass, which it does not hold up
+            kept = asyncio.create_task(self._keep(revision), name="keep revision")
         async with self._pass_lock:
             first = self.desired is None
             # after a start every resource is looked at; later only what changed
@@ -401,13 +530,19 @@ class Daemon:
                 report = await self.engine.converge(desired, only=only)
             except MassPruneRefused as exc:
                 self._reject(revision, [str(exc)])
+                if kept is not None:
+                    await kept
                 return
             self.desired = desired
             logs.REVISION.set(revision.id)
             self.source_state.current = revision
-            self.source_state.rejected = None
-            self.source_state.last_error = None
+            if not recovered:
+                self.source_state.rejected = None
+                self.source_state.last_error = None
             self._after_pass(report, resync_all=first)
+        self._kept_path = revision.path if recovered else (await kept if kept else None)
+        self._secrets = await asyncio.to_thread(_holds_secrets, desired)
+        self._secret_errors = None
         self._rewatch.set()
         if first:  # write every resource's metric lines now, not in the first scrape
             self._warm = asyncio.create_task(self.metrics.exposition(), name="metrics warm-up")
@@ -418,6 +553,32 @@ class Daemon:
             extra={"revision": revision.id},
         )
 
+    async def _keep(self, revision: Revision) -> Path | None:
+        """Keep the tree of a revision about to be converged (sources.kept); a
+        failure is a warning: only a restart with a rejected head would need it."""
+        assert self.store is not None
+        local = revision.id.startswith("dir-")
+        try:
+            return await asyncio.to_thread(
+                functools.partial(
+                    self._kept.keep,
+                    revision,
+                    immutable=not local,
+                    expected=revision.id.removeprefix("dir-") if local else None,
+                    keep=self.store.last_revision(),
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never fatal: only a later restart would need it
+            log.warning(
+                "revision %s is not kept for a restart: %s",
+                revision.id,
+                exc,
+                extra={"revision": revision.id},
+            )
+            return None
+
     # drift: watch events and periodic resyncs become targeted passes
 
     async def _watch_loop(self) -> None:
@@ -426,10 +587,10 @@ class Daemon:
             tasks = []
             if self.desired is not None and self.registry is not None:
                 for kind in self.registry:
-                    specs = {
+                    specs = {  # drift: ignore is never checked, so never watched
                         rid: res.spec
                         for rid, res in self.desired.resources.items()
-                        if res.kind == kind
+                        if res.kind == kind and res.policy.drift != "ignore"
                     }
                     try:
                         stream = self.registry[kind].watch(specs) if specs else None
@@ -537,6 +698,8 @@ class Daemon:
                 self._schedule(rid, now + result.retry_in)
             elif result is not None and result.state is State.FAILED:
                 self._due.pop(rid, None)  # permanent: waits for a new spec
+            elif res.policy.drift == "ignore" and (result is None or result.state is State.IN_SYNC):
+                self._due.pop(rid, None)  # a resync would be a drift check: none under ignore
             else:
                 self._schedule(rid, now + res.policy.resync * random.uniform(0.9, 1.1))
         for rid, result in report.results.items():
@@ -644,9 +807,14 @@ class Daemon:
             if state.current is None
             else {"id": state.current.id, "summary": state.current.summary},
             "lastGoodRevision": None if self.desired is None else self.desired.revision,
-            "lastFetch": {"at": state.last_fetch, "ok": state.last_fetch_ok},
+            "lastFetch": {
+                "at": state.last_fetch,
+                "ok": state.last_fetch_ok,
+                "lastSuccess": state.last_success,
+            },
             "lastError": state.last_error,
             "rejected": state.rejected,
+            "recovery": self._recovery,
             "lastPass": self._last_pass,
             "resources": counts,
             "queue": len(self.queue.items),
@@ -687,6 +855,23 @@ class Daemon:
         if self.store is None:
             return []
         return [t.to_json() for t in self.store.history(resource, limit, kind=kind, since=since)]
+
+
+def _holds_secrets(desired: DesiredState) -> bool:
+    """Whether any spec holds a value resolved from a secret reference."""
+
+    def holds(value: Any) -> bool:
+        if isinstance(value, Sensitive):
+            return True
+        if isinstance(value, BaseModel):
+            return any(holds(getattr(value, name)) for name in type(value).model_fields)
+        if isinstance(value, dict):
+            return any(holds(item) for item in value.values())
+        if isinstance(value, list | tuple):
+            return any(holds(item) for item in value)
+        return False
+
+    return any(holds(res.spec) for res in desired.resources.values())
 
 
 def _summary(report: Report) -> str:
