@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from reconciler.httplimits import (
@@ -311,8 +312,12 @@ async def start(
 
     ours = accept_error_handler(guard, fallback)
     loop.set_exception_handler(ours)
+    quiet = _BadRequestLines()
+    aiohttp_log = logging.getLogger("aiohttp.server")
+    aiohttp_log.addFilter(quiet)
 
     def restore() -> None:
+        aiohttp_log.removeFilter(quiet)
         if loop.get_exception_handler() is ours:
             loop.set_exception_handler(previous)
 
@@ -324,6 +329,23 @@ async def start(
         guard.cap,
     )
     return server
+
+
+class _BadRequestLines(logging.Filter):
+    """aiohttp logs every request it cannot parse (a header line too long, too
+    many headers, garbage) as an error with a traceback; anyone who reaches the
+    port can send those at will. This makes each one warning line saying what
+    was wrong, which the log's repeat filter then folds together."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            problem = (exc.message or type(exc).__name__).strip().splitlines()[0][:120]
+            record.msg, record.args = "bad HTTP request from %s: %s", (peer, problem)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def _error(status: int, message: str) -> web.Response:
