@@ -53,7 +53,17 @@ _METADATA = ("name", "labels", "annotations")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 
 
-__all__ = ["Cache", "Issue", "Limits", "ManifestError", "ParseMemo", "load", "tree_digest"]
+__all__ = [
+    "Cache",
+    "Issue",
+    "Limits",
+    "ManifestError",
+    "ParseMemo",
+    "load",
+    "manifest_files",
+    "tree_digest",
+    "tree_files",
+]
 
 _MiB = 1024 * 1024
 
@@ -564,8 +574,11 @@ def _walk(path: Path, root: Path, limits: Limits) -> _Walk:
         walk.walk(path)
     else:
         st = path.stat()
-        walk.files.append((path, st))
-        walk.total = st.st_size
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+            walk.problems.append(_File(path, path.name, None, "not a regular file"))
+        else:
+            walk.files.append((path, st))
+            walk.total = st.st_size
     walk.files.sort(key=lambda item: item[0])
     return walk
 

@@ -7,6 +7,7 @@ would take gigabytes run under a lowered address-space limit in a child).
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import subprocess
 import sys
@@ -335,3 +336,13 @@ def test_alias_bombs_stay_under_two_gib(
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert f"{name}.yaml:1: invalid YAML: aliases expand to over" in result.stdout
     assert resource.getrlimit(resource.RLIMIT_AS)[0] != limit  # only the child was limited
+
+
+def test_a_fifo_is_never_opened(tree: Tree) -> None:
+    tree.write("a.yaml", file_doc("a"))
+    os.mkfifo(tree.config / "pipe.yaml")  # in the tree: not a regular file, not read
+    assert set(tree.load().resources) == {"File/a"}
+    with pytest.raises(ManifestError) as info:  # given as the path: refused, not read
+        load(tree.config / "pipe.yaml", tree.registry)
+    [issue] = info.value.issues
+    assert (issue.file, issue.message) == ("pipe.yaml", "not a regular file")
