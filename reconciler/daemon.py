@@ -170,7 +170,8 @@ class Daemon:
         self._kept_path: Path | None = None
         """The kept tree of the enforced revision: what a reload for secrets reads."""
         self._recovery: dict[str, Any] | None = None
-        """The attempt to enforce the last good revision after a start; once."""
+        """The attempt to enforce the last good revision after a start, once made."""
+        self._recovery_tried = False
         self._secrets = False
         """Whether the enforced revision's specs hold secrets (reloaded at each sync)."""
         self._secret_errors: list[str] | None = None
@@ -399,13 +400,14 @@ class Daemon:
         """After a start whose first revision could not be used: enforce the last
         revision the store applied, from its kept tree; once per process. When it
         cannot be had, nothing is enforced and nothing pruned, and status says why."""
-        if self._recovery is not None or self.store is None or self.registry is None:
+        if self._recovery_tried or self.store is None or self.registry is None:
             return
+        self._recovery_tried = True
         rid = self.store.last_revision()
-        self._recovery = {"revision": rid, "at": time.time(), "ok": False, "error": None}
         if rid is None:
-            self._recovery["error"] = "no revision was applied before from this state directory"
-            log.warning("no revision to enforce: %s", self._recovery["error"])
+            error = "no revision was applied before from this state directory"
+            self._recovery = {"revision": None, "at": time.time(), "ok": False, "error": error}
+            log.warning("no revision to enforce: %s", error)
             return
         try:
             revision = await asyncio.to_thread(self._kept.revision, rid)
@@ -420,7 +422,7 @@ class Daemon:
                 if isinstance(exc, SourceError)
                 else f"it no longer loads: {'; '.join(str(issue) for issue in exc.issues)}"
             )
-            self._recovery["error"] = error
+            self._recovery = {"revision": rid, "at": time.time(), "ok": False, "error": error}
             log.error(
                 "cannot enforce the last good revision %s: %s; nothing is enforced or "
                 "pruned until a revision loads",
@@ -435,7 +437,7 @@ class Daemon:
             rid,
             extra={"revision": rid},
         )
-        self._recovery["ok"] = True
+        self._recovery = {"revision": rid, "at": time.time(), "ok": True, "error": None}
         gc.freeze()
         await self._apply_revision(revision, desired, recovered=True)
 
