@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -615,7 +615,7 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
                     digest.update(shown.encode() + b"\0" + file_hash)
                     others.update(shown.encode() + b"\0" + file_hash)
                     continue
-                raw = handle.read(limits.max_file_bytes + 1)  # it may have grown
+                raw = _read_at_most(handle, st.st_size, limits.max_file_bytes)
         except OSError as exc:
             if manifest:  # other files matter only when referenced; prepare says so
                 files.append(_File(file, shown, None, f"cannot read: {exc.strerror}"))
@@ -630,6 +630,23 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
     return files, digest.hexdigest(), others.hexdigest()
 
 
+def _read_at_most(handle: BinaryIO, size: int, limit: int) -> bytes:
+    """The file's bytes, or more than `limit` of them if it has more: read as
+    `size` (its size when listed) and beyond, in case it has grown since."""
+    data = handle.read(size + 1)
+    if len(data) <= size:
+        return data
+    chunks = [data]
+    total = len(data)
+    while total <= limit:
+        chunk = handle.read(min(1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 _NO_LIMITS = Limits(
     max_file_bytes=1 << 62, max_tree_bytes=1 << 62, max_files=1 << 62, max_resources=1 << 62
 )
@@ -638,7 +655,16 @@ _NO_LIMITS = Limits(
 def tree_digest(path: Path) -> str:
     """The digest a load of `path` would use as its revision (all files' bytes)."""
     root = path if path.is_dir() else path.parent
-    return _read_tree(path, root, _NO_LIMITS)[1]
+    digest = hashlib.sha256()
+    for file, _ in _walk(path, root, _NO_LIMITS).files:  # streamed: nothing is kept
+        shown = str(file.relative_to(root)) if file != root else file.name
+        try:
+            with file.open("rb") as handle:
+                file_hash = hashlib.file_digest(handle, "sha256").digest()
+        except OSError:
+            continue  # as a load leaves it out (and reports it)
+        digest.update(shown.encode() + b"\0" + file_hash)
+    return digest.hexdigest()
 
 
 def load(

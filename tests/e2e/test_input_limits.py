@@ -220,3 +220,30 @@ def test_the_daemon_rejects_a_bomb_keeps_the_last_good_revision_and_survives_res
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     assert "Traceback" not in daemon.logs() and "MemoryError" not in daemon.logs()
+
+
+def test_the_daemon_never_runs_a_planted_pickle_and_says_so_once(
+    config: Path, root: Path, daemons: Daemons, tmp_path: Path
+) -> None:
+    app = root / "app.conf"
+    (config / "app.yaml").write_text(file_doc("app", app, "a1\n"))
+    daemon = daemons.start(config, root=root)
+    daemon.wait_file(app, "a1\n")
+    daemon.stop()
+    cache = daemon.state_dir / "cache"
+    [entry] = cache.glob("*.entry")
+    sentinel = tmp_path / "pwned"
+    entry.write_bytes(pickle.dumps(Evil(sentinel)))
+
+    daemon.start()
+    daemon.wait_healthy()
+    daemon.wait_ready()
+    daemon.settle()
+    app.write_text("by hand\n")
+    daemon.wait_file(app, "a1\n")  # parsed instead, and enforced
+    assert not sentinel.exists()
+    warnings = [line for line in daemon.logs().splitlines() if "cache entry" in line]
+    assert len(warnings) == 1 and str(entry) in warnings[0], warnings
+    daemon.stop()
+    assert not sentinel.exists()
+    assert entry.read_bytes().startswith(b"reconciler-tree-cache/1 ")  # written again

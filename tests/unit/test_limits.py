@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.manifests import Issue, Limits, ManifestError, ParseMemo, load
+from reconciler.manifests import Issue, Limits, ManifestError, ParseMemo, load, tree_digest
 from reconciler.model import API_VERSION, DesiredState, ProviderSettings
 from reconciler.registry import Registry
 
@@ -346,3 +346,14 @@ def test_a_fifo_is_never_opened(tree: Tree) -> None:
         load(tree.config / "pipe.yaml", tree.registry)
     [issue] = info.value.issues
     assert (issue.file, issue.message) == ("pipe.yaml", "not a regular file")
+
+
+def test_the_tree_digest_of_local_mode_agrees_with_a_load_and_has_no_limits(tree: Tree) -> None:
+    tree.write("a.yaml", file_doc("a", "  source: files/s.txt\n"))
+    tree.write("files/s.txt", "source\n")
+    tree.write(".hidden/x.yaml", "not read")
+    assert tree.load().revision == tree_digest(tree.config)[:12]
+    tree.write("files/big.bin", b"y" * (8 * MiB + 1))  # over a load's limit, not the digest's
+    before = tree_digest(tree.config)
+    tree.write("files/big.bin", b"z" * (8 * MiB + 1))
+    assert tree_digest(tree.config) != before
