@@ -59,6 +59,7 @@ _TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX), re.DOTAL
 _NAME_MAX = 255
 _TEMP_PREFIX_MAX = _NAME_MAX - len(".." + "0" * 16 + TEMP_SUFFIX)
 
+_NOT_NAMES = frozenset({"", ".", ".."})
 _MAX_CACHED = 128
 """Directory descriptors a batch keeps open (the oldest is closed beyond that)."""
 
@@ -248,12 +249,14 @@ class Batch:
 
     def __init__(self, roots: Roots) -> None:
         self._roots = roots
-        self._dirs: dict[str, int] = {}  # directory path -> O_PATH descriptor
+        self._dirs: dict[str, int] = {}  # directory at or under a root -> O_PATH descriptor
+        self._above: dict[str, int] = {}  # the parents of roots (for a root itself)
         self._swept: set[str] = set()
 
     def close(self) -> None:
         dirs, self._dirs = self._dirs, {}
-        for fd in dirs.values():
+        above, self._above = self._above, {}
+        for fd in [*dirs.values(), *above.values()]:
             os.close(fd)
 
     # observing
@@ -271,12 +274,13 @@ class Batch:
         fd = self._open_regular(path)
         try:
             chunks = []
-            while limit > 0:
-                chunk = os.read(fd, limit)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                limit -= len(chunk)
+            left = limit
+            while left > 0:
+                want = min(left, 1 << 30)
+                chunks.append(os.read(fd, want))
+                left -= len(chunks[-1])
+                if len(chunks[-1]) < want:
+                    break  # a short read of a regular file is its end: one call per file
             return b"".join(chunks)
         finally:
             os.close(fd)
@@ -428,14 +432,23 @@ class Batch:
 
     def _parent(self, path: str, *, create: bool = False) -> tuple[int, str]:
         """The descriptor of `path`'s parent directory and `path`'s last component."""
+        head, _, name = path.rpartition("/")
+        fd = self._dirs.get(head)
+        if fd is not None and name not in _NOT_NAMES and "\0" not in name:
+            return fd, name  # a known directory under a root: any entry of it is too
         root = self._roots.root_of(path)
         if path == root:
             # the root itself: trusted, so its parent is opened as it is
-            head, name = os.path.split(os.path.realpath(root))
+            above, name = os.path.split(os.path.realpath(root))
             if not name:
                 raise ConfinementError(path, path, "the filesystem root cannot be changed")
-            return self._trusted(head, create), name
-        head, _, name = path.rpartition("/")
+            fd = self._above.get(above)
+            if fd is None:
+                if create:
+                    os.makedirs(above, 0o755, exist_ok=True)
+                fd = os.open(above, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._above[above] = fd
+            return fd, name
         return self._dir(head or "/", create=create, asked=path), name
 
     def _changing(self, path: str, create: bool = False) -> tuple[int, str]:
