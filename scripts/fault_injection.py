@@ -4,7 +4,8 @@
         [--phase first|update|heal|prune ...] [--workdir DIR] [--keep-going]
 
 Trial i (i from --first) draws everything from random.Random(S + i) and runs
-phase PHASES[i % 4], or the --phase list in turn. The same code runs in CI as
+phase PHASES[i % 4], or the --phase list in turn; `--phase daemon-heal` SIGKILLs
+the daemon while it heals (tests/fault/daemon_trials.py). The same code runs in CI as
 tests/fault/test_sigkill.py (32 trials); a failure there prints the command line
 that replays it here. Prints one line per trial, then a table: trials per phase,
 where the kills landed, trials whose kill left an undeclared entry behind (before
@@ -22,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.fault.daemon_trials import PHASE as DAEMON_HEAL
+from tests.fault.daemon_trials import calibrate_daemon_heal, run_daemon_heal_trial
 from tests.fault.trials import (
     DEFAULT_SEED,
     PHASES,
@@ -38,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the run's seed")
     parser.add_argument("--first", type=int, default=0, help="index of the first trial")
     parser.add_argument(
-        "--phase", action="append", choices=PHASES, help="only these phases (repeatable)"
+        "--phase",
+        action="append",
+        choices=[*PHASES, DAEMON_HEAL],
+        help=f"only these phases (repeatable; {DAEMON_HEAL} only when named)",
     )
     parser.add_argument(
         "--workdir", type=Path, help="where the workspace goes (default: a tmp dir)"
@@ -56,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {args.seed}; calibrated in {time.monotonic() - started:.1f} s:")
         for phase, timing in workspace.timings.items():
             print(f"  {phase:<7} work starts at {timing.work:.3f} s, ends at {timing.end:.3f} s")
+        window = 0.0
+        if DAEMON_HEAL in phases:
+            window = calibrate_daemon_heal(workspace, workspace.base / "daemons")
+            print(f"  {DAEMON_HEAL} heals in {window:.3f} s")
         results: list[TrialResult] = []
         for index in range(args.first, args.first + args.trials):
             phase = phases[index % len(phases)]
-            result = run_trial(workspace, index, args.seed, phase)
+            if phase == DAEMON_HEAL:
+                daemons = workspace.base / "daemons"
+                result = run_daemon_heal_trial(workspace, index, args.seed, window, daemons)
+            else:
+                result = run_trial(workspace, index, args.seed, phase)
             results.append(result)
             status = "ok" if result.ok else "FAILED"
             left = (

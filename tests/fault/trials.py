@@ -34,33 +34,38 @@ Shared by tests/fault/test_sigkill.py (the CI run) and scripts/fault_injection.p
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
 import sqlite3
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tests.fault.workload import (
+    DB_NAME,
+    Desired,
+    base_workload,
+    compare,
+    drift,
+    pruned,
+    resource_ids,
+    snapshot,
+    store_check,
+    updated,
+    write_config,
+)
+
 PHASES = ("first", "update", "heal", "prune")
 Phase = Literal["first", "update", "heal", "prune"]
 DEFAULT_SEED = 20261201
-DB_NAME = "state.db"  # reconciler/store/sqlite.py DB_NAME; read from outside, as a user would
-
-TOP_DIRS = 80
-NESTED_DIRS = 20  # d00/sub .. d19/sub, so pruning a top directory takes a subtree
-FILES_PER_DIR = 8
-RESOURCES = (TOP_DIRS + NESTED_DIRS) * (1 + FILES_PER_DIR + 1)
-"""1,000: per directory the directory, its files and one symlink."""
 
 KILL_FROM, KILL_TO = 0.05, 0.95
 KILL_MODES = {"work": 0.7, "commit": 0.2, "any": 0.1}
@@ -71,254 +76,6 @@ RUN_TIMEOUT = 120.0
 PRUNE_AFTER_UPDATE = 1 / 3
 """Share of update trials whose next apply is of a revision pruning about 30%,
 whole directories included (a crash's leftovers once made such prunes fail)."""
-
-FILE_MODES = (0o644, 0o600, 0o640, 0o755, 0o664)
-DIR_MODES = (0o755, 0o750, 0o700)
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 "
-
-
-# the desired state
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One declared path: a directory (mode), a file (mode, content) or a link (target)."""
-
-    kind: Literal["dir", "file", "link"]
-    mode: int | None = None
-    data: str = ""
-    """File content, or the link target."""
-
-
-Desired = dict[str, Entry]
-"""Path relative to the root -> what must be there."""
-
-
-def _text(rng: random.Random) -> str:
-    size = (
-        rng.choice((0, 1, 200, 1000, 4000, 40_000)) if rng.random() < 0.2 else rng.randint(1, 900)
-    )
-    lines, total = [], 0
-    while total < size:
-        line = "".join(rng.choices(_ALPHABET, k=min(79, size - total)))
-        lines.append(line)
-        total += len(line) + 1
-    return "\n".join(lines)[:size]
-
-
-def _dirs() -> list[str]:
-    top = [f"d{k:02d}" for k in range(TOP_DIRS)]
-    return top + [f"d{k:02d}/sub" for k in range(NESTED_DIRS)]
-
-
-def base_workload() -> Desired:
-    """The 1,000 resources every phase starts from (the same in every trial)."""
-    rng = random.Random(1)
-    desired: Desired = {}
-    for d in _dirs():
-        desired[d] = Entry("dir", rng.choice(DIR_MODES))
-        for j in range(FILES_PER_DIR):
-            desired[f"{d}/f{j}.txt"] = Entry("file", rng.choice(FILE_MODES), _text(rng))
-        other = rng.randrange(TOP_DIRS)
-        target = f"f{rng.randrange(FILES_PER_DIR)}.txt"
-        if rng.random() < 0.5:
-            target = f"{'../' * d.count('/')}../d{other:02d}/{target}"
-        desired[f"{d}/link"] = Entry("link", data=target)
-    assert len(desired) == RESOURCES
-    return desired
-
-
-def updated(base: Desired, rng: random.Random, share: float = 0.3) -> Desired:
-    """A revision changing the content or mode (or target) of about `share` of it."""
-    out = dict(base)
-    for path in sorted(base):
-        if rng.random() >= share:
-            continue
-        entry = base[path]
-        if entry.kind == "dir":
-            out[path] = Entry("dir", rng.choice([m for m in DIR_MODES if m != entry.mode]))
-        elif entry.kind == "link":
-            out[path] = Entry("link", data=f"f{rng.randrange(FILES_PER_DIR)}.txt.new")
-        else:
-            what = rng.choice(("content", "mode", "both"))
-            mode = entry.mode
-            if what != "content":
-                mode = rng.choice([m for m in FILE_MODES if m != entry.mode])
-            data = entry.data if what == "mode" else _text(rng) + "\nupdated\n"
-            out[path] = Entry("file", mode, data)
-    return out
-
-
-def pruned(
-    base: Desired, rng: random.Random, share: float = 0.3, first: Iterable[str] = ()
-) -> Desired:
-    """A revision without about `share` of the resources: whole directories (with
-    everything under them) for about two thirds of it, the directories `first`
-    before any other, and single files and links for the rest."""
-    goal = int(len(base) * share)
-    gone: set[str] = set()
-    dirs = [p for p, e in base.items() if e.kind == "dir"]
-    rng.shuffle(dirs)
-    chosen = [d for d in sorted(set(first)) if d in base and base[d].kind == "dir"]
-    dirs = chosen + [d for d in dirs if d not in chosen]
-    for d in dirs:
-        if len(gone) >= goal * 2 // 3:
-            break
-        gone |= {p for p in base if p == d or p.startswith(d + "/")}
-    leaves = sorted(p for p, e in base.items() if e.kind != "dir" and p not in gone)
-    rng.shuffle(leaves)
-    gone |= set(leaves[: max(0, goal - len(gone))])
-    return {p: e for p, e in base.items() if p not in gone}
-
-
-def drift(root: Path, desired: Desired, rng: random.Random, share: float = 0.1) -> int:
-    """Out-of-band edits of about `share` of the resources under `root`: rewritten
-    or emptied content, chmod, deleted files and links, retargeted links, and now
-    and then a whole directory removed. Returns how many resources were touched."""
-    touched = 0
-    for path in sorted(desired):
-        full = root / path
-        if rng.random() >= share or not os.path.lexists(full):
-            continue
-        entry = desired[path]
-        touched += 1
-        if entry.kind == "dir":
-            if rng.random() < 0.3:
-                shutil.rmtree(full)
-            else:
-                os.chmod(full, 0o711)
-        elif entry.kind == "link":
-            full.unlink()
-            if rng.random() < 0.5:
-                os.symlink("elsewhere", full)
-        else:
-            action = rng.choice(("rewrite", "empty", "chmod", "delete"))
-            if action == "delete":
-                full.unlink()
-            elif action == "chmod":
-                os.chmod(full, 0o606)
-            else:
-                full.write_text("" if action == "empty" else "edited out of band\n")
-    return touched
-
-
-# manifests
-
-
-def _root_path(root: Path, rel: str) -> str:
-    return f"{root}/{rel}"
-
-
-def _name(rel: str) -> str:
-    return rel.replace("/", ".").replace(".txt", "")
-
-
-def manifest_docs(root: Path, desired: Mapping[str, Entry]) -> Iterator[dict[str, object]]:
-    for rel, entry in sorted(desired.items()):
-        spec: dict[str, object] = {"path": _root_path(root, rel)}
-        if entry.kind == "dir":
-            kind = "Directory"
-            spec["mode"] = f"{entry.mode:04o}"
-        elif entry.kind == "file":
-            kind = "File"
-            spec["mode"] = f"{entry.mode:04o}"
-            spec["content"] = entry.data
-        else:
-            kind = "Symlink"
-            spec["target"] = entry.data
-        yield {
-            "apiVersion": "reconciler/v1",
-            "kind": kind,
-            "metadata": {"name": _name(rel)},
-            "spec": spec,
-        }
-
-
-def resource_ids(desired: Mapping[str, Entry]) -> set[str]:
-    kinds = {"dir": "Directory", "file": "File", "link": "Symlink"}
-    return {f"{kinds[e.kind]}/{_name(rel)}" for rel, e in desired.items()}
-
-
-def write_config(config: Path, root: Path, desired: Mapping[str, Entry]) -> None:
-    """The manifests of `desired`, ten files of about 100 documents, replacing any."""
-    if config.exists():
-        shutil.rmtree(config)
-    config.mkdir(parents=True)
-    # One JSON document per line (JSON is YAML): much faster to write than PyYAML.
-    docs = [json.dumps(doc) for doc in manifest_docs(root, desired)]
-    per = 100
-    for k in range(0, len(docs), per):
-        text = "---\n" + "\n---\n".join(docs[k : k + per]) + "\n"
-        (config / f"part{k // per:02d}.yaml").write_text(text)
-
-
-# looking at the tree
-
-
-def snapshot(root: Path) -> Desired:
-    """Everything under `root` (not following links), as entries; anything that is
-    not a directory, regular file or symlink becomes a file with a marker."""
-    found: Desired = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in (*dirnames, *filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            st = os.lstat(full)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = Entry("link", data=os.readlink(full))
-            elif stat.S_ISDIR(st.st_mode):
-                found[rel] = Entry("dir", mode)
-            elif stat.S_ISREG(st.st_mode):
-                with open(full, encoding="utf-8", errors="replace") as handle:
-                    found[rel] = Entry("file", mode, handle.read())
-            else:
-                found[rel] = Entry("file", mode, f"<special file {st.st_mode:o}>")
-    return found
-
-
-@dataclass(frozen=True)
-class TreeDiff:
-    stray: list[str]
-    missing: list[str]
-    wrong: list[str]
-
-    @property
-    def problems(self) -> list[str]:
-        return (
-            [f"stray (not declared): {p}" for p in self.stray]
-            + [f"missing: {p}" for p in self.missing]
-            + self.wrong
-        )
-
-
-def compare(found: Mapping[str, Entry], desired: Mapping[str, Entry]) -> TreeDiff:
-    wrong = []
-    for rel in sorted(desired.keys() & found.keys()):
-        want, got = desired[rel], found[rel]
-        if want.kind != got.kind:
-            wrong.append(f"{rel}: a {got.kind}, expected a {want.kind}")
-        elif want.mode is not None and want.mode != got.mode:
-            wrong.append(f"{rel}: mode {got.mode:04o}, expected {want.mode:04o}")
-        elif want.data != got.data:
-            what = "points to " + repr(got.data) if got.kind == "link" else "content differs"
-            wrong.append(f"{rel}: {what} ({len(got.data)} chars, expected {len(want.data)})")
-    return TreeDiff(
-        stray=sorted(found.keys() - desired.keys()),
-        missing=sorted(desired.keys() - found.keys()),
-        wrong=wrong,
-    )
-
-
-def store_check(state: Path) -> tuple[str, set[str]]:
-    """`PRAGMA integrity_check` of the state database and the ids it holds."""
-    db = sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True)
-    try:
-        integrity = "; ".join(str(row[0]) for row in db.execute("PRAGMA integrity_check"))
-        ids = {str(row[0]) for row in db.execute("SELECT id FROM resources")}
-    finally:
-        db.close()
-    return integrity, ids
 
 
 # the workspace
@@ -433,7 +190,7 @@ def _wal_size(ws: Workspace) -> int:
         return 0
 
 
-class _Watch:
+class WorkWatch:
     """Sees the first sign of work of an apply: its first write to the store's log
     or a change of any directory of the tree (a directory's mtime changes when an
     entry is created, renamed or removed in it)."""
@@ -458,7 +215,7 @@ class _Watch:
 
 
 def _timed_clean_run(ws: Workspace, phase: str) -> Timing:
-    watch = _Watch(ws)
+    watch = WorkWatch(ws)
     # Output to a file, not a pipe: a pipe nobody reads while polling could fill up.
     with tempfile.TemporaryFile() as out:
         started = time.monotonic()
@@ -545,7 +302,7 @@ def _kill(proc: subprocess.Popen[bytes], ws: Workspace, mode: str, delay: float)
         if not _sleep_until(proc, started + delay):
             return False
     else:
-        watch = _Watch(ws)
+        watch = WorkWatch(ws)
         while not watch.started():
             if proc.poll() is not None:
                 return False
@@ -609,12 +366,21 @@ def run_trial(ws: Workspace, index: int, seed: int, phase: str | None = None) ->
             f"apply after the kill exited {rerun.returncode}, expected 0:\n"
             + _indent(rerun.output[-3000:])
         )
+    result.failures += check_converged(ws, desired, "the next apply")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def check_converged(ws: Workspace, desired: Desired, after: str) -> list[str]:
+    """What must hold once `after` has run: the tree is `desired` exactly, the
+    store is intact and holds its ids, and plan finds nothing to do."""
+    failures = []
     diff = compare(snapshot(ws.root), desired)
     if diff.problems:
         shown = diff.problems[:30]
         more = f"\n    ... and {len(diff.problems) - 30} more" if len(diff.problems) > 30 else ""
-        result.failures.append(
-            f"tree differs from the desired state after the next apply "
+        failures.append(
+            f"tree differs from the desired state after {after} "
             f"({len(diff.stray)} stray, {len(diff.missing)} missing, {len(diff.wrong)} wrong):\n"
             + _indent("\n".join(shown))
             + more
@@ -622,24 +388,23 @@ def run_trial(ws: Workspace, index: int, seed: int, phase: str | None = None) ->
     try:
         integrity, ids = store_check(ws.state)
     except sqlite3.Error as exc:
-        result.failures.append(f"state database {ws.state / DB_NAME}: {exc}")
+        failures.append(f"state database {ws.state / DB_NAME}: {exc}")
     else:
         if integrity != "ok":
-            result.failures.append(f"PRAGMA integrity_check: {integrity!r}, expected 'ok'")
+            failures.append(f"PRAGMA integrity_check: {integrity!r}, expected 'ok'")
         want = resource_ids(desired)
         if ids != want:
-            result.failures.append(
+            failures.append(
                 f"store inventory differs from the desired state: {len(ids - want)} extra "
                 f"{sorted(ids - want)[:10]}, {len(want - ids)} missing {sorted(want - ids)[:10]}"
             )
     plan = run_cli("plan", ws)
     if plan.returncode != 0:
-        result.failures.append(
-            f"plan after the next apply exited {plan.returncode}, expected 0 (no changes):\n"
+        failures.append(
+            f"plan after {after} exited {plan.returncode}, expected 0 (no changes):\n"
             + _indent(plan.output[-2000:])
         )
-    result.seconds = time.monotonic() - started
-    return result
+    return failures
 
 
 def _indent(text: str) -> str:
@@ -653,15 +418,15 @@ def summary(results: Iterable[TrialResult]) -> str:
     """A table: trials per phase, where the kills landed, failures; then every failure."""
     results = list(results)
     landings = ("before", "during", "after-work", "exited")
-    head = f"{'phase':<8}{'trials':>7}" + "".join(f"{n:>12}" for n in landings)
+    head = f"{'phase':<12}{'trials':>7}" + "".join(f"{n:>12}" for n in landings)
     head += f"{'commit-mode':>13}{'left temp':>11}{'failed':>8}{'s/trial':>9}"
     lines = [head, "-" * len(head)]
-    for phase in (*PHASES, "all"):
+    for phase in (*PHASES, "daemon-heal", "all"):
         rows = [r for r in results if phase in ("all", r.phase)]
         if not rows:
             continue
         count = Counter(r.landing for r in rows)
-        line = f"{phase:<8}{len(rows):>7}" + "".join(f"{count[n]:>12}" for n in landings)
+        line = f"{phase:<12}{len(rows):>7}" + "".join(f"{count[n]:>12}" for n in landings)
         line += f"{sum(r.mode == 'commit' for r in rows):>13}"
         line += f"{sum(bool(r.leftovers_after_kill) for r in rows):>11}"
         line += f"{sum(not r.ok for r in rows):>8}"
