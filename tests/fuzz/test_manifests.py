@@ -31,9 +31,9 @@ from reconciler.manifests import ManifestError, load
 from reconciler.model import ProviderSettings
 from reconciler.registry import Registry
 from tests.fuzz.manifests import trees, write_tree
-from tests.fuzz.profiles import examples
+from tests.fuzz.profiles import SCALE, examples
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300 * SCALE)]
 
 MAX_RSS_GROWTH = 256 * 1024 * 1024
 """How far the process's peak RSS may rise above where it was before the first
