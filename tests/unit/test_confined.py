@@ -226,8 +226,11 @@ def test_the_root_itself_can_be_created_and_changed(tmp_path: Path, openat2: boo
 def test_a_special_file_is_not_read_and_a_fifo_does_not_block(box: Sandbox) -> None:
     fifo = box.path("a/fifo")
     os.mkfifo(fifo)
-    with pytest.raises(ConfinementError, match="not a regular file"):
-        box.roots.read(fifo, 10)
+    for path in (fifo, box.path("a")):  # a FIFO, a directory
+        with pytest.raises(ConfinementError, match="not a regular file"):
+            box.roots.read(path, 10)
+        with pytest.raises(ConfinementError, match="not a regular file"):
+            box.roots.open_read(path)
 
 
 def test_a_regular_file_in_the_way_of_a_parent(box: Sandbox) -> None:
