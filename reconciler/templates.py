@@ -23,6 +23,7 @@ named file of the config tree with variables can use it the same way.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import stat
@@ -33,10 +34,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 import jinja2.compiler
 import jinja2.nodes
 import jinja2.runtime
@@ -188,13 +190,18 @@ def render(
 
 
 def _check_jinja_version(field: str) -> None:
-    version = metadata.version("jinja2")
+    version = _jinja_version()
     parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
     if parts < _MIN_JINJA:
         wanted = ".".join(map(str, _MIN_JINJA))
         raise SpecError(
             field, f"Jinja2 {version} has known sandbox escapes; templates need {wanted} or later"
         )
+
+
+@functools.cache
+def _jinja_version() -> str:
+    return metadata.version("jinja2")
 
 
 def _name_in_tree(ctx: PrepareContext, root: Path, relative: str, field: str) -> str:
@@ -420,6 +427,33 @@ def _opened_path(fd: int) -> str | None:
 # the sandbox
 
 
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled code of templates, by name and source checksum, shared by every
+    render of the process: compiling costs more than rendering, and a config
+    tree renders the same templates for many files and every revision. The
+    code holds no state of a render (it is run in a namespace of its own)."""
+
+    SIZE = 512
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str], CodeType] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._codes.get((bucket.key, bucket.checksum))
+        if code is not None:
+            bucket.code = code
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        if bucket.code is None:
+            return
+        if len(self._codes) >= self.SIZE:
+            self._codes.clear()
+        self._codes[(bucket.key, bucket.checksum)] = bucket.code
+
+
+_COMPILED = _CompiledTemplates()
+
+
 class _CodeGenerator(jinja2.compiler.CodeGenerator):
     """Compiles `a ~ b` to a call of the environment, so concatenation is
     measured like every other operation (Jinja joins it inline)."""
@@ -498,6 +532,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             autoescape=False,
             finalize=self._finalize,
             auto_reload=False,
+            bytecode_cache=_COMPILED,
         )
         del self.globals["lipsum"]  # a generator of any amount of text, for no config
         self.concat = self._concat  # type: ignore[method-assign,assignment]
