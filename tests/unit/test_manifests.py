@@ -564,7 +564,15 @@ CASES: list[Case] = [
     Case(
         "mode not octal",
         {"a.yaml": file_doc("a", "$ROOT/a", '  mode: "0849"\n')},
-        [("a.yaml", 8, "spec.mode", r"""expected an octal string such as "0640" \(3 or 4 digits 0-7, no spaces\), found '0849'""")],
+        [
+            (
+                "a.yaml",
+                8,
+                "spec.mode",
+                r"""expected an octal string such as "0640" \(3 or 4 digits 0-7, no spaces\), """
+                r"""found '0849'""",
+            )
+        ],
     ),
     Case(
         "content and source",
