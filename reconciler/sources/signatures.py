@@ -63,6 +63,14 @@ no-autostart
 no-auto-key-retrieve
 """
 
+_IMPORTED = re.compile(r"^gpg:\s+(?:imported|unchanged):\s+([1-9]\d*)\s*$", re.MULTILINE)
+
+
+def _imported_some(stderr: str) -> bool:
+    """Whether gpg's import summary counts at least one key imported or unchanged."""
+    return _IMPORTED.search(stderr) is not None
+
+
 _PGP_BEGIN = "-----BEGIN PGP SIGNATURE-----"
 _SSH_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 _SSH_KEY_TYPE = re.compile(r"^(ssh-|ecdsa-|sk-ssh-|sk-ecdsa-)[a-z0-9@.-]+$")
@@ -359,7 +367,9 @@ class Verifier:
                     [gpg, "--batch", "--no-autostart", "--import", str(path)],
                     env={"GNUPGHOME": str(home)},
                 )
-                if result.returncode != 0:
+                # gpg may exit non-zero for side issues (a trustdb or agent note) after
+                # importing: what counts is that a key was imported from this file.
+                if result.returncode != 0 and not _imported_some(result.stderr):
                     raise SourceError(
                         f"trusted keys file {path}: gpg --import failed: "
                         f"{_last_line(result.stderr)}"
