@@ -567,7 +567,8 @@ class _Handlers:
 
 async def _read_body(request: web.Request, settings: ServerSettings) -> bytes | web.Response:
     """The raw body; a 413 response when it is larger than `max_body_bytes`, a
-    408 when it does not arrive within `body_timeout` (a dribbled body)."""
+    408 when it does not arrive within `body_timeout` (a dribbled body), a 400
+    when the client closes before sending all of it."""
     limit, timeout = settings.max_body_bytes, settings.limits.body_timeout
     # Refuse on the declared length without reading a byte of it; chunked
     # bodies are cut off by the application's client_max_size instead.
@@ -580,6 +581,11 @@ async def _read_body(request: web.Request, settings: ServerSettings) -> bytes | 
         except TimeoutError:
             response = _error(408, f"request body not received within {timeout:g}s")
             response.force_close()  # the rest of the body is not worth waiting for
+            return response
+        except ConnectionResetError:  # the sender went away before its whole body
+            _log.warning("%s %s: client closed before the body ended", request.method, request.path)
+            response = _error(400, "connection closed before the request body ended")
+            response.force_close()
             return response
     return _error(413, f"request body too large: at most {limit} bytes accepted")
 

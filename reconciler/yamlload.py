@@ -62,14 +62,14 @@ def _construct(loader: _Loader, node: Node, room: int) -> Any:
     cls = type(node)
     tag = node.tag
     if cls is ScalarNode:
-        return node.value if tag == _STR else loader.construct_object(node, deep=True)
+        return node.value if tag == _STR else _tagged(loader, node)
     if room <= 0:
         raise _TooDeep(node)
     room -= 1
     if cls is SequenceNode and tag == _SEQ:
         return [_construct(loader, child, room) for child in node.value]
     if not isinstance(node, MappingNode) or tag != _MAP:
-        return loader.construct_object(node, deep=True)
+        return _tagged(loader, node)
     mapping: dict[Any, Any] = {}
     own = node.value
     if any(key.tag == _MERGE for key, _ in own):
@@ -93,6 +93,20 @@ def _construct(loader: _Loader, node: Node, room: int) -> Any:
         lines[key] = key_node.start_mark.line + 1
         mapping[key] = _construct(loader, value_node, room)
     return mapping
+
+
+def _tagged(loader: _Loader, node: Node) -> Any:
+    """A node PyYAML's safe constructors build (a tag other than str, seq, map).
+    A value its tag's constructor cannot convert (`!!int 0x_`, `!!bool maybe`,
+    `!!timestamp 2001-13-45`) is a marked YAML error at the node, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, KeyError, TypeError, OverflowError, IndexError):
+        value = node.value if isinstance(node, ScalarNode) else "..."
+        if len(value) > 40:
+            value = value[:40] + "..."
+        problem = f"{value!r} is not a valid {node.tag.removeprefix('tag:yaml.org,2002:')}"
+        raise yaml.MarkedYAMLError(None, None, problem, node.start_mark) from None
 
 
 def expanded_size(node: Node, max_nodes: int, max_bytes: int) -> tuple[int, int] | None:
