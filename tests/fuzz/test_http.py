@@ -31,7 +31,7 @@ from tests.e2e.daemon_harness import (
 )
 from tests.fuzz.profiles import SCALE, examples
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300 * SCALE)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300 * SCALE, method="thread")]
 
 WAIT = 1.0
 """Seconds to wait for an answer before closing our side (see `send`)."""

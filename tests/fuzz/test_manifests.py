@@ -33,7 +33,7 @@ from reconciler.registry import Registry
 from tests.fuzz.manifests import trees, write_tree
 from tests.fuzz.profiles import SCALE, examples
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300 * SCALE)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300 * SCALE, method="thread")]
 
 MAX_RSS_GROWTH = 256 * 1024 * 1024
 """How far the process's peak RSS may rise above where it was before the first
