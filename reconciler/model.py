@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 API_VERSION = "reconciler/v1"
+CONNECTION_KIND = "Connection"
 
 ResourceId = str
 """`Kind/name`, unique in a desired state."""
@@ -315,11 +317,47 @@ def quotes_a_secret(text: str, values: Sequence[str]) -> bool:
     return False
 
 
+ConnectionT = TypeVar("ConnectionT", bound=BaseModel)
+
+
+class Connections:
+    """The `Connection` resources of the desired state being enforced, by name:
+    how providers of remote objects reach their server. One table per registry,
+    shared by every provider through `ProviderSettings.connections`; the
+    Connection provider fills it (`Provider.bind`) before each pass over a new
+    desired state, so a rejected revision never changes it."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, BaseModel] = {}
+
+    def install(self, by_name: Mapping[str, BaseModel]) -> None:
+        self._by_name = dict(by_name)
+
+    def get(self, name: str, expected: type[ConnectionT]) -> ConnectionT:
+        """The connection `name`, which must be an `expected`; PermanentError if it
+        is not declared in the enforced revision (a prune after the Connection was
+        removed with its resources) or is of another type."""
+        found = self._by_name.get(name)
+        if found is None:
+            raise PermanentError(
+                f"connection {name!r} is not declared in this revision "
+                f"(add a Connection named {name!r}, or keep it until its resources are gone)"
+            )
+        if not isinstance(found, expected):
+            raise PermanentError(f"connection {name!r} is not a {expected.__name__}")
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """What every provider instance is built with."""
 
     roots: tuple[str, ...] = ()
+    connections: Connections = field(default_factory=Connections, repr=False, compare=False)
+    """The enforced revision's connections (not part of the settings' identity)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +461,23 @@ def _from_file(path: Any, where: tuple[str | int, ...]) -> str:
         raise SpecError(where, f"{path} is not UTF-8 text") from None
 
 
+def _secret_ref(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, Sensitive) or (is_prepared(info) and isinstance(value, str)):
+        return value  # resolved by prepare, or its stored marker read back
+    if is_secret_ref(value):
+        return dict(value)
+    raise ValueError(
+        "expected a secret reference such as {valueFrom: {file: /run/secrets/x}} "
+        "or {valueFrom: {env: NAME}}; secret values are never written inline"
+    )
+
+
+SecretRef = Annotated[SensitiveStr | dict[str, Any], BeforeValidator(_secret_ref)]
+"""A spec field that only takes a secret reference (a password, a token). Resolve
+it in `Provider.prepare` with `ctx.secret(value, path)` and put the `Sensitive`
+result in its place (`spec.model_copy(update=...)`); dumps show its digest."""
+
+
 PREPARED: Mapping[str, Any] = {"prepared": True}
 """Validation context of a spec read back after `Provider.prepare` (from the state
 store): validators of what only a user writes (such as "exactly one of") skip it."""
@@ -448,6 +503,10 @@ class Provider(abc.ABC, Generic[SpecT]):
     kind: ClassVar[str]
     Spec: ClassVar[type[BaseModel]]
     summary: ClassVar[str] = ""
+    connection_type: ClassVar[str | None] = None
+    """The `type` of Connection this kind's specs name in `spec.connection`
+    (`postgres`, `http`), or None when it uses none. A spec that names one
+    depends on it implicitly; the loader checks it exists and is of this type."""
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
@@ -465,6 +524,38 @@ class Provider(abc.ABC, Generic[SpecT]):
     def path(self, spec: SpecT) -> str | None:
         """The filesystem path the resource owns, for implicit dependencies."""
         return None
+
+    def references(self, spec: SpecT) -> Sequence[tuple[tuple[str | int, ...], ResourceId]]:
+        """Other resources the spec names, each with the field that names it: implicit
+        dependencies, which must be defined in the same revision. The default names
+        the spec's `connection` when the kind has a `connection_type`."""
+        if self.connection_type is None:
+            return ()
+        name = getattr(spec, "connection", None)
+        return ((("connection",), resource_id(CONNECTION_KIND, name)),) if name else ()
+
+    def accepts(self, field: tuple[str | int, ...], target: Resource) -> str | None:
+        """Why the resource a reference names cannot serve (None when it can); the
+        loader reports it at the referring field."""
+        if field == ("connection",) and self.connection_type is not None:
+            spec = getattr(target.spec, "root", target.spec)
+            found = getattr(spec, "type", None)
+            if target.kind != CONNECTION_KIND or found != self.connection_type:
+                return (
+                    f"{target.id} is a connection of type {found!r}; "
+                    f"{self.kind} needs one of type {self.connection_type!r}"
+                )
+        return None
+
+    def connection(self, spec: SpecT, expected: type[ConnectionT]) -> ConnectionT:
+        """The connection the spec names, from the enforced revision; PermanentError
+        when it is gone."""
+        return self.settings.connections.get(str(getattr(spec, "connection")), expected)
+
+    def bind(self, specs: Mapping[ResourceId, SpecT]) -> None:
+        """Called with every spec of this kind in the desired state about to be
+        enforced (before each pass over a new desired state, plan included) and
+        before any observe. Most providers need nothing from it."""
 
     @abc.abstractmethod
     async def observe_many(self, specs: Sequence[SpecT]) -> list[Observed | None]:
