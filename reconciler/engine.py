@@ -235,8 +235,10 @@ def _observer(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[Observed
     return _Batcher(registry, limit, call, "observe", MAX_BATCH)
 
 
-def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[None]:
-    async def call(provider: Provider[Any], items: list[Any]) -> Sequence[BaseException | None]:
+def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[str | None]:
+    async def call(
+        provider: Provider[Any], items: list[Any]
+    ) -> Sequence[BaseException | str | None]:
         return await provider.apply_many(items)
 
     return _Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH)
@@ -888,12 +890,12 @@ class _Pass:
         self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
         await self._durable()
         try:
-            await self.applier.submit(res.kind, (res.spec, plan))
+            note = await self.applier.submit(res.kind, (res.spec, plan))
         except Exception:
             self.telemetry.applied(res.kind, False)
             raise
         self.telemetry.applied(res.kind, True)
-        return Outcome(Event.APPLIED)
+        return Outcome(Event.APPLIED, note)
 
     async def _verify(self, work: _Work) -> Outcome:
         res = work.resource

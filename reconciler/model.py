@@ -356,6 +356,10 @@ class ProviderSettings:
     """What every provider instance is built with."""
 
     roots: tuple[str, ...] = ()
+    state_dir: str | None = None
+    """The state directory, where a provider may keep what it must remember
+    between runs (a Command's record of its last run), under its kind's name;
+    None: nothing is kept (a one-shot `validate`)."""
     connections: Connections = field(default_factory=Connections, repr=False, compare=False)
     """The enforced revision's connections (not part of the settings' identity)."""
 
@@ -569,19 +573,23 @@ class Provider(abc.ABC, Generic[SpecT]):
         """The changes that would make `observed` equal `spec`. Pure."""
 
     @abc.abstractmethod
-    async def apply(self, spec: SpecT, plan: Plan) -> None:
-        """Carry out a non-empty plan."""
+    async def apply(self, spec: SpecT, plan: Plan) -> str | None:
+        """Carry out a non-empty plan. May return a short note for the resource's
+        event and status (a command's exit code and output tail, redacted)."""
 
-    async def apply_many(self, items: Sequence[tuple[SpecT, Plan]]) -> list[BaseException | None]:
-        """Carry out several plans; per item None or the exception it raised. The
-        engine batches applies through this; override it to save round trips."""
+    async def apply_many(
+        self, items: Sequence[tuple[SpecT, Plan]]
+    ) -> Sequence[BaseException | str | None]:
+        """Carry out several plans; per item None (or a note, as `apply` returns)
+        or the exception it raised. The engine batches applies through this;
+        override it to save round trips."""
         results = await asyncio.gather(
             *(self.apply(spec, plan) for spec, plan in items), return_exceptions=True
         )
         for result in results:
             if isinstance(result, asyncio.CancelledError):
                 raise result
-        return [result if isinstance(result, BaseException) else None for result in results]
+        return list(results)
 
     @abc.abstractmethod
     async def delete(self, spec: SpecT) -> None:
