@@ -70,12 +70,13 @@ def _colour(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
-def _registry(roots: tuple[str, ...]) -> Registry:
+def _registry(roots: tuple[str, ...], state_dir: Path | None = None) -> Registry:
     from reconciler.model import ProviderSettings
     from reconciler.registry import Registry
 
     resolved = tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
-    return Registry.discover(ProviderSettings(roots=resolved))
+    kept = None if state_dir is None else os.path.abspath(state_dir)
+    return Registry.discover(ProviderSettings(roots=resolved, state_dir=kept))
 
 
 def _load(
@@ -195,7 +196,7 @@ def plan(
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan
 
-    registry = _registry(roots)
+    registry = _registry(roots, state_dir)
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -268,7 +269,7 @@ def apply(
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
-    registry = _registry(roots)
+    registry = _registry(roots, state_dir)
     desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress

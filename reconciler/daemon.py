@@ -191,7 +191,9 @@ class Daemon:
         api_token = _read_secret(settings.api_token_file, "API token")
         self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
         try:
-            self.registry = Registry.discover(ProviderSettings(roots=settings.roots))
+            self.registry = Registry.discover(
+                ProviderSettings(roots=settings.roots, state_dir=str(settings.state_dir))
+            )
             # the providers do not change while the daemon runs: fingerprint them once
             self._cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())
             self.engine = Engine(

@@ -353,6 +353,23 @@ class Engine:
         """Seconds a drifted resource must still wait before it may be healed again
         (the daemon's backoff against fighting another writer); None: heal at once."""
         self.telemetry: Telemetry = telemetry if telemetry is not None else _NoTelemetry()
+        self._bound: DesiredState | None = None
+        self._binders = [p for p in registry.values() if type(p).bind is not Provider.bind]
+
+    def bind(self, desired: DesiredState) -> None:
+        """Give the providers that ask for it (`Provider.bind`) their specs of the
+        desired state about to be enforced; once per desired state."""
+        if desired is self._bound:
+            return
+        if self._binders:
+            specs: dict[str, dict[ResourceId, BaseModel]] = {p.kind: {} for p in self._binders}
+            for rid, res in desired.resources.items():
+                of_kind = specs.get(res.kind)
+                if of_kind is not None:
+                    of_kind[rid] = res.spec
+            for provider in self._binders:
+                provider.bind(specs[provider.kind])
+        self._bound = desired
 
     async def converge(
         self,
@@ -367,6 +384,7 @@ class Engine:
         is the event that starts a check of an unchanged resource (resync or watch).
         Raises MassPruneRefused before touching anything."""
         started = time.perf_counter()
+        self.bind(desired)
         inventory = self.store.inventory()
         removed, handovers = self._removals(desired, inventory)
         refusal = self._prune_refusal([r for r in removed if r not in handovers], inventory)
@@ -467,6 +485,7 @@ class Engine:
     async def preview(self, desired: DesiredState) -> list[Planned]:
         """What `converge` would do, from one observation of everything; no
         transitions, no writes, no side effects."""
+        self.bind(desired)
         inventory = self.store.inventory()
         observer = _observer(self.registry, asyncio.Semaphore(self.concurrency))
 

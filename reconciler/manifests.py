@@ -20,12 +20,13 @@ import hashlib
 import os
 import re
 import stat
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from reconciler import cache as _cache
@@ -293,13 +294,24 @@ class _Documents:
         exc: ValidationError,
     ) -> None:
         for error in exc.errors(include_url=False):
-            path = prefix + tuple(error["loc"])
+            owner, loc = _model_at(model, tuple(error["loc"]))
+            path = prefix + loc
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                known = ", ".join(f.alias or name for name, f in model.model_fields.items())
+                known = ", ".join(f.alias or name for name, f in owner.model_fields.items())
                 message = f"unknown field; expected one of {known}"
             elif error["type"] == "missing":
                 message = "required field is missing"
+            elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                tags = ", ".join(_variants(owner))
+                found = error.get("ctx", {}).get("tag")
+                field = error.get("ctx", {}).get("discriminator", "'type'").strip("'")
+                path += (field,)
+                message = (
+                    f"expected one of {tags}, found {found!r}"
+                    if found is not None
+                    else f"required field is missing; one of {tags}"
+                )
             self._issue(file, node, path, message)
 
     def _add_document(self, file: str, node: Node, data: Any, ctx: PrepareContext) -> None:
@@ -440,6 +452,29 @@ class _Documents:
             return None
         return name if valid else None
 
+    def _references(self, rid: ResourceId, res: Resource) -> list[ResourceId]:
+        """The resources the spec names (its connection, a command's refreshOn):
+        implicit dependencies, each checked to exist and to be of a usable kind."""
+        provider = self.registry[res.kind]
+        found: list[ResourceId] = []
+        for field, target in provider.references(res.spec):
+            where = ("spec", *field)
+            other = self.resources.get(target)
+            if other is None:
+                if target not in self.seen_ids:
+                    message = f"names {target}, which is not defined in this revision"
+                    self._issue(res.location.file, self._node(rid), where, message)
+                continue  # defined but invalid: its own error says why
+            if target == rid:
+                self._issue(res.location.file, self._node(rid), where, "names itself")
+                continue
+            problem = provider.accepts(field, other)
+            if problem is not None:
+                self._issue(res.location.file, self._node(rid), where, problem)
+                continue
+            found.append(target)
+        return found
+
     def cross_checks(self) -> dict[ResourceId, tuple[ResourceId, ...]]:
         """Dependencies, path ownership and cycles across all valid documents."""
         paths: dict[ResourceId, str] = {}
@@ -480,6 +515,7 @@ class _Documents:
             deps = [d for d in res.policy.depends_on if d in self.resources and d != rid]
             if rid in parents:
                 deps.append(parents[rid])
+            deps += self._references(rid, res)
             edges[rid] = tuple(dict.fromkeys(deps))
         cycle = graph.find_cycle(edges)
         if cycle is not None:
@@ -491,6 +527,57 @@ class _Documents:
                 "dependency cycle: " + " -> ".join(cycle),
             )
         return edges
+
+
+def _variants(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """The members of a RootModel over a tagged union, by tag (`type: postgres`)."""
+    if not issubclass(model, RootModel):
+        return {}
+    root = model.model_fields["root"]
+    tag = root.discriminator
+    if not isinstance(tag, str):
+        return {}
+    found: dict[str, type[BaseModel]] = {}
+    for member in typing.get_args(root.annotation):
+        if (
+            isinstance(member, type)
+            and issubclass(member, BaseModel)
+            and tag in member.model_fields
+        ):
+            for value in typing.get_args(member.model_fields[tag].annotation):
+                found[str(value)] = member
+    return found
+
+
+def _model_at(
+    model: type[BaseModel], loc: tuple[Any, ...]
+) -> tuple[type[BaseModel], tuple[Any, ...]]:
+    """The model that holds the field an error's `loc` ends at, and the loc as a
+    path in the document: the tag pydantic puts in the loc of a tagged union's
+    member (`("postgres", "host")`) is not a key of the document."""
+    path: list[Any] = []
+    for i, part in enumerate(loc):
+        variants = _variants(model)
+        if variants:
+            if part in variants:
+                model = variants[part]
+                continue
+            return model, (*path, *loc[i:])
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        path.append(part)
+        if field is None or i == len(loc) - 1:
+            return model, (*path, *loc[i + 1 :])
+        inner = [
+            t
+            for t in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not inner:
+            return model, (*path, *loc[i + 1 :])
+        model = inner[0]
+    return model, tuple(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ from reconciler.model import (
     Provider,
     ResourceId,
     SecretRef,
+    SensitiveStr,
     SpecError,
+    is_secret_ref,
     parse_duration,
 )
 
@@ -101,12 +103,22 @@ class HttpAuth(_Base):
         return value
 
 
+def _text_or_ref(value: Any) -> Any:
+    if isinstance(value, str) or is_secret_ref(value):
+        return value
+    raise ValueError(f"expected text or a secret reference {{valueFrom: ...}}, found {value!r}")
+
+
+HeaderValue = Annotated[SensitiveStr | dict[str, Any], BeforeValidator(_text_or_ref)]
+"""A header's value: plain text, or a secret reference resolved at load time."""
+
+
 class HttpConnection(_Base):
     """An HTTP(S) API, reached with httpx: one client per connection."""
 
     type: Literal["http"]
     base_url: str = Field(alias="baseUrl")
-    headers: dict[str, str | SecretRef] = {}
+    headers: dict[str, HeaderValue] = {}
     """Sent with every request; a value may be a secret reference (an API key)."""
     auth: HttpAuth | None = None
     ca_file: str | None = Field(default=None, alias="caFile")
