@@ -18,8 +18,9 @@ import os
 import pwd
 import stat
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
@@ -29,6 +30,8 @@ from reconciler.model import (
     Change,
     PermanentError,
     Plan,
+    PrepareContext,
+    Provider,
     ProviderSettings,
     SpecError,
     TemporaryError,
@@ -125,6 +128,37 @@ def check_path(path: str, settings: ProviderSettings) -> None:
 def roots(settings: ProviderSettings) -> confined.Roots:
     """The confined filesystem of the settings' roots (one per settings)."""
     return confined.Roots(settings.roots)
+
+
+PathSpecT = TypeVar("PathSpecT", bound=PathSpec)
+
+
+class LocalFileProvider(Provider[PathSpecT]):
+    """A base for providers of objects that live in one file or directory on the
+    local filesystem (`spec.path`): the path is checked against the allowed roots
+    at load time, shown in plans, owned for implicit dependencies (a resource
+    under a managed Directory waits for it) and watched for instant drift.
+
+    Read and write only through `self.fs()` (a `confined.Batch`: every call is
+    resolved beneath a root and never follows a symlink), inside a worker thread
+    (`asyncio.to_thread`): the event loop must not block on disk."""
+
+    def prepare(self, spec: PathSpecT, ctx: PrepareContext) -> PathSpecT:
+        check_path(spec.path, self.settings)
+        return spec
+
+    def describe(self, spec: PathSpecT) -> str:
+        return spec.path
+
+    def path(self, spec: PathSpecT) -> str | None:
+        return spec.path
+
+    def fs(self) -> AbstractContextManager[confined.Batch]:
+        """The confined filesystem of the allowed roots, for one batch of calls."""
+        return roots(self.settings).batch()
+
+    def watch(self, specs: Mapping[str, PathSpecT]) -> AsyncIterator[str]:
+        return watch({rid: spec.path for rid, spec in specs.items()}, self.settings)
 
 
 @lru_cache(maxsize=256)
