@@ -1,8 +1,10 @@
-"""The conformance scenarios, run on every provider of `conformance.CASES`, then
-the safety cases specific to the filesystem providers.
+"""The packaged conformance kit (`reconciler.testing`) on every built-in
+provider of `conformance.CASES`, then the safety cases specific to the
+filesystem providers.
 
 Everything runs on real temporary directories through the provider API
-(observe_many / plan / apply / delete), the way the engine calls it.
+(observe_many / plan / apply_many / delete), the way the engine calls it, with
+specs loaded by the real loader.
 """
 
 from __future__ import annotations
@@ -17,192 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from reconciler.confined import ConfinementError
-from reconciler.model import Action, PermanentError, SpecError
+from reconciler.model import PermanentError
+from reconciler.testing import Case, Harness, ProviderConformance, SpecData, fields, tree_snapshot
 from tests.providers.conformance import (
     CASES,
     DIRECTORY,
     FILE,
     FILESYSTEM_CASES,
     SYMLINK,
-    Case,
-    Drift,
-    Harness,
-    Invalid,
-    SpecData,
-    fields,
     mode_of,
     params,
-    tree_snapshot,
 )
 
 
-@pytest.fixture(params=params(CASES))
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
-    case: Case = request.param
-    return Harness(case, tmp_path)
+class TestBuiltinProviders(ProviderConformance):
+    """The packaged kit's scenarios on every built-in provider."""
 
-
-# the scenarios every provider passes
-
-
-async def test_create(harness: Harness) -> None:
-    data, spec = harness.spec()
-    assert not harness.case.exists(data)
-    assert await harness.provider.observe(spec) is None
-
-    plan = harness.provider.plan(spec, None)
-    assert plan.action is Action.CREATE
-    assert plan.changes, "a create plan lists what it will set"
-    await harness.provider.apply(spec, plan)
-
-    harness.case.check(data)
-    observed = await harness.provider.observe(spec)
-    assert observed is not None
-    assert harness.provider.plan(spec, observed).empty
-
-
-async def test_second_run_is_idempotent(harness: Harness) -> None:
-    data, spec = harness.spec()
-    first = await harness.converge(spec)
-    assert first.action is Action.CREATE
-    before = harness.snapshot()
-
-    second = await harness.plan(spec)
-
-    assert second.empty
-    assert second.action is Action.NONE and second.changes == ()
-    assert harness.snapshot() == before
-    harness.case.check(data)
-
-
-DRIFTS = [
-    pytest.param(case, drift, id=f"{case.kind}-{drift.name}", marks=case.marks)
-    for case in CASES
-    for drift in case.drifts
-]
-
-
-@pytest.mark.parametrize(("case", "drift"), DRIFTS)
-async def test_out_of_band_drift_is_detected_and_healed(
-    case: Case, drift: Drift, tmp_path: Path
-) -> None:
-    harness = Harness(case, tmp_path)
-    data, spec = harness.spec()
-    await harness.converge(spec)
-
-    drift.make(data)
-    plan = await harness.plan(spec)
-
-    assert not plan.empty, f"{drift.name} drift not detected"
-    assert drift.field in fields(plan), f"plan {plan} does not name {drift.field}"
-    healed = await harness.converge(spec)
-    assert not healed.empty
-    case.check(data)
-
-
-async def test_spec_change_converges(harness: Harness) -> None:
-    data, spec = harness.spec()
-    await harness.converge(spec)
-    new_data = harness.case.changed(data)
-    new_spec = harness.parse(new_data)
-
-    plan = await harness.plan(new_spec)
-
-    assert plan.action is Action.UPDATE
-    assert fields(plan) == harness.case.changed_fields
-    await harness.converge(new_spec)
-    harness.case.check(new_data)
-    assert not (await harness.plan(spec)).empty, "the old spec no longer matches"
-
-
-async def test_delete_removes_and_a_second_delete_is_fine(harness: Harness) -> None:
-    data, spec = harness.spec()
-    await harness.converge(spec)
-    other_data, other_spec = harness.spec(1)
-    await harness.converge(other_spec)
-
-    await harness.provider.delete(spec)
-
-    assert not harness.case.exists(data)
-    assert await harness.provider.observe(spec) is None
-    assert (await harness.plan(spec)).action is Action.CREATE
-    await harness.provider.delete(spec)  # absent: not an error
-    harness.case.check(other_data)  # deleting one object leaves the others alone
-
-
-async def test_delete_of_an_object_never_created_is_fine(harness: Harness) -> None:
-    _, spec = harness.spec()
-    before = harness.snapshot()
-
-    await harness.provider.delete(spec)
-
-    assert harness.snapshot() == before
-
-
-async def test_plan_and_observe_have_no_side_effects(harness: Harness) -> None:
-    case = harness.case
-    absent = harness.spec(0)[1]
-    in_sync = harness.spec(1)[1]
-    drifted_data, drifted = harness.spec(2)
-    changed_data, original = harness.spec(3)
-    for spec in (in_sync, drifted, original):
-        await harness.converge(spec)
-    case.drifts[0].make(drifted_data)
-    changed = harness.parse(case.changed(changed_data))
-    specs = [absent, in_sync, drifted, changed]
-    before = harness.snapshot()
-
-    observed = await harness.provider.observe_many(specs)
-    plans = [harness.provider.plan(s, o) for s, o in zip(specs, observed, strict=True)]
-    for spec in specs:
-        harness.provider.plan(spec, await harness.provider.observe(spec))
-
-    assert harness.snapshot() == before
-    assert [p.action for p in plans] == [Action.CREATE, Action.NONE, Action.UPDATE, Action.UPDATE]
-    again = [harness.provider.plan(s, o) for s, o in zip(specs, observed, strict=True)]
-    assert again == plans, "plan is a function of spec and observation"
-
-
-INVALID = [
-    pytest.param(case, invalid, id=f"{case.kind}-{invalid.name}", marks=case.marks)
-    for case in CASES
-    for invalid in case.invalid
-]
-
-
-@pytest.mark.parametrize(("case", "invalid"), INVALID)
-def test_invalid_spec_is_rejected(case: Case, invalid: Invalid, tmp_path: Path) -> None:
-    harness = Harness(case, tmp_path)
-    data = invalid.data(harness.root)
-
-    with pytest.raises((ValidationError, SpecError)):
-        harness.parse(data)
-
-
-async def test_observe_many_answers_in_order(harness: Harness) -> None:
-    count = 30
-    pairs = [harness.spec(n) for n in range(count)]
-    specs = [spec for _, spec in pairs]
-    for n, spec in enumerate(specs):
-        if n % 3:
-            await harness.converge(spec)
-
-    observed = await harness.provider.observe_many(specs)
-
-    assert len(observed) == count
-    assert [o is None for o in observed] == [n % 3 == 0 for n in range(count)]
-    for spec, seen in zip(specs, observed, strict=True):
-        assert seen == await harness.provider.observe(spec)
-        if seen is not None:
-            assert harness.provider.plan(spec, seen).empty
-    # the objects are distinguishable, so an answer out of order would show
-    assert not harness.provider.plan(specs[1], observed[2]).empty
-    backwards = await harness.provider.observe_many(specs[::-1])
-    assert backwards == observed[::-1]
-    assert await harness.provider.observe_many([]) == []
+    cases = CASES
 
 
 # filesystem safety: File
@@ -251,14 +86,14 @@ async def test_file_never_writes_through_a_symlink(tmp_path: Path, where: str) -
     assert victim.read_text() == "precious\n"
     assert _stat_key(victim) == before
     assert stat.S_ISREG(os.lstat(data["path"]).st_mode)
-    FILE.check(data)
+    await harness.check(data)
 
 
 async def test_file_refuses_to_replace_a_directory(tmp_path: Path) -> None:
     harness = Harness(FILE, tmp_path)
     data, spec = harness.spec()
     _occupy(data["path"], "directory")
-    before = harness.snapshot()
+    before = await harness.snapshot()
 
     plan = await harness.plan(spec)
     assert fields(plan) == {"/type"}
@@ -267,7 +102,7 @@ async def test_file_refuses_to_replace_a_directory(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="directory"):
         await harness.provider.delete(spec)
 
-    assert harness.snapshot() == before
+    assert await harness.snapshot() == before
 
 
 async def test_file_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -289,7 +124,7 @@ async def test_file_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> 
 
     assert os.listdir(harness.root) == [name]
     assert _stat_key(Path(data["path"])) == before
-    FILE.check(new_data)
+    await harness.check(new_data)
 
 
 async def test_file_without_mode_keeps_the_existing_mode(tmp_path: Path) -> None:
@@ -323,7 +158,7 @@ async def test_file_large_content_drift_is_detected_and_healed(tmp_path: Path) -
 
 def test_file_source_and_template_are_resolved_when_prepared(tmp_path: Path) -> None:
     harness = Harness(FILE, tmp_path)
-    config = harness.ctx.config_root
+    config = harness.config
     (config / "files").mkdir()
     (config / "files" / "motd").write_text("hello\n")
     (config / "app.ini.j2").write_text("port = {{ port }}\n")
@@ -334,9 +169,9 @@ def test_file_source_and_template_are_resolved_when_prepared(tmp_path: Path) -> 
 
     assert from_source.content == "hello\n"  # type: ignore[attr-defined]
     assert rendered.content == "port = 8080\n"  # type: ignore[attr-defined]
-    with pytest.raises(SpecError, match="port") as info:
-        harness.parse({"path": path, "template": "app.ini.j2", "vars": {"other": 1}})
-    assert info.value.field == "template"
+    [issue] = harness.reject({"path": path, "template": "app.ini.j2", "vars": {"other": 1}})
+    assert issue.field == "spec.template"
+    assert "port" in issue.message
 
 
 # filesystem safety: Directory
@@ -346,7 +181,7 @@ async def test_directory_refuses_to_replace_a_regular_file(tmp_path: Path) -> No
     harness = Harness(DIRECTORY, tmp_path)
     data, spec = harness.spec()
     _occupy(data["path"], "file")
-    before = harness.snapshot()
+    before = await harness.snapshot()
 
     plan = await harness.plan(spec)
     assert fields(plan) == {"/type"}
@@ -355,7 +190,7 @@ async def test_directory_refuses_to_replace_a_regular_file(tmp_path: Path) -> No
     with pytest.raises(PermanentError, match="no longer a directory"):
         await harness.provider.delete(spec)
 
-    assert harness.snapshot() == before
+    assert await harness.snapshot() == before
 
 
 async def test_directory_delete_refuses_unmanaged_entries(tmp_path: Path) -> None:
@@ -366,7 +201,7 @@ async def test_directory_delete_refuses_unmanaged_entries(tmp_path: Path) -> Non
     (path / "notes.txt").write_text("mine\n")
     (path / "cache").mkdir()
     os.symlink("nowhere", path / "latest")
-    before = harness.snapshot()
+    before = await harness.snapshot()
 
     with pytest.raises(PermanentError, match="not empty") as info:
         await harness.provider.delete(spec)
@@ -374,7 +209,7 @@ async def test_directory_delete_refuses_unmanaged_entries(tmp_path: Path) -> Non
     for entry in ("notes.txt", "cache", "latest"):
         assert entry in str(info.value)
     assert str(path) in str(info.value)
-    assert harness.snapshot() == before
+    assert await harness.snapshot() == before
 
 
 async def test_directory_replaces_a_symlink_but_not_its_target(tmp_path: Path) -> None:
@@ -391,7 +226,7 @@ async def test_directory_replaces_a_symlink_but_not_its_target(tmp_path: Path) -
 
     assert fields(plan) == {"/type"}
     assert tree_snapshot(target) == before
-    DIRECTORY.check(data)
+    await harness.check(data)
     assert os.listdir(data["path"]) == []
 
 
@@ -405,7 +240,7 @@ async def test_symlink_refuses_to_replace_a_file_or_directory(
     harness = Harness(SYMLINK, tmp_path)
     data, spec = harness.spec()
     _occupy(data["path"], occupant)
-    before = harness.snapshot()
+    before = await harness.snapshot()
 
     plan = await harness.plan(spec)
     assert fields(plan) == {"/type"}
@@ -414,7 +249,7 @@ async def test_symlink_refuses_to_replace_a_file_or_directory(
     with pytest.raises(PermanentError, match="no longer a symlink"):
         await harness.provider.delete(spec)
 
-    assert harness.snapshot() == before
+    assert await harness.snapshot() == before
 
 
 async def test_symlink_replacement_leaves_no_temp_links(tmp_path: Path) -> None:
@@ -462,7 +297,7 @@ async def test_modes_are_exact_whatever_the_umask(
     tmp_path: Path, umask: int, case: Case, mode: str | None
 ) -> None:
     harness = Harness(case, tmp_path)
-    data: SpecData = {**case.spec(harness.root, 0), "mode": mode}
+    data: SpecData = {**case.spec(harness, 0), "mode": mode}
     expected = int(mode, 8) if mode else (0o644 if case is FILE else 0o755)
 
     await harness.converge(harness.parse(data))
@@ -496,7 +331,7 @@ async def test_owner_and_group_by_name_and_numeric_id(
     tmp_path: Path, case: Case, owner: str | int, group: str | int, uid: int, gid: int
 ) -> None:
     harness = Harness(case, tmp_path)
-    data: SpecData = {**case.spec(harness.root, 0), "owner": owner, "group": group}
+    data: SpecData = {**case.spec(harness, 0), "owner": owner, "group": group}
 
     await harness.converge(harness.parse(data))
 
@@ -521,7 +356,7 @@ async def test_owner_change_alone_is_healed_without_rewriting(tmp_path: Path) ->
     plan = await harness.converge(spec)
 
     assert fields(plan) == {"/owner", "/group"}
-    FILE.check(data)
+    await harness.check(data)
     assert os.lstat(data["path"]).st_ino == inode, "a metadata fix should not replace the file"
 
 
@@ -536,7 +371,7 @@ async def test_a_symlinked_parent_cannot_carry_a_write_outside_the_root(
     (outside / "existing").write_text("untouched\n")
     os.symlink(outside, harness.root / "escape")
     relative = "thing" if depth == "direct" else "sub/deeper/thing"
-    data = {**case.spec(harness.root, 0), "path": str(harness.root / "escape" / relative)}
+    data = {**case.spec(harness, 0), "path": str(harness.root / "escape" / relative)}
     spec = harness.parse(data)  # lexically inside the root: only the filesystem can tell
     before = tree_snapshot(outside)
     refused = f"goes through the symlink {harness.root / 'escape'}"
@@ -560,12 +395,12 @@ async def test_a_special_file_is_observed_without_blocking_and_never_replaced(
     harness = Harness(case, tmp_path)
     data, spec = harness.spec()
     os.mkfifo(data["path"])  # opening a FIFO for reading would hang the observer
-    before = harness.snapshot()
+    before = await harness.snapshot()
 
     plan = await asyncio.wait_for(harness.plan(spec), timeout=10)
     assert fields(plan) == {"/type"}
     with pytest.raises(PermanentError, match="refusing"):
         await harness.provider.apply(spec, plan)
 
-    assert harness.snapshot() == before
+    assert await harness.snapshot() == before
     assert stat.S_ISFIFO(os.lstat(data["path"]).st_mode)
