@@ -40,7 +40,6 @@ from reconciler.model import (
     Provider,
     TemporaryError,
     mask,
-    quotes_a_secret,
 )
 from reconciler.providers.connection import PostgresConnection
 
@@ -119,18 +118,17 @@ async def close_idle(conn: PostgresConnection, database: str) -> None:
 
 def describe_error(conn: PostgresConnection, exc: BaseException) -> str:
     """An error's message (and the server's detail), safe to show: the password
-    masked, and withheld if a piece of it is still there."""
+    masked wherever it occurs. Only masked, not withheld on a partial match
+    (`quotes_a_secret`): libpq and the server never echo a password, and their
+    messages are full of words ("password authentication failed") that a
+    password may share."""
     text = str(exc).strip()
     detail = exc.diag.message_detail if isinstance(exc, psycopg.Error) else None
     if detail:
         text = f"{text} ({detail.strip()})"
     text = " ".join(text.split())
     password = conn.password if isinstance(conn.password, str) else None
-    if password:
-        text = mask(text, [password])
-        if quotes_a_secret(text, [password]):
-            return "(message withheld: it quoted part of the password)"
-    return text
+    return mask(text, [password]) if password else text
 
 
 async def _connect(conn: PostgresConnection) -> psycopg.AsyncConnection[Any]:

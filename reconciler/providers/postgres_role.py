@@ -17,8 +17,8 @@ declared (see docs/decisions/0083). `memberOf`, when given, is the whole list.
 The password is never stored and never sent as text: it is set as a SCRAM-SHA-256
 verifier computed here, and compared by recomputing the server's verifier from
 the desired password with its salt and iteration count (read from `pg_authid`,
-which needs a superuser connection). Without that access only its presence is
-compared (docs/kinds/postgres.md). Plans show a password change masked.
+which needs a superuser connection). Without that access the password is set on
+create and not compared after (docs/kinds/postgres.md). Plans show a password change masked.
 
 All roles of one connection are observed with one query.
 """
@@ -187,7 +187,8 @@ FROM pg_catalog.{table} r WHERE r.rolname = ANY(%s)
 async def _roles(conn: PostgresConnection, names: list[str]) -> dict[str, tuple[Any, ...]]:
     """One query for every named role of `conn`; rows by name. The password column
     is the verifier from pg_authid when the connection may read it (asked once per
-    pool), else pg_roles' mask ('********' or NULL)."""
+    pool); pg_roles shows '********' whether a password is set or not, so without
+    that access it is NULL and the password is not compared."""
     facts = _postgres.facts(conn)
     try:
         async with _postgres.session(conn) as s:
@@ -200,7 +201,7 @@ async def _roles(conn: PostgresConnection, names: list[str]) -> dict[str, tuple[
             readable = facts["authid"]
             query = _SELECT.format(
                 columns=", ".join(f"r.{c}" for c in _COLUMNS),
-                password="r.rolpassword" if readable else "r.rolpassword IS NOT NULL",
+                password="r.rolpassword" if readable else "NULL::text",
                 table="pg_authid" if readable else "pg_roles",
             )
             cur = await s.execute(query, (names,))
@@ -213,19 +214,19 @@ async def _roles(conn: PostgresConnection, names: list[str]) -> dict[str, tuple[
 def _observed(spec: PostgresRoleSpec, row: tuple[Any, ...]) -> Observed:
     """A role as plans compare it; the password only as a verdict, never the
     verifier: absent, current, differs (the verifier is not of the desired
-    password), present (set, but unreadable), unmanaged (the spec sets none)."""
+    password), unknown (pg_authid unreadable), unmanaged (the spec sets none)."""
     name, *flags = row[: 1 + len(ATTRIBUTES)]
     limit, until, stored, members, readable = row[1 + len(ATTRIBUTES) :]
     observed: dict[str, Any] = dict(zip(ATTRIBUTES, flags, strict=True))
     observed["connectionLimit"] = limit
     observed["validUntil"] = None if until is None or math.isinf(until) else until
     observed["memberOf"] = list(members)
-    if not stored:
-        observed["password"] = "absent"
-    elif spec.password is None:
+    if spec.password is None:
         observed["password"] = "unmanaged"
     elif not readable:
-        observed["password"] = "present"
+        observed["password"] = "unknown"
+    elif not stored:
+        observed["password"] = "absent"
     else:
         same = _postgres.password_matches(str(spec.password), stored, name)
         observed["password"] = "current" if same else "differs"
