@@ -198,7 +198,8 @@ class ApiServer:
     ) -> None:
         self.state = _State(token=token, id_field=id_field)
         self._cert = cert
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="api server", daemon=True)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -246,19 +247,22 @@ class ApiServer:
         self.state.delay = seconds
 
     def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # shown by __enter__ in the test's thread
+            self._error = exc
+            self._ready.set()
 
     async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = web.AppRunner(make_app(self.state), access_log=None)
+        runner = web.AppRunner(make_app(self.state), access_log=None, shutdown_timeout=0.1)
         await runner.setup()
         context = None
         if self._cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(self._cert[0]), str(self._cert[1]))
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context, shutdown_timeout=0.1)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None
@@ -273,21 +277,27 @@ class ApiServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the API server did not start")
+        if self._error is not None:
+            raise RuntimeError("the API server did not start") from self._error
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
+        if self._stop is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
 
 class ApiProcess:
-    """The server in a process of its own (`python -m tests.httpserver`)."""
+    """The server in a process of its own (`python -m tests.httpserver`): for a
+    benchmark, and for TLS tests (asyncio leaves the socket of a refused
+    handshake to the garbage collector, whose ResourceWarning would fail a test)."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, cert: tuple[Path, Path] | None = None) -> None:
         argv = [sys.executable, "-m", "tests.httpserver"]
         if token is not None:
             argv += ["--token", token]
+        if cert is not None:
+            argv += ["--cert", str(cert[0]), "--key", str(cert[1])]
         root = Path(__file__).resolve().parent.parent
         self._proc = subprocess.Popen(
             argv, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -295,10 +305,10 @@ class ApiProcess:
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "READY":
-            self._proc.kill()
+            self.close()
             raise RuntimeError(f"the API server did not start: {line}")
         self.port = int(line[1])
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         assert self._proc.stdin is not None
@@ -309,6 +319,8 @@ class ApiProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     def __enter__(self) -> ApiProcess:
         return self
@@ -336,8 +348,11 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--token")
+    parser.add_argument("--cert", type=Path)
+    parser.add_argument("--key", type=Path)
     args = parser.parse_args()
-    with ApiServer(token=args.token) as server:
+    cert = (args.cert, args.key) if args.cert else None
+    with ApiServer(token=args.token, cert=cert) as server:
         print("READY", server.port, flush=True)
         sys.stdin.read()  # until the parent closes it (or goes away)
 
