@@ -210,6 +210,9 @@ class CommandProvider(Provider[CommandSpec]):
         own = tuple((("refreshOn", i), rid) for i, rid in enumerate(spec.refresh_on))
         return (*super().references(spec), *own)
 
+    def refreshes(self, spec: CommandSpec) -> Sequence[ResourceId]:
+        return spec.refresh_on
+
     # observe: the guards, the run record and the refreshOn tokens
 
     async def observe_many(self, specs: Sequence[CommandSpec]) -> list[Observed | None]:
