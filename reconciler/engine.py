@@ -27,6 +27,7 @@ from reconciler.fsm import Event, State
 from reconciler.model import (
     PREPARED,
     Action,
+    Changes,
     DesiredState,
     Observed,
     PermanentError,
@@ -244,6 +245,9 @@ def _applier(registry: Registry, limit: asyncio.Semaphore) -> _Batcher[str | Non
     return _Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH)
 
 
+_APPLIED = frozenset({"created", "updated", "healed"})
+"""Results of a pass that changed the object."""
+
 _CLEAN_CHECK = frozenset({Event.RESYNC, Event.WATCH, Event.OBSERVED, Event.PLAN_EMPTY})
 """The events of a drift check that finds nothing: InSync back to InSync."""
 
@@ -355,6 +359,11 @@ class Engine:
         self.telemetry: Telemetry = telemetry if telemetry is not None else _NoTelemetry()
         self._bound: DesiredState | None = None
         self._binders = [p for p in registry.values() if type(p).bind is not Provider.bind]
+        self._refreshing = {
+            p.kind for p in registry.values() if type(p).refreshes is not Provider.refreshes
+        }
+        self._refreshers: dict[ResourceId, list[ResourceId]] = {}
+        """For each resource some resource `refreshes` on, those resources."""
 
     def bind(self, desired: DesiredState) -> None:
         """Give the providers that ask for it (`Provider.bind`) their specs of the
@@ -369,7 +378,38 @@ class Engine:
                     of_kind[rid] = res.spec
             for provider in self._binders:
                 provider.bind(specs[provider.kind])
+        self._refreshers = {}
+        if self._refreshing:
+            for rid, res in desired.resources.items():
+                if res.kind in self._refreshing:
+                    for target in self.registry[res.kind].refreshes(res.spec):
+                        self._refreshers.setdefault(target, []).append(rid)
         self._bound = desired
+
+    def _install_changes(self, inventory: Mapping[ResourceId, Record]) -> None:
+        """The change tokens of the resources something refreshes on: when each
+        last reached InSync through a recorded transition (clean drift checks
+        record none, so only applies and spec changes move it)."""
+        tokens = {}
+        for rid in self._refreshers:
+            record = inventory.get(rid)
+            if record is not None and record.state is State.IN_SYNC:
+                tokens[rid] = repr(record.last_transition)
+        for changes in self._changes():
+            changes.install(tokens)
+
+    def _changes(self) -> list[Changes]:
+        return list(
+            {id(p.settings.changes): p.settings.changes for p in self.registry.values()}.values()
+        )
+
+    def reached_in_sync(self, rid: ResourceId, at: float) -> None:
+        """`rid` reached InSync through a recorded transition at `at` (the store's
+        last_transition): the token its refreshers compare moves on at once, so a
+        refresher driven later in the same pass sees it."""
+        if rid in self._refreshers:
+            for changes in self._changes():
+                changes.set(rid, repr(at))
 
     async def converge(
         self,
@@ -394,13 +434,39 @@ class Engine:
             removed = [rid for rid in removed if rid in only]
         if desired.revision != self.store.last_revision():
             self.store.set_revision(desired.revision)
+        if self._refreshers:
+            self._install_changes(inventory)
         pass_ = _Pass(self, desired, inventory, handovers, only, trigger)
         try:
             await pass_.run(removed)
         finally:
             self.store.flush()
             self.telemetry.transitions(pass_.transitions)
-        return Report(desired.revision, pass_.results, time.perf_counter() - started)
+        results = pass_.results
+        refresh = self._to_refresh(desired, results)
+        if refresh:  # a second pass, with the tokens of what this one applied
+            inventory = self.store.inventory()
+            self._install_changes(inventory)
+            again = _Pass(self, desired, inventory, {}, refresh, trigger, refresh=refresh)
+            try:
+                await again.run([])
+            finally:
+                self.store.flush()
+                self.telemetry.transitions(again.transitions)
+            results = {**results, **again.results}
+        return Report(desired.revision, results, time.perf_counter() - started)
+
+    def _to_refresh(
+        self, desired: DesiredState, results: Mapping[ResourceId, Result]
+    ) -> set[ResourceId]:
+        """The resources that refresh on one this pass applied."""
+        found: set[ResourceId] = set()
+        for target, refreshers in self._refreshers.items():
+            result = results.get(target)
+            if result is not None and result.action in _APPLIED:
+                # those this pass drove saw the new token already
+                found.update(r for r in refreshers if r in desired.resources and r not in results)
+        return found
 
     def changed(self, desired: DesiredState) -> set[ResourceId]:
         """What a new revision changes against the inventory: added, removed, or a
@@ -487,6 +553,8 @@ class Engine:
         transitions, no writes, no side effects."""
         self.bind(desired)
         inventory = self.store.inventory()
+        if self._refreshers:
+            self._install_changes(inventory)
         observer = _observer(self.registry, asyncio.Semaphore(self.concurrency))
 
         async def one(res: Resource) -> Planned:
@@ -567,8 +635,12 @@ class _Pass:
         handovers: dict[ResourceId, ResourceId],
         only: Collection[ResourceId] | None = None,
         trigger: Event = Event.RESYNC,
+        *,
+        refresh: Collection[ResourceId] = (),
     ):
         self.engine = engine
+        self.refresh = frozenset(refresh)
+        """Resources checked as changed: something they refresh on was applied."""
         self.store = engine.store
         self.registry = engine.registry
         self.desired = desired
@@ -641,6 +713,7 @@ class _Pass:
             and record.state is State.IN_SYNC
             and record.spec_hash == res.spec_hash
             and not res.policy.suspend
+            and rid not in self.refresh
         ]
         futures = [self.observer.submit(res.kind, res.spec) for res in candidates]
         started = time.perf_counter()
@@ -695,6 +768,8 @@ class _Pass:
     def _work(self, res: Resource, deps: tuple[ResourceId, ...]) -> _Work:
         policy_json = self._policy_json(res.policy)
         work = _Work(res, self.registry[res.kind], self.inventory.get(res.id), deps, policy_json)
+        if res.id in self.refresh:
+            work.changed = True
         if work.record is None and res.id in self.inherited:
             work.created = self.inherited[res.id]
         return work
@@ -712,7 +787,9 @@ class _Pass:
                 held.append((state, new, outcome))
                 return new
             self._write_held(rid)
-        self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+        at = self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+        if new is State.IN_SYNC:
+            self.engine.reached_in_sync(rid, at)
         return new
 
     def _write_held(self, rid: ResourceId) -> None:

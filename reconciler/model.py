@@ -351,6 +351,27 @@ class Connections:
         return name in self._by_name
 
 
+class Changes:
+    """When resources last changed, for providers whose objects must act on a
+    change of another resource (a Command's `refreshOn`: restart a service after
+    its config file was rewritten). `token(rid)` is an opaque text that changes
+    each time `rid` is applied (created, updated, healed) and None while it is
+    not in sync; the engine fills it, from the store, before each pass, for the
+    resources some provider `refreshes` on."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[ResourceId, str] = {}
+
+    def install(self, tokens: Mapping[ResourceId, str]) -> None:
+        self._tokens = dict(tokens)
+
+    def set(self, rid: ResourceId, token: str) -> None:
+        self._tokens[rid] = token
+
+    def token(self, rid: ResourceId) -> str | None:
+        return self._tokens.get(rid)
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """What every provider instance is built with."""
@@ -362,6 +383,8 @@ class ProviderSettings:
     None: nothing is kept (a one-shot `validate`)."""
     connections: Connections = field(default_factory=Connections, repr=False, compare=False)
     """The enforced revision's connections (not part of the settings' identity)."""
+    changes: Changes = field(default_factory=Changes, repr=False, compare=False)
+    """When the resources some provider `refreshes` on last changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,6 +561,14 @@ class Provider(abc.ABC, Generic[SpecT]):
         name = getattr(spec, "connection", None)
         return ((("connection",), resource_id(CONNECTION_KIND, name)),) if name else ()
 
+    def refreshes(self, spec: SpecT) -> Sequence[ResourceId]:
+        """Resources whose change (an apply) this spec must act on (a Command's
+        `refreshOn`). After such a resource is applied the engine checks this one
+        again as a change, not a drift check: its observe compares
+        `settings.changes.token(rid)` with what it recorded and its plan says
+        whether to act. Each must also be among `references` (a dependency)."""
+        return ()
+
     def accepts(self, field: tuple[str | int, ...], target: Resource) -> str | None:
         """Why the resource a reference names cannot serve (None when it can); the
         loader reports it at the referring field."""
@@ -554,7 +585,10 @@ class Provider(abc.ABC, Generic[SpecT]):
     def connection(self, spec: SpecT, expected: type[ConnectionT]) -> ConnectionT:
         """The connection the spec names, from the enforced revision; PermanentError
         when it is gone."""
-        return self.settings.connections.get(str(getattr(spec, "connection")), expected)
+        name = getattr(spec, "connection", None)
+        if not isinstance(name, str):
+            raise PermanentError(f"{self.kind} spec names no connection")
+        return self.settings.connections.get(name, expected)
 
     def bind(self, specs: Mapping[ResourceId, SpecT]) -> None:
         """Called with every spec of this kind in the desired state about to be

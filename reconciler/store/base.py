@@ -75,8 +75,9 @@ class Store(Protocol):
         event: str,
         reason: str | None = None,
         error: str | None = None,
-    ) -> None:
-        """Record a transition (and the status it leaves); `error` None clears it."""
+    ) -> float:
+        """Record a transition (and the status it leaves); `error` None clears it.
+        Returns its time (unix seconds), which becomes the record's last_transition."""
 
     def intend(
         self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None

@@ -414,12 +414,13 @@ class SqliteStore:
         event: str,
         reason: str | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> float:
         now = time.time()
         row = self._row(rid)
         row.state, row.last_transition, row.last_error = to_state, now, error
         self._dirty_status.add(rid)
         self._events.append((now, rid, from_state, to_state, event, reason))
+        return now
 
     def intend(
         self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
