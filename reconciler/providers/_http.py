@@ -268,7 +268,7 @@ def _transport_error(conn: HttpConnection, what: str, exc: httpx.HTTPError) -> E
     if isinstance(exc, httpx.TransportError) and not isinstance(
         exc, httpx.UnsupportedProtocol | httpx.ProxyError
     ):
-        return TemporaryError(f"{what}: cannot reach {conn.base_url} ({detail})")
+        return TemporaryError(f"{what}: cannot reach the server ({detail})")
     return PermanentError(f"{what}: {detail}")
 
 
