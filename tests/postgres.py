@@ -88,7 +88,10 @@ class Server:
 
 
 def start_server(base: Path) -> Server:
+    """Start a server in `base` (made if missing; its parents must let the
+    postgres user through, as a fresh `tempfile.mkdtemp()` under /tmp does)."""
     ensure_debian(str(BIN / "initdb"), "postgresql-15")
+    base.mkdir(exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     base.chmod(0o700)

@@ -25,7 +25,11 @@ All roles of one connection are observed with one query.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import math
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -114,6 +118,9 @@ class PostgresRoleProvider(PostgresProvider[PostgresRoleSpec]):
         observed: list[Observed | None] = [None] * len(specs)
         for conn, indexes in self.groups(specs):
             rows = await _roles(conn, sorted({specs[i].name for i in indexes}))
+            await _check_passwords(
+                [(specs[i], rows[specs[i].name]) for i in indexes if specs[i].name in rows]
+            )
             for i in indexes:
                 row = rows.get(specs[i].name)
                 observed[i] = None if row is None else _observed(specs[i], row)
@@ -215,7 +222,7 @@ def _observed(spec: PostgresRoleSpec, row: tuple[Any, ...]) -> Observed:
     """A role as plans compare it; the password only as a verdict, never the
     verifier: absent, current, differs (the verifier is not of the desired
     password), unknown (pg_authid unreadable), unmanaged (the spec sets none)."""
-    name, *flags = row[: 1 + len(ATTRIBUTES)]
+    flags = row[1 : 1 + len(ATTRIBUTES)]
     limit, until, stored, members, readable = row[1 + len(ATTRIBUTES) :]
     observed: dict[str, Any] = dict(zip(ATTRIBUTES, flags, strict=True))
     observed["connectionLimit"] = limit
@@ -228,9 +235,45 @@ def _observed(spec: PostgresRoleSpec, row: tuple[Any, ...]) -> Observed:
     elif not stored:
         observed["password"] = "absent"
     else:
-        same = _postgres.password_matches(str(spec.password), stored, name)
+        same = _verdicts.get(_verdict_key(spec, stored))
         observed["password"] = "current" if same else "differs"
     return observed
+
+
+_verdicts: dict[tuple[str, str, bytes], bool] = {}
+"""Whether a stored verifier is of a desired password, by (role, verifier, keyed
+digest of the password): the verifier changes whenever the password is set, so a
+verdict never goes stale, and each costs a PBKDF2 of 4096 rounds (about 2 ms)
+that a no-op pass over many roles would otherwise pay per role."""
+_VERDICTS_MAX = 100_000
+_VERDICT_KEY = secrets.token_bytes(32)
+
+
+def _verdict_key(spec: PostgresRoleSpec, stored: str) -> tuple[str, str, bytes]:
+    digest = hmac.new(_VERDICT_KEY, str(spec.password).encode(), hashlib.sha256).digest()
+    return (spec.name, stored, digest)
+
+
+async def _check_passwords(items: list[tuple[PostgresRoleSpec, tuple[Any, ...]]]) -> None:
+    """Compute the verdicts not known yet, in a thread (PBKDF2 releases the GIL
+    and must not hold the event loop)."""
+    todo = [
+        (key, str(spec.password), row[-3])
+        for spec, row in items
+        if spec.password is not None
+        and row[-1]
+        and row[-3]
+        and (key := _verdict_key(spec, row[-3])) not in _verdicts
+    ]
+    if not todo:
+        return
+    results = await asyncio.to_thread(
+        lambda: [_postgres.password_matches(pw, stored, key[0]) for key, pw, stored in todo]
+    )
+    if len(_verdicts) + len(todo) > _VERDICTS_MAX:
+        _verdicts.clear()
+    for (key, _, _), same in zip(todo, results, strict=True):
+        _verdicts[key] = bool(same)
 
 
 def _options(spec: PostgresRoleSpec, fields: set[str]) -> sql.Composed:
