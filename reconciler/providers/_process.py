@@ -27,6 +27,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 OUTPUT_LIMIT = 64 * 1024
 """Bytes of output kept, the last ones (the tail is what explains a failure)."""
@@ -73,10 +74,14 @@ async def run(
     cwd: str | None = None,
     user: User | None = None,
     seconds: float,
+    capture: bool = True,
 ) -> Result:
     """Run `argv` to completion within `seconds`. Raises Timeout (the
-    group is killed) or NotStarted; on cancellation kills the group and re-raises."""
-    loop = asyncio.get_running_loop()
+    group is killed) or NotStarted; on cancellation kills the group and re-raises.
+    Without `capture` the output goes to /dev/null (a guard's exit status is
+    all that counts) and the result's output is empty."""
+    if not capture:
+        return await _wait(_spawn(argv, env, cwd, user, None), seconds)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         pid = _spawn(argv, env, cwd, user, write_fd)
@@ -85,11 +90,17 @@ async def run(
         raise
     finally:
         os.close(write_fd)
-    os.set_blocking(read_fd, False)
+    try:
+        return await _wait(pid, seconds, read_fd)
+    finally:
+        os.close(read_fd)
+
+
+async def _wait(pid: int, seconds: float, read_fd: int | None = None) -> Result:
+    loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(pid)
     except BaseException:
-        os.close(read_fd)
         _kill_group(pid, signal.SIGKILL)
         _reap(pid)
         raise
@@ -106,6 +117,7 @@ async def run(
 
     def on_output() -> None:
         nonlocal size
+        assert read_fd is not None
         try:
             chunk = os.read(read_fd, _CHUNK)
         except BlockingIOError:
@@ -123,7 +135,11 @@ async def run(
             del tail[: len(tail) - OUTPUT_LIMIT]
 
     loop.add_reader(pidfd, on_exit)
-    loop.add_reader(read_fd, on_output)
+    if read_fd is not None:
+        os.set_blocking(read_fd, False)
+        loop.add_reader(read_fd, on_output)
+    else:
+        eof.set_result(None)
     reaped = False
     try:
         try:
@@ -146,40 +162,54 @@ async def run(
         raise
     finally:
         loop.remove_reader(pidfd)
-        loop.remove_reader(read_fd)
+        if read_fd is not None:
+            loop.remove_reader(read_fd)
         os.close(pidfd)
-        os.close(read_fd)
         if not reaped:
             _reap(pid)
 
 
+@lru_cache(maxsize=256)
+def _which(program: str, path: str) -> str | None:
+    """The program's path on PATH; cached, since a drift check of a thousand
+    guards asks for the same few programs a thousand times."""
+    return shutil.which(program, path=path)
+
+
 def _spawn(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str | None, user: User | None, out: int
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    user: User | None,
+    out: int | None,
 ) -> int:
     program = argv[0]
     if "/" not in program:
-        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        path = env.get("PATH", os.defpath)
+        found = _which(program, path)
         if found is None:
-            raise NotStarted(f"{program!r} not found on PATH {env.get('PATH', os.defpath)}")
+            _which.cache_clear()  # a miss is not kept: it may be installed later
+            raise NotStarted(f"{program!r} not found on PATH {path}")
         program = found
     try:
         if cwd is None and user is None:
+            outputs: list[tuple[int, ...] | tuple[int, int, str, int, int]] = (
+                [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0), (os.POSIX_SPAWN_DUP2, 1, 2)]
+                if out is None
+                else [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, out, 2)]
+            )
             return os.posix_spawn(
                 program,
                 list(argv),
                 env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, out, 2),
-                ],
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), *outputs],
                 setsid=True,
             )
         proc = subprocess.Popen(
             [program, *argv[1:]],
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
+            stdout=subprocess.DEVNULL if out is None else out,
+            stderr=subprocess.DEVNULL if out is None else out,
             env=dict(env),
             cwd=cwd,
             start_new_session=True,
@@ -229,10 +259,10 @@ def _reap(pid: int) -> None:
         return
     if not done:
         _kill_group(pid, signal.SIGKILL)
-        threading.Thread(target=_wait, args=(pid,), name=f"reap {pid}", daemon=True).start()
+        threading.Thread(target=_block, args=(pid,), name=f"reap {pid}", daemon=True).start()
 
 
-def _wait(pid: int) -> None:
+def _block(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:

@@ -274,7 +274,9 @@ class CommandProvider(Provider[CommandSpec]):
 
     async def _guard(self, spec: CommandSpec, field: str, guard: tuple[str, ...] | str) -> int:
         argv = _argv(guard if isinstance(guard, tuple) else None, guard)
-        result = await self._run(spec, argv, spec.guard_timeout, f"guard {field[1:]}")
+        result = await self._run(
+            spec, argv, spec.guard_timeout, f"guard {field[1:]}", capture=False
+        )
         return result.code
 
     def plan(self, spec: CommandSpec, observed: Observed | None) -> Plan:
@@ -319,12 +321,14 @@ class CommandProvider(Provider[CommandSpec]):
         await asyncio.to_thread(self._runs.drop, _key(spec))
 
     async def _run(
-        self, spec: CommandSpec, argv: list[str], seconds: float, what: str
+        self, spec: CommandSpec, argv: list[str], seconds: float, what: str, *, capture: bool = True
     ) -> _process.Result:
         user = _user(spec.user)
         env = _environment(spec, user)
         try:
-            return await _process.run(argv, env=env, cwd=spec.cwd, user=user, seconds=seconds)
+            return await _process.run(
+                argv, env=env, cwd=spec.cwd, user=user, seconds=seconds, capture=capture
+            )
         except _process.Timeout:
             raise TemporaryError(
                 f"the {what} did not finish within its timeout of {seconds:g} s "
