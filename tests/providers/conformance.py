@@ -12,21 +12,34 @@ cannot run. Nothing of the provider is mocked.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import stat
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.providers.connection import ConnectionProvider
 from reconciler.providers.directory import DirectoryProvider
 from reconciler.providers.files import FileProvider
+from reconciler.providers.http import HttpObjectProvider
 from reconciler.providers.symlink import SymlinkProvider
 from reconciler.testing import Case, Drift, Harness, Invalid, SpecData, tree_snapshot
 
-__all__ = ["CASES", "DIRECTORY", "FILE", "FILESYSTEM_CASES", "SYMLINK", "params", "tree_snapshot"]
+__all__ = [
+    "CASES",
+    "DIRECTORY",
+    "FILE",
+    "FILESYSTEM_CASES",
+    "HTTP_OBJECT",
+    "SYMLINK",
+    "params",
+    "tree_snapshot",
+]
 
 # the real system, observed independently of the providers
 
@@ -268,10 +281,84 @@ SYMLINK = Case(
 )
 
 
+# HttpObject, on the real REST server of tests/httpserver.py (a thread of the test
+# process, fixture `kit_api_server` of test_conformance.py), through a Connection
+
+
+def _http_url(h: Harness, n: int) -> str:
+    return f"/kit/{h.token}/thing-{n}"
+
+
+def _http_request(h: Harness, method: str, url: str, body: Any = None) -> None:
+    """A change made behind the provider's back, with another client."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(h.target.base_url + url, data, headers, method=method)
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        answer.read()
+
+
+def _http_patch(h: Harness, data: SpecData, fields: dict[str, Any]) -> None:
+    _http_request(h, "PATCH", data["url"], fields)
+
+
+def _http_check(h: Harness, data: SpecData) -> None:
+    found = h.target.objects[data["url"]]
+    assert {k: found.get(k) for k in data["body"]} == data["body"], found
+
+
+HTTP_OBJECT = Case(
+    provider=HttpObjectProvider,
+    fixture="kit_api_server",
+    documents=lambda h: [
+        {
+            "apiVersion": "reconciler/v1",
+            "kind": "Connection",
+            "metadata": {"name": "api"},
+            "spec": {"type": "http", "baseUrl": h.target.base_url},
+        }
+    ],
+    companions=(ConnectionProvider,),
+    spec=lambda h, n: {
+        "connection": "api",
+        "url": _http_url(h, n),
+        "body": {"name": f"thing-{n}", "size": n, "tags": ["kit", str(n)]},
+    },
+    changed=lambda data: {**data, "body": {**data["body"], "size": 100}},
+    changed_fields=frozenset({"/body/size"}),
+    check=_http_check,
+    exists=lambda h, data: data["url"] in h.target.objects,
+    drifts=(
+        Drift(
+            "field", "/body/size", lambda h, d: _http_request(h, "PATCH", d["url"], {"size": -1})
+        ),
+        Drift(
+            "array", "/body/tags", lambda h, d: _http_request(h, "PATCH", d["url"], {"tags": []})
+        ),
+        Drift("deleted", "/body/size", lambda h, d: _http_request(h, "DELETE", d["url"])),
+    ),
+    invalid=(
+        Invalid("no-connection", lambda h: {"url": "/x", "body": {}}, "spec.connection"),
+        Invalid(
+            "undeclared-connection",
+            lambda h: {"connection": "nope", "url": "/x", "body": {}},
+            "spec.connection",
+        ),
+        Invalid("unknown-field", lambda h: {"connection": "api", "url": "/x", "body": {}, "x": 1}),
+    ),
+    snapshot=lambda h: json.dumps(h.target.objects, sort_keys=True, default=str),
+    secret=lambda h, ref: {
+        "connection": "api",
+        "url": _http_url(h, 99),
+        "body": {"name": "with-a-secret", "password": ref},
+    },
+)
+
+
 FILESYSTEM_CASES: tuple[Case, ...] = (FILE, DIRECTORY, SYMLINK)
 """The cases the filesystem safety tests also run on."""
 
-CASES: tuple[Case, ...] = (*FILESYSTEM_CASES,)
+CASES: tuple[Case, ...] = (*FILESYSTEM_CASES, HTTP_OBJECT)
 """Every provider the shared scenarios run on: add a provider's case here."""
 
 

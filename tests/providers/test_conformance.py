@@ -23,6 +23,7 @@ import pytest
 from reconciler.confined import ConfinementError
 from reconciler.model import PermanentError
 from reconciler.testing import Case, Harness, ProviderConformance, SpecData, fields, tree_snapshot
+from tests.httpserver import ApiServer
 from tests.providers.conformance import (
     CASES,
     DIRECTORY,
@@ -38,6 +39,13 @@ class TestBuiltinProviders(ProviderConformance):
     """The packaged kit's scenarios on every built-in provider."""
 
     cases = CASES
+
+
+@pytest.fixture
+def kit_api_server() -> Iterator[ApiServer]:
+    """The REST server the HttpObject case talks to (`h.target`)."""
+    with ApiServer() as api:
+        yield api
 
 
 # filesystem safety: File
