@@ -337,18 +337,17 @@ def providers(roots: tuple[str, ...], as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for kind in registry:
         provider = registry[kind]
-        fields = [
-            {"name": f.alias or name, "type": _type_name(f.annotation), "required": f.is_required()}
-            for name, f in provider.Spec.model_fields.items()
-        ]
-        rows.append(
-            {
-                "kind": kind,
-                "module": type(provider).__module__,
-                "summary": provider.summary,
-                "fields": fields,
-            }
-        )
+        row: dict[str, Any] = {
+            "kind": kind,
+            "module": type(provider).__module__,
+            "summary": provider.summary,
+        }
+        variants = _spec_variants(provider.Spec)
+        if variants:  # a spec that is one of several models, chosen by a tag (Connection)
+            row["variants"] = {tag: _fields(model) for tag, model in variants.items()}
+        else:
+            row["fields"] = _fields(provider.Spec)
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -356,8 +355,37 @@ def providers(roots: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"{row['kind']}  ({row['module']})")
         if row["summary"]:
             click.echo(f"  {row['summary']}")
-        for f in row["fields"]:
-            click.echo(f"    {f['name']:<10} {f['type']}{'  (required)' if f['required'] else ''}")
+        for tag, fields in row.get("variants", {"": row.get("fields", [])}).items():
+            if tag:
+                click.echo(f"  type: {tag}")
+            for f in fields:
+                required = "  (required)" if f["required"] else ""
+                click.echo(f"    {f['name']:<10} {f['type']}{required}")
+
+
+def _fields(model: type[Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": f.alias or name, "type": _type_name(f.annotation), "required": f.is_required()}
+        for name, f in model.model_fields.items()
+    ]
+
+
+def _spec_variants(model: type[Any]) -> dict[str, type[Any]]:
+    """The members of a spec that is a RootModel over a tagged union, by tag."""
+    import typing
+
+    from pydantic import RootModel
+
+    if not (isinstance(model, type) and issubclass(model, RootModel)):
+        return {}
+    root = model.model_fields["root"]
+    tag = root.discriminator
+    found: dict[str, type[Any]] = {}
+    for member in typing.get_args(root.annotation):
+        if isinstance(tag, str) and tag in getattr(member, "model_fields", {}):
+            for value in typing.get_args(member.model_fields[tag].annotation):
+                found[str(value)] = member
+    return found
 
 
 def _type_name(annotation: Any) -> str:
@@ -370,6 +398,8 @@ def _type_name(annotation: Any) -> str:
         return _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"list[{_type_name(args[0])}]"
     if origin is not None:
         return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
     if annotation is type(None):

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytest_plugins = ["tests.postgres"]  # one PostgreSQL server per session, for every test that asks
+
 
 @dataclass
 class Sandbox:

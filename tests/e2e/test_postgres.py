@@ -10,9 +10,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import Sandbox, doc, docs
-from tests.postgres import Server, postgres_server
-
-__all__ = ["postgres_server"]
+from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,9 +31,7 @@ from reconciler.providers.connection import PostgresConnection
 from reconciler.providers.postgres_database import PostgresDatabaseProvider
 from reconciler.providers.postgres_grant import PostgresGrantProvider
 from reconciler.providers.postgres_role import PostgresRoleProvider
-from tests.postgres import Server, postgres_server
-
-__all__ = ["postgres_server"]  # the session fixture, used by name
+from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(30)
 
