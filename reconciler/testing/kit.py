@@ -156,6 +156,10 @@ class Case:
     """Other providers those documents need (the Connection provider)."""
     fixture: str | None = None
     """A pytest fixture whose value becomes `Harness.target` (a server)."""
+    cleanup: Callable[[Harness], Awaitable[None] | None] | None = None
+    """Called at the end of each scenario, in its event loop: close what the
+    provider opened in that loop (client pools), remove what it made on a shared
+    server."""
     marks: tuple[pytest.MarkDecorator, ...] = ()
     """Marks of every test of the case, for example a skipif."""
     name: str | None = None
@@ -305,6 +309,10 @@ class Harness:
 
     async def snapshot(self) -> Any:
         return await _call(self.case.snapshot, self)
+
+    async def cleanup(self) -> None:
+        if self.case.cleanup is not None:
+            await _call(self.case.cleanup, self)
 
     # the provider, as the engine calls it
 

@@ -33,8 +33,11 @@ from reconciler.testing.kit import Case, Drift, Harness, Invalid, fields
 
 def _run(h: Harness, scenario: Coroutine[Any, Any, None]) -> None:
     async def bounded() -> None:
-        async with asyncio.timeout(h.case.timeout):
-            await scenario
+        try:
+            async with asyncio.timeout(h.case.timeout):
+                await scenario
+        finally:
+            await h.cleanup()
 
     asyncio.run(bounded())
 
@@ -82,7 +85,7 @@ class ProviderConformance:
     def test_invalid_spec_is_rejected(
         self, conformance_harness: Harness, conformance_invalid: Invalid
     ) -> None:
-        _reject(conformance_harness, conformance_invalid)
+        _run(conformance_harness, _reject(conformance_harness, conformance_invalid))
 
     def test_secrets_are_never_shown(self, conformance_harness: Harness) -> None:
         if conformance_harness.case.secret is None:
@@ -249,7 +252,7 @@ async def _batched(h: Harness) -> None:
     assert await h.provider.observe_many([]) == []
 
 
-def _reject(h: Harness, invalid: Invalid) -> None:
+async def _reject(h: Harness, invalid: Invalid) -> None:
     issues = h.reject(invalid.data(h))
     if invalid.field is not None:
         named = [i.field for i in issues]

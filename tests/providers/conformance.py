@@ -17,16 +17,19 @@ import os
 import pwd
 import stat
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql as pg_sql
 
+from reconciler.providers import _postgres
 from reconciler.providers.connection import ConnectionProvider
 from reconciler.providers.directory import DirectoryProvider
 from reconciler.providers.files import FileProvider
 from reconciler.providers.http import HttpObjectProvider
+from reconciler.providers.postgres_role import PostgresRoleProvider
 from reconciler.providers.symlink import SymlinkProvider
 from reconciler.testing import Case, Drift, Harness, Invalid, SpecData, tree_snapshot
 
@@ -36,6 +39,7 @@ __all__ = [
     "FILE",
     "FILESYSTEM_CASES",
     "HTTP_OBJECT",
+    "POSTGRES_ROLE",
     "SYMLINK",
     "params",
     "tree_snapshot",
@@ -355,10 +359,101 @@ HTTP_OBJECT = Case(
 )
 
 
+# PostgresRole, on the throwaway server of tests/postgres.py (fixture
+# `postgres_server`), through a Connection whose password is a secret file
+
+
+def _pg_documents(h: Harness) -> list[dict[str, Any]]:
+    secret = h.tmp / "pg-password"
+    secret.write_text(h.target.password)
+    spec = h.target.connection(password={"valueFrom": {"file": str(secret)}})
+    return [
+        {"apiVersion": "reconciler/v1", "kind": "Connection", "metadata": {"name": "db"}}
+        | {"spec": spec}
+    ]
+
+
+def _pg_name(h: Harness, n: int) -> str:
+    return f"kit_{h.token}_{n}"
+
+
+def _pg_role(h: Harness, data: SpecData) -> tuple[Any, ...] | None:
+    query = "SELECT rolcanlogin, rolcreatedb, rolconnlimit FROM pg_roles WHERE rolname = %s"
+    rows = h.target.sql(query, (data["name"],))
+    return rows[0] if rows else None
+
+
+def _pg_check(h: Harness, data: SpecData) -> None:
+    assert _pg_role(h, data) == (data["login"], data["createdb"], data["connectionLimit"])
+
+
+def _pg_alter(what: str) -> Callable[[Harness, SpecData], None]:
+    def alter(h: Harness, data: SpecData) -> None:
+        h.target.sql(pg_sql.SQL(what).format(pg_sql.Identifier(data["name"])))
+
+    return alter
+
+
+async def _pg_cleanup(h: Harness) -> None:
+    await _postgres.close_pools()  # opened in this scenario's event loop
+    query = "SELECT rolname FROM pg_roles WHERE rolname LIKE %s"
+    for (name,) in h.target.sql(query, (f"kit_{h.token}_%",)):
+        h.target.sql(pg_sql.SQL("DROP ROLE IF EXISTS {}").format(pg_sql.Identifier(name)))
+
+
+POSTGRES_ROLE = Case(
+    provider=PostgresRoleProvider,
+    fixture="postgres_server",
+    documents=_pg_documents,
+    companions=(ConnectionProvider,),
+    cleanup=_pg_cleanup,
+    spec=lambda h, n: {
+        "connection": "db",
+        "name": _pg_name(h, n),
+        "login": n % 2 == 0,
+        "createdb": False,
+        "connectionLimit": n,
+    },
+    changed=lambda data: {**data, "createdb": True},
+    changed_fields=frozenset({"/createdb"}),
+    check=_pg_check,
+    exists=lambda h, data: _pg_role(h, data) is not None,
+    drifts=(
+        Drift("createdb", "/createdb", _pg_alter("ALTER ROLE {} CREATEDB")),
+        Drift(
+            "connection-limit", "/connectionLimit", _pg_alter("ALTER ROLE {} CONNECTION LIMIT 77")
+        ),
+        Drift("dropped", "/connectionLimit", _pg_alter("DROP ROLE {}")),
+    ),
+    invalid=(
+        Invalid(
+            "unknown-field", lambda h: {"connection": "db", "name": "x", "colour": 1}, "spec.colour"
+        ),
+        Invalid("no-name", lambda h: {"connection": "db"}, "spec.name"),
+        Invalid(
+            "inline-password",
+            lambda h: {"connection": "db", "name": "x", "password": "pw"},
+            "spec.password",
+        ),
+    ),
+    snapshot=lambda h: h.target.sql(
+        "SELECT rolname, rolcanlogin, rolcreatedb, rolconnlimit, rolpassword"
+        " FROM pg_authid ORDER BY 1"
+    ),
+    secret=lambda h, ref: {
+        "connection": "db",
+        "name": _pg_name(h, 99),
+        "login": True,
+        "password": ref,
+    },
+    marks=(pytest.mark.timeout(60),),
+)
+
+
 FILESYSTEM_CASES: tuple[Case, ...] = (FILE, DIRECTORY, SYMLINK)
 """The cases the filesystem safety tests also run on."""
 
-CASES: tuple[Case, ...] = (*FILESYSTEM_CASES, HTTP_OBJECT)
+CASES: tuple[Case, ...] = (*FILESYSTEM_CASES, HTTP_OBJECT, POSTGRES_ROLE)
 """Every provider the shared scenarios run on: add a provider's case here."""
 
 
