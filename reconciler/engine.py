@@ -359,7 +359,7 @@ class Engine:
         self.telemetry: Telemetry = telemetry if telemetry is not None else _NoTelemetry()
         self._bound: DesiredState | None = None
         self._binders = [p for p in registry.values() if type(p).bind is not Provider.bind]
-        self._refreshing = {
+        self.refreshing = {
             p.kind for p in registry.values() if type(p).refreshes is not Provider.refreshes
         }
         self._refreshers: dict[ResourceId, list[ResourceId]] = {}
@@ -379,9 +379,9 @@ class Engine:
             for provider in self._binders:
                 provider.bind(specs[provider.kind])
         self._refreshers = {}
-        if self._refreshing:
+        if self.refreshing:
             for rid, res in desired.resources.items():
-                if res.kind in self._refreshing:
+                if res.kind in self.refreshing:
                     for target in self.registry[res.kind].refreshes(res.spec):
                         self._refreshers.setdefault(target, []).append(rid)
         self._bound = desired
@@ -823,6 +823,8 @@ class _Pass:
         work = self._work(res, deps)
         try:
             ready = await self._dependencies_ready(deps)
+            if res.kind in self.engine.refreshing and self._refresh_due(work):
+                work.changed = True  # acts on a change applied this pass: not drift
             state = await self._start(work, ready)
         except asyncio.CancelledError:
             raise
@@ -836,6 +838,14 @@ class _Pass:
         error = self.errors.get(rid) if action in ("failed", "blocked") else None
         retry_in = work.retry_in if state in (State.FAILED, State.DRIFTED) else None
         self._settle(rid, Result(rid, state, action, error, work.plan, retry_in))
+
+    def _refresh_due(self, work: _Work) -> bool:
+        """Whether a resource this one refreshes on was applied earlier in the pass."""
+        for target in work.provider.refreshes(work.resource.spec):
+            result = self.results.get(target)
+            if result is not None and result.action in _APPLIED:
+                return True
+        return False
 
     async def _start(self, work: _Work, ready: bool) -> State:
         """The event that starts a pass, chosen by the state the resource was left in."""

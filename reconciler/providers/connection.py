@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol, cast
 
@@ -206,6 +207,11 @@ class ConnectionProvider(Provider[ConnectionSpec]):
         self.settings.connections.install(
             {rid.partition("/")[2]: spec.root for rid, spec in specs.items()}
         )
+        http = [spec.root for spec in specs.values() if isinstance(spec.root, HttpConnection)]
+        if http or "reconciler.providers._http" in sys.modules:  # clients of gone ones close
+            from reconciler.providers import _http
+
+            _http.retain(http)
 
     async def observe_many(self, specs: Sequence[ConnectionSpec]) -> list[Observed | None]:
         """Each server answers, or the call raises (the engine then asks for each

@@ -153,9 +153,15 @@ async def test_a_refresh_follows_an_apply_only(rig: Rig) -> None:
     assert report.results["Restart/app"].action == "updated"
     assert rig.restarter.restarts == ["app", "app", "app"]
 
+    rig.write("c\n")  # a full pass: the refresh comes in the same pass, as a change
+    report = await rig.converge()
+    assert report.results["File/conf"].action == "updated"
+    assert report.results["Restart/app"].action == "updated"
+    assert rig.restarter.restarts == ["app"] * 4
+
     report = await rig.converge()  # and then it rests
     assert {r.action for r in report.results.values()} == {"unchanged"}
-    assert rig.restarter.restarts == ["app", "app", "app"]
+    assert rig.restarter.restarts == ["app"] * 4
 
 
 async def test_a_refresh_target_must_exist(rig: Rig) -> None:
