@@ -24,7 +24,6 @@ from reconciler.confined import ConfinementError
 from reconciler.model import PermanentError
 from reconciler.testing import Case, Harness, ProviderConformance, SpecData, fields, tree_snapshot
 from tests.httpserver import ApiServer
-from tests.postgres import postgres_server  # noqa: F401  (the PostgresRole case's target)
 from tests.providers.conformance import (
     CASES,
     DIRECTORY,
