@@ -70,13 +70,16 @@ def _colour(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
-def _registry(roots: tuple[str, ...], state_dir: Path | None = None) -> Registry:
+def _registry(
+    roots: tuple[str, ...], state_dir: Path | None = None, *, allow_commands: bool = False
+) -> Registry:
     from reconciler.model import ProviderSettings
     from reconciler.registry import Registry
 
     resolved = tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
     kept = None if state_dir is None else os.path.abspath(state_dir)
-    return Registry.discover(ProviderSettings(roots=resolved, state_dir=kept))
+    settings = ProviderSettings(roots=resolved, state_dir=kept, allow_commands=allow_commands)
+    return Registry.discover(settings)
 
 
 def _load(
@@ -152,6 +155,13 @@ root_option = click.option(
     help="Directory the filesystem providers may touch (repeatable; "
     "env RECONCILER_ROOT, several separated by spaces).",
 )
+commands_option = click.option(
+    "--allow-commands",
+    is_flag=True,
+    envvar="RECONCILER_ALLOW_COMMANDS",
+    help="Allow Command resources: they run programs with reconciler's privileges, "
+    "beyond the roots (env RECONCILER_ALLOW_COMMANDS=1).",
+)
 state_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -175,9 +185,10 @@ def cli() -> None:
 @cli.command()
 @path_argument
 @root_option
-def validate(path: Path, roots: tuple[str, ...]) -> None:
+@commands_option
+def validate(path: Path, roots: tuple[str, ...], allow_commands: bool) -> None:
     """Check every manifest under PATH; print all errors."""
-    desired = _load(path, _registry(roots))
+    desired = _load(path, _registry(roots, allow_commands=allow_commands))
     click.echo(
         f"{_printable(str(path))}: valid (revision {_printable(desired.revision)}, "
         f"{len(desired.resources)} resources)"
@@ -187,16 +198,22 @@ def validate(path: Path, roots: tuple[str, ...]) -> None:
 @cli.command()
 @path_argument
 @root_option
+@commands_option
 @state_option
 @json_option
 @color_option
 def plan(
-    path: Path, roots: tuple[str, ...], state_dir: Path, as_json: bool, no_color: bool
+    path: Path,
+    roots: tuple[str, ...],
+    allow_commands: bool,
+    state_dir: Path,
+    as_json: bool,
+    no_color: bool,
 ) -> None:
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan
 
-    registry = _registry(roots, state_dir)
+    registry = _registry(roots, state_dir, allow_commands=allow_commands)
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -220,6 +237,7 @@ def plan(
 @cli.command()
 @path_argument
 @root_option
+@commands_option
 @state_option
 @click.option(
     "--concurrency",
@@ -255,6 +273,7 @@ def plan(
 def apply(
     path: Path,
     roots: tuple[str, ...],
+    allow_commands: bool,
     state_dir: Path,
     concurrency: int,
     retries: int,
@@ -269,7 +288,7 @@ def apply(
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
-    registry = _registry(roots, state_dir)
+    registry = _registry(roots, state_dir, allow_commands=allow_commands)
     desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
@@ -316,14 +335,15 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | 
 @cli.command()
 @path_argument
 @root_option
+@commands_option
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
 )
-def graph(path: Path, roots: tuple[str, ...], fmt: str) -> None:
+def graph(path: Path, roots: tuple[str, ...], allow_commands: bool, fmt: str) -> None:
     """Print the dependency graph (explicit and implicit edges)."""
     from reconciler import graph as graphs
 
-    desired = _load(path, _registry(roots))
+    desired = _load(path, _registry(roots, allow_commands=allow_commands))
     render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
     click.echo(render(desired.dependencies), nl=False)
 
@@ -611,6 +631,7 @@ _secret = click.Path(path_type=Path)
     help="Poll period (30, 30s, 5m); jittered by 10%.",
 )
 @root_option
+@commands_option
 @state_option
 @click.option(
     "--listen",
@@ -804,6 +825,7 @@ def run(
     subpath: str,
     interval: float,
     roots: tuple[str, ...],
+    allow_commands: bool,
     state_dir: Path,
     listen: tuple[str, int],
     ssh_key: Path | None,
@@ -850,6 +872,7 @@ def run(
         path=subpath,
         interval=interval,
         roots=tuple(os.path.normpath(os.path.abspath(r)) for r in roots),
+        allow_commands=allow_commands,
         state_dir=state_dir,
         listen=listen,
         ssh_key=ssh_key,

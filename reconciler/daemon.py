@@ -78,6 +78,7 @@ class DaemonSettings:
     max_prune_share: float = 0.5
     shutdown_timeout: float = 30.0
     verify_commits: str | None = None
+    allow_commands: bool = False
     """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
     trusted_keys: tuple[Path, ...] = ()
     allowed_signers: Path | None = None
@@ -192,7 +193,11 @@ class Daemon:
         self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
         try:
             self.registry = Registry.discover(
-                ProviderSettings(roots=settings.roots, state_dir=str(settings.state_dir))
+                ProviderSettings(
+                    roots=settings.roots,
+                    state_dir=str(settings.state_dir),
+                    allow_commands=settings.allow_commands,
+                )
             )
             # the providers do not change while the daemon runs: fingerprint them once
             self._cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())

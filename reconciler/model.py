@@ -381,6 +381,9 @@ class ProviderSettings:
     """The state directory, where a provider may keep what it must remember
     between runs (a Command's record of its last run), under its kind's name;
     None: nothing is kept (a one-shot `validate`)."""
+    allow_commands: bool = False
+    """Whether Command resources may run: a command reaches beyond the roots, so
+    the operator opts in (`--allow-commands`); without it a Command is an error."""
     connections: Connections = field(default_factory=Connections, repr=False, compare=False)
     """The enforced revision's connections (not part of the settings' identity)."""
     changes: Changes = field(default_factory=Changes, repr=False, compare=False)

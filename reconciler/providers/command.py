@@ -184,6 +184,13 @@ class CommandProvider(Provider[CommandSpec]):
         self._limits: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
 
     def prepare(self, spec: CommandSpec, ctx: PrepareContext) -> CommandSpec:
+        if not self.settings.allow_commands:
+            raise SpecError(
+                (),
+                "Command resources are not allowed here: a command runs with reconciler's "
+                "privileges, beyond the roots; start reconciler with --allow-commands "
+                "(env RECONCILER_ALLOW_COMMANDS=1) to allow them",
+            )
         if spec.shell:
             if spec.argv is not None:
                 raise SpecError("argv", "with shell: true, give command: a string, not argv")

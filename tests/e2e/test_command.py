@@ -22,6 +22,25 @@ pytestmark = pytest.mark.timeout(90)
 SECRET = "cmd-e2e-5f0a9d2c61b8-not-a-real-secret"
 
 
+@pytest.fixture(autouse=True)
+def _commands_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command here runs with Command resources allowed, as an operator opts in."""
+    monkeypatch.setenv("RECONCILER_ALLOW_COMMANDS", "1")
+
+
+def test_commands_are_refused_unless_allowed(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECONCILER_ALLOW_COMMANDS")
+    sandbox.write("c.yaml", docs(doc("Command", "x", {"argv": ["true"]})))
+    result = sandbox.run("validate", check=1)
+    assert "c.yaml:" in result.stderr and "Command resources are not allowed here" in result.stderr
+    assert "--allow-commands" in result.stderr
+    sandbox.run("validate", "--allow-commands", check=0)
+    sandbox.run("apply", check=1)
+    sandbox.run("apply", "--allow-commands", check=0)
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -34,7 +53,7 @@ def report(result: Any) -> dict[str, Any]:
 def test_plan_apply_no_op_drift_change_and_failure_through_the_cli(sandbox: Sandbox) -> None:
     root, counter = sandbox.root, sandbox.root / "counter"
     env_ref = {"TOKEN": {"valueFrom": {"env": "CMD_E2E_TOKEN"}}}
-    env = {"PATH": "/usr/bin:/bin", "CMD_E2E_TOKEN": SECRET}
+    env = {"PATH": "/usr/bin:/bin", "CMD_E2E_TOKEN": SECRET, "RECONCILER_ALLOW_COMMANDS": "1"}
 
     def write(migrate_version: str, failing: bool = False) -> None:
         documents = [
@@ -162,7 +181,12 @@ def test_the_daemon_heals_a_flipped_guard(daemons: Daemons, tmp_path: Path, root
             {"resync": "1s"},
         )
     )
-    daemon = daemons.start(config, root=root, env={"CMD_E2E_TOKEN": SECRET}, secrets=(SECRET,))
+    daemon = daemons.start(
+        config,
+        root=root,
+        env={"CMD_E2E_TOKEN": SECRET, "RECONCILER_ALLOW_COMMANDS": "1"},
+        secrets=(SECRET,),
+    )
     daemon.wait_state("Command/init", "InSync")
     assert lines(counter) == ["ran"]
 

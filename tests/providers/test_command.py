@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from reconciler.model import (
     SENSITIVE,
     WITHHELD_MESSAGE,
     Action,
+    Changes,
     PermanentError,
     Plan,
     PrepareContext,
@@ -39,24 +39,11 @@ pytestmark = pytest.mark.timeout(30)
 SECRET = "tok-3b9f0c1e77a2-not-a-real-secret"
 
 
-@dataclass(frozen=True)
-class Settings(ProviderSettings):
-    """Settings with the engine's table of apply tokens (see CommandProvider)."""
-
-    changes: Any = None
-
-
-class Tokens:
-    """Stands for the engine's `changes`: a token per resource, bumped per apply."""
-
-    def __init__(self) -> None:
-        self.tokens: dict[str, str] = {}
+class Tokens(Changes):
+    """The engine's table of change tokens, moved on by hand as an apply would."""
 
     def bump(self, rid: str) -> None:
-        self.tokens[rid] = str(int(self.tokens.get(rid, "0")) + 1)
-
-    def token(self, rid: str) -> str | None:
-        return self.tokens.get(rid)
+        self.set(rid, str(int(self.token(rid) or "0") + 1))
 
 
 class Bench:
@@ -71,7 +58,10 @@ class Bench:
 
     def new_provider(self) -> CommandProvider:
         """A provider as a restarted daemon would build it: same state directory."""
-        return CommandProvider(Settings(state_dir=str(self.state), changes=self.changes))
+        settings = ProviderSettings(
+            allow_commands=True, state_dir=str(self.state), changes=self.changes or Changes()
+        )
+        return CommandProvider(settings)
 
     def spec(self, **data: Any) -> CommandSpec:
         data.setdefault("argv", ["sh", "-c", f"echo ran >> {self.counter}; echo done"])
@@ -128,7 +118,7 @@ async def test_runs_once_and_a_second_pass_runs_nothing(bench: Bench) -> None:
 
 
 async def test_without_a_state_directory_the_record_is_in_memory(tmp_path: Path) -> None:
-    provider = CommandProvider(ProviderSettings())
+    provider = CommandProvider(ProviderSettings(allow_commands=True))
     spec = CommandSpec.model_validate({"argv": ["sh", "-c", f"echo x >> {tmp_path}/c"]})
     [observed] = await provider.observe_many([spec])
     await provider.apply(spec, provider.plan(spec, observed))
@@ -264,7 +254,7 @@ async def test_refresh_on_runs_again_after_each_apply_of_a_target(tmp_path: Path
 
 
 async def test_refresh_on_without_the_engine_table_runs_once(bench: Bench) -> None:
-    provider = CommandProvider(ProviderSettings(state_dir=str(bench.state)))
+    provider = CommandProvider(ProviderSettings(allow_commands=True, state_dir=str(bench.state)))
     spec = bench.spec(refreshOn=["File/app-config"])
     [observed] = await provider.observe_many([spec])
     await provider.apply(spec, provider.plan(spec, observed))
@@ -507,7 +497,7 @@ INVALID_PREPARE = [
 def test_unusable_specs_are_rejected_at_load(
     tmp_path: Path, data: dict[str, Any], field: str, message: str
 ) -> None:
-    provider = CommandProvider(ProviderSettings())
+    provider = CommandProvider(ProviderSettings(allow_commands=True))
     ctx = PrepareContext(manifest=tmp_path / "m.yaml", config_root=tmp_path)
     with pytest.raises(SpecError, match=message) as caught:
         provider.prepare(CommandSpec.model_validate(data), ctx)
