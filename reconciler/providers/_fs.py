@@ -151,6 +151,9 @@ class LocalFileProvider(Provider[PathSpecT]):
         return spec.path
 
     def path(self, spec: PathSpecT) -> str | None:
+        """The path this resource owns alone (two resources may not own one path).
+        A kind whose objects share a file (keys of one INI file) returns None
+        here and names the file's owner in `dependsOn` instead."""
         return spec.path
 
     def fs(self) -> AbstractContextManager[confined.Batch]:
@@ -293,7 +296,9 @@ async def watch(paths: Mapping[str, str], settings: ProviderSettings) -> AsyncIt
     the roots (none reached through a symlink)."""
     import watchfiles  # only the daemon watches
 
-    by_path = {path: rid for rid, path in paths.items()}
+    by_path: dict[str, list[str]] = {}
+    for rid, path in paths.items():
+        by_path.setdefault(path, []).append(rid)  # several objects may share a file
     dirs = sorted({os.path.dirname(path) for path in by_path} | set(by_path))
     existing = await asyncio.to_thread(_real_directories, dirs, settings)
     if not existing:
@@ -302,8 +307,7 @@ async def watch(paths: Mapping[str, str], settings: ProviderSettings) -> AsyncIt
         *existing, recursive=False, watch_filter=None, debounce=50, step=50
     ):
         for _, path in changes:
-            rid = by_path.get(path)
-            if rid is not None:
+            for rid in by_path.get(path, ()):
                 yield rid
 
 
