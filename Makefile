@@ -22,8 +22,8 @@ install: $(VENV)/.installed
 # Apply the bundled demo config repository into a sandbox, then show that a
 # second plan finds nothing to do.
 demo: install
-	$(BIN)/reconciler apply configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
-	$(BIN)/reconciler plan configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state
+	$(BIN)/reconciler apply configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state --allow-commands
+	$(BIN)/reconciler plan configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state --allow-commands
 
 # The daemon on a local git repository made from configs/demo (kept between runs,
 # so your commits survive): managed files under $(DEMO_ROOT), state in
@@ -34,7 +34,7 @@ run: install
 	  git -C $(DEMO_REPO) init -q -b main && git -C $(DEMO_REPO) add -A && \
 	  git -C $(DEMO_REPO) -c user.name=demo -c user.email=demo@example.invalid \
 	    commit -q -m "demo configuration" && echo "created the demo repository $(DEMO_REPO)"; fi
-	$(BIN)/reconciler run --repo $(DEMO_REPO) --interval 5s --root $(DEMO_ROOT) \
+	$(BIN)/reconciler run --repo $(DEMO_REPO) --interval 5s --root $(DEMO_ROOT) --allow-commands \
 	  --state-dir $(DEMO_ROOT)/.state
 
 lint: install

@@ -19,10 +19,18 @@ def test_demo_applies_and_second_apply_is_a_no_op(sandbox: Sandbox) -> None:
         text = manifest.read_text().replace(DEMO_ROOT, str(sandbox.root))
         manifest.write_text(text)
     (sandbox.config / "files" / "logrotate.conf").write_text("weekly\n")
-    first = sandbox.run("apply", check=0)
-    assert "6 created" in first.stdout
+    first = sandbox.run("apply", "--allow-commands", check=0)
+    assert "7 created" in first.stdout
     assert (sandbox.root / "srv/app/config.ini").read_text().count("port = 8080") == 1
     assert (sandbox.root / "srv/current").readlink() == Path("app")
-    second = sandbox.run("apply", check=0)
-    assert "6 unchanged" in second.stdout
-    sandbox.run("plan", check=0)
+    reloads = sandbox.root / "srv/app/reloads.log"
+    assert reloads.read_text().count("reloaded") == 1
+    second = sandbox.run("apply", "--allow-commands", check=0)
+    assert "7 unchanged" in second.stdout
+    sandbox.run("plan", "--allow-commands", check=0)
+    (sandbox.root / "srv/app/config.ini").write_text("port = 1\n")  # by hand: healed, reloaded
+    third = sandbox.run("apply", "--allow-commands", check=0)
+    assert "1 healed" in third.stdout and "1 updated" in third.stdout, third.stdout
+    assert reloads.read_text().count("reloaded") == 2
+    refused = sandbox.run("validate", check=1)  # commands are the operator's choice
+    assert "--allow-commands" in refused.stderr
