@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, NoReturn, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -65,38 +66,42 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
+def _resource_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+    for item in value:
+        if item.count("/") != 1 or not all(item.split("/")):
+            raise ValueError(f"expected a resource id Kind/name, found {item!r}")
+    return value
+
+
+def _json_pointers(value: tuple[str, ...]) -> tuple[str, ...]:
+    for item in value:
+        if not item.startswith("/"):
+            raise ValueError(f"expected a JSON pointer such as /mode, found {item!r}")
+    return value
+
+
+ResourceIds = Annotated[tuple[str, ...], AfterValidator(_resource_ids)]
+"""A list of resource ids (`Kind/name`) in a spec or policy."""
+JsonPointers = Annotated[tuple[str, ...], AfterValidator(_json_pointers)]
+"""A list of JSON pointers (`/a/b`) in a spec or policy."""
+
+
 class Policy(BaseModel):
     """Engine knobs of one resource (`policy:` in a manifest)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    depends_on: tuple[str, ...] = Field(default=(), alias="dependsOn")
+    depends_on: ResourceIds = Field(default=(), alias="dependsOn")
     drift: Literal["heal", "warn", "ignore"] = "heal"
     prune: bool = True
     suspend: bool = False
     resync: float = 300.0
-    ignore_fields: tuple[str, ...] = Field(default=(), alias="ignoreFields")
+    ignore_fields: JsonPointers = Field(default=(), alias="ignoreFields")
 
     @field_validator("resync", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
-
-    @field_validator("depends_on")
-    @classmethod
-    def _ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            if item.count("/") != 1 or not all(item.split("/")):
-                raise ValueError(f"expected a resource id Kind/name, found {item!r}")
-        return value
-
-    @field_validator("ignore_fields")
-    @classmethod
-    def _pointers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            if not item.startswith("/"):
-                raise ValueError(f"expected a JSON pointer such as /mode, found {item!r}")
-        return value
 
 
 DEFAULT_POLICY = Policy()

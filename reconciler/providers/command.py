@@ -54,6 +54,7 @@ from reconciler.model import (
     PrepareContext,
     Provider,
     ResourceId,
+    ResourceIds,
     Sensitive,
     SensitiveStr,
     SpecError,
@@ -126,7 +127,7 @@ class CommandSpec(BaseModel):
     """A guard: an argv list, or a string run with /bin/sh -c."""
     only_if: Argv | Text | None = Field(default=None, alias="onlyIf")
     guard_timeout: Duration = Field(default=30.0, alias="guardTimeout")
-    refresh_on: tuple[str, ...] = Field(default=(), alias="refreshOn")
+    refresh_on: ResourceIds = Field(default=(), alias="refreshOn")
 
     @field_validator("env")
     @classmethod
@@ -148,14 +149,6 @@ class CommandSpec(BaseModel):
     def _user(cls, value: str | None) -> str | None:
         if value is not None and not _USER.match(value):
             raise ValueError(f"expected a user name or a numeric uid, found {value!r}")
-        return value
-
-    @field_validator("refresh_on")
-    @classmethod
-    def _ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            if item.count("/") != 1 or not all(item.split("/")):
-                raise ValueError(f"expected a resource id Kind/name, found {item!r}")
         return value
 
     @property
