@@ -6,7 +6,12 @@ A `Case` says how to build the provider, how to make valid specs (and a changed
 variant of one), how to change the real object out of band, how to check and
 find the real object, how to snapshot the real system (to prove that observe and
 plan change nothing), which specs must be rejected and, optionally, how to put a
-secret into a spec. Every callable of a case receives the `Harness` first: its
+secret into a spec. The defaults are the strict contract; a kind that differs by
+its nature says so in the case, each difference named and documented: a plan
+other than UPDATE for a changed spec (`update_action`), no absent state
+(`absent_is_none`), updates that only add (`updates_replace`), and scenarios that
+do not apply at all (`skip`, each with its reason, reported as a pytest skip).
+Every callable of a case receives the `Harness` first: its
 `root` (a fresh directory, the only allowed root), `token` (unique per test, for
 names on a shared server) and `target` (the value of the pytest fixture the case
 names, such as a server's address). A callable may be a coroutine function.
@@ -26,7 +31,7 @@ import os
 import secrets
 import stat
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from reconciler.manifests import Issue, ManifestError, load
 from reconciler.model import (
     API_VERSION,
     PREPARED,
+    Action,
     DesiredState,
     Plan,
     Provider,
@@ -156,10 +162,34 @@ class Case:
     """Other providers those documents need (the Connection provider)."""
     fixture: str | None = None
     """A pytest fixture whose value becomes `Harness.target` (a server)."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the providers' `ProviderSettings` besides `roots` and
+    `state_dir` (which they may override), for example `{"allow_commands": True}`."""
+    setup: Callable[[Harness], Awaitable[None] | None] | None = None
+    """Called at the start of each scenario but the invalid-spec one, in its event
+    loop: make what the specs refer to but the provider does not manage (a
+    grantee role, a table)."""
     cleanup: Callable[[Harness], Awaitable[None] | None] | None = None
     """Called at the end of each scenario, in its event loop: close what the
     provider opened in that loop (client pools), remove what it made on a shared
     server."""
+    skip: Mapping[str, str] = field(default_factory=dict)
+    """Scenarios that do not apply to the kind by its nature: the scenario's test
+    name (`test_delete`) to the reason, reported as that test's skip. Skipping
+    `test_delete` also says that delete does not remove the object: the prune and
+    secret scenarios then require only that delete of the stored spec succeeds."""
+    absent_is_none: bool = True
+    """Whether observe answers None for an object that was never made. False for a
+    kind without an absent state (a Command's observation says whether it must
+    run, before its first run too): the scenarios then require that what observe
+    answers for such an object plans a CREATE."""
+    update_action: Action = Action.UPDATE
+    """The action of the plan of `changed` for an object made from `spec` (a
+    changed Command is a new run: CREATE)."""
+    updates_replace: bool = True
+    """Whether, once `changed` is applied, the original spec plans a change again
+    (a field holds one value). False for a kind whose updates only add (a grant's
+    privileges are granted, never revoked by an update)."""
     marks: tuple[pytest.MarkDecorator, ...] = ()
     """Marks of every test of the case, for example a skipif."""
     name: str | None = None
@@ -169,9 +199,26 @@ class Case:
     timeout: float = 30.0
     """Seconds each scenario may take."""
 
+    def __post_init__(self) -> None:
+        for scenario, reason in self.skip.items():
+            if not scenario.startswith("test_") or not str(reason).strip():
+                raise ValueError(
+                    f"{self.kind}: skip maps a scenario's test name (test_delete) to the "
+                    f"reason it does not apply; found {scenario!r}: {reason!r}"
+                )
+        if self.update_action not in (Action.CREATE, Action.UPDATE):
+            raise ValueError(
+                f"{self.kind}: update_action is CREATE or UPDATE, found {self.update_action}"
+            )
+
     @property
     def kind(self) -> str:
         return self.name or str(getattr(self.provider, "kind", "provider"))
+
+    @property
+    def delete_removes(self) -> bool:
+        """Whether delete removes the object (see `skip`)."""
+        return "test_delete" not in self.skip
 
     def __str__(self) -> str:
         return self.kind
@@ -186,8 +233,8 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 class Harness:
     """One case bound to a fresh temporary directory: the provider, its settings
-    (the directory's `root` as the only root, `state` as the state directory),
-    and its calls as the engine makes them."""
+    (the directory's `root` as the only root, `state` as the state directory,
+    and the case's `settings`), and its calls as the engine makes them."""
 
     def __init__(self, case: Case, tmp: Path, target: Any = None) -> None:
         self.case = case
@@ -199,7 +246,8 @@ class Harness:
         self.state = tmp / "state"
         for directory in (self.root, self.config, self.state):
             directory.mkdir(exist_ok=True)
-        self.settings = ProviderSettings(roots=(str(self.root),), state_dir=str(self.state))
+        arguments: dict[str, Any] = {"roots": (str(self.root),), "state_dir": str(self.state)}
+        self.settings = ProviderSettings(**(arguments | dict(case.settings)))
         self.provider = case.provider(self.settings)
         companions = [make(self.settings) for make in case.companions]
         self.registry = Registry([self.provider, *companions])
@@ -309,6 +357,10 @@ class Harness:
 
     async def snapshot(self) -> Any:
         return await _call(self.case.snapshot, self)
+
+    async def setup(self) -> None:
+        if self.case.setup is not None:
+            await _call(self.case.setup, self)
 
     async def cleanup(self) -> None:
         if self.case.cleanup is not None:

@@ -24,21 +24,28 @@ from typing import Any
 import pytest
 from psycopg import sql as pg_sql
 
+from reconciler.model import Action
 from reconciler.providers import _postgres
+from reconciler.providers.command import CommandProvider
 from reconciler.providers.connection import ConnectionProvider
 from reconciler.providers.directory import DirectoryProvider
 from reconciler.providers.files import FileProvider
 from reconciler.providers.http import HttpObjectProvider
+from reconciler.providers.postgres_database import PostgresDatabaseProvider
+from reconciler.providers.postgres_grant import PostgresGrantProvider
 from reconciler.providers.postgres_role import PostgresRoleProvider
 from reconciler.providers.symlink import SymlinkProvider
 from reconciler.testing import Case, Drift, Harness, Invalid, SpecData, tree_snapshot
 
 __all__ = [
     "CASES",
+    "COMMAND",
     "DIRECTORY",
     "FILE",
     "FILESYSTEM_CASES",
     "HTTP_OBJECT",
+    "POSTGRES_DATABASE",
+    "POSTGRES_GRANT",
     "POSTGRES_ROLE",
     "SYMLINK",
     "params",
@@ -373,7 +380,7 @@ def _pg_documents(h: Harness) -> list[dict[str, Any]]:
     ]
 
 
-def _pg_name(h: Harness, n: int) -> str:
+def _pg_name(h: Harness, n: int | str) -> str:
     return f"kit_{h.token}_{n}"
 
 
@@ -450,10 +457,307 @@ POSTGRES_ROLE = Case(
 )
 
 
+# PostgresDatabase and PostgresGrant, on the same server and Connection as
+# PostgresRole; what their specs refer to but they do not manage (owner and
+# grantee roles, a table) is made by the case's setup and dropped by its cleanup
+
+
+def _pg_sql(h: Harness, *statements: pg_sql.Composable) -> None:
+    """Statements out of band, in one session."""
+    with h.target.connect() as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _pg_id(*parts: str) -> pg_sql.Identifier:
+    return pg_sql.Identifier(*parts)
+
+
+def _pg_owner(h: Harness, n: int) -> str:
+    return f"kit_{h.token}_owner{n % 2}"
+
+
+async def _pg_drop_all(h: Harness) -> None:
+    """Close the provider's pools (opened in this scenario's loop), then drop the
+    kit_<token>_* databases (sessions ended), schema and roles."""
+    await _postgres.close_pools()
+    pattern = f"kit_{h.token}_%"
+    with h.target.connect() as conn:
+        for what, query in (
+            ("DATABASE {} WITH (FORCE)", "SELECT datname FROM pg_database WHERE datname LIKE %s"),
+            ("SCHEMA {} CASCADE", "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s"),
+            ("ROLE {}", "SELECT rolname FROM pg_roles WHERE rolname LIKE %s"),
+        ):
+            for (name,) in conn.execute(query, (pattern,)).fetchall():
+                conn.execute(pg_sql.SQL("DROP " + what).format(_pg_id(name)))
+
+
+def _pg_database_setup(h: Harness) -> None:
+    _pg_sql(h, *(pg_sql.SQL("CREATE ROLE {}").format(_pg_id(_pg_owner(h, n))) for n in (0, 1)))
+
+
+def _pg_database_spec(h: Harness, n: int) -> SpecData:
+    return {
+        "connection": "db",
+        "name": _pg_name(h, n),
+        "owner": _pg_owner(h, n),
+        "encoding": "UTF8",
+        "locale": "C.UTF-8",
+    }
+
+
+def _pg_database_row(h: Harness, data: SpecData) -> tuple[Any, ...] | None:
+    rows = h.target.sql(
+        "SELECT pg_get_userbyid(datdba)::text, pg_encoding_to_char(encoding)::text,"
+        " datcollate::text, datctype::text FROM pg_database WHERE datname = %s",
+        (data["name"],),
+    )
+    return rows[0] if rows else None
+
+
+def _pg_database_check(h: Harness, data: SpecData) -> None:
+    assert _pg_database_row(h, data) == (data["owner"], "UTF8", "C.UTF-8", "C.UTF-8")
+
+
+def _pg_database_alter(what: str) -> Callable[[Harness, SpecData], None]:
+    def alter(h: Harness, data: SpecData) -> None:
+        _pg_sql(h, pg_sql.SQL(what).format(_pg_id(data["name"])))
+
+    return alter
+
+
+POSTGRES_DATABASE = Case(
+    provider=PostgresDatabaseProvider,
+    fixture="postgres_server",
+    documents=_pg_documents,
+    companions=(ConnectionProvider,),
+    setup=_pg_database_setup,
+    cleanup=_pg_drop_all,
+    spec=_pg_database_spec,
+    changed=lambda data: {
+        **data,
+        "owner": data["owner"][:-1] + str(1 - int(data["owner"][-1])),
+    },
+    changed_fields=frozenset({"/owner"}),
+    check=_pg_database_check,
+    exists=lambda h, data: _pg_database_row(h, data) is not None,
+    drifts=(
+        Drift("owner", "/owner", _pg_database_alter("ALTER DATABASE {} OWNER TO postgres")),
+        Drift("dropped", "/name", _pg_database_alter("DROP DATABASE {} WITH (FORCE)")),
+    ),
+    invalid=(
+        Invalid(
+            "unknown-field", lambda h: {"connection": "db", "name": "x", "size": 1}, "spec.size"
+        ),
+        Invalid("no-name", lambda h: {"connection": "db"}, "spec.name"),
+        Invalid("name-too-long", lambda h: {"connection": "db", "name": "d" * 64}, "spec.name"),
+        Invalid(
+            "encoding-not-a-name",
+            lambda h: {"connection": "db", "name": "x", "encoding": "UTF8; DROP"},
+            "spec.encoding",
+        ),
+        Invalid(
+            "undeclared-connection",
+            lambda h: {"connection": "nope", "name": "x"},
+            "spec.connection",
+        ),
+    ),
+    snapshot=lambda h: h.target.sql(
+        "SELECT datname, pg_get_userbyid(datdba), encoding, datcollate, datctype"
+        " FROM pg_database ORDER BY 1"
+    ),
+    many=4,  # a CREATE DATABASE copies template0 (0.1 s): the fewest the batch takes
+    marks=(pytest.mark.timeout(60),),
+)
+
+
+_PG_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+_PG_GRANTEES = 5
+"""Grantee roles made by setup: spec n grants to role n (the batch takes 5)."""
+
+
+def _pg_grant_setup(h: Harness) -> None:
+    schema = _pg_name(h, "s")
+    _pg_sql(
+        h,
+        pg_sql.SQL("CREATE SCHEMA {}").format(_pg_id(schema)),
+        pg_sql.SQL("CREATE TABLE {} (id int)").format(_pg_id(schema, "t")),
+        *(pg_sql.SQL("CREATE ROLE {}").format(_pg_id(_pg_name(h, n))) for n in range(_PG_GRANTEES)),
+    )
+
+
+def _pg_grant_spec(h: Harness, n: int) -> SpecData:
+    # privileges by the bits of n + 1: each object's observation differs
+    privileges = [p for i, p in enumerate(_PG_TABLE_PRIVILEGES[1:]) if (n + 1) >> i & 1]
+    return {
+        "connection": "db",
+        "role": _pg_name(h, n),
+        "on": "table",
+        "schema": _pg_name(h, "s"),
+        "table": "t",
+        "privileges": ["SELECT", *privileges],
+    }
+
+
+def _pg_held(h: Harness, data: SpecData) -> set[str]:
+    """The privileges the grantee holds directly on the table."""
+    rows = h.target.sql(
+        "SELECT a.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
+        " aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.grantee = %s::regrole",
+        (data["schema"], data["table"], data["role"]),
+    )
+    return {privilege for (privilege,) in rows}
+
+
+def _pg_revoke(which: str) -> Callable[[Harness, SpecData], None]:
+    def revoke(h: Harness, data: SpecData) -> None:
+        privileges = data["privileges"][:1] if which == "first" else data["privileges"]
+        _pg_sql(
+            h,
+            pg_sql.SQL("REVOKE {} ON {} FROM {}").format(
+                pg_sql.SQL(", ").join(pg_sql.SQL(p) for p in privileges),  # the table's names
+                _pg_id(data["schema"], data["table"]),
+                _pg_id(data["role"]),
+            ),
+        )
+
+    return revoke
+
+
+def _pg_grant_bad(**over: Any) -> Callable[[Harness], SpecData]:
+    return lambda h: {**_pg_grant_spec(h, 0), **over}
+
+
+POSTGRES_GRANT = Case(
+    provider=PostgresGrantProvider,
+    fixture="postgres_server",
+    documents=_pg_documents,
+    companions=(ConnectionProvider,),
+    setup=_pg_grant_setup,
+    cleanup=_pg_drop_all,
+    spec=_pg_grant_spec,
+    changed=lambda data: {**data, "privileges": [*data["privileges"], "TRIGGER"]},
+    changed_fields=frozenset({"/privileges"}),
+    # an update grants what was added and revokes nothing (decision 0085): the
+    # old spec's privileges are still held
+    updates_replace=False,
+    check=lambda h, data: _pg_assert_held(h, data),
+    exists=lambda h, data: bool(_pg_held(h, data)),
+    drifts=(
+        Drift("one-revoked", "/privileges", _pg_revoke("first")),
+        Drift("all-revoked", "/privileges", _pg_revoke("all")),
+    ),
+    invalid=(
+        Invalid("unknown-field", _pg_grant_bad(grantor="x"), "spec.grantor"),
+        Invalid("not-a-table-privilege", _pg_grant_bad(privileges=["CONNECT"]), "spec.privileges"),
+        Invalid("no-privileges", _pg_grant_bad(privileges=[]), "spec.privileges"),
+        Invalid("unknown-object", _pg_grant_bad(on="view"), "spec.on"),
+        Invalid("table-without-schema", _pg_grant_bad(schema=None)),
+        Invalid(
+            "no-role",
+            lambda h: {
+                "connection": "db",
+                "on": "database",
+                "database": "d",
+                "privileges": ["CONNECT"],
+            },
+            "spec.role",
+        ),
+    ),
+    snapshot=lambda h: h.target.sql(
+        "SELECT c.oid::regclass::text, a.grantee::regrole::text, a.privilege_type"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
+        " aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a"
+        " WHERE n.nspname = %s ORDER BY 1, 2, 3",
+        (_pg_name(h, "s"),),
+    ),
+    many=_PG_GRANTEES,
+    marks=(pytest.mark.timeout(60),),
+)
+
+
+def _pg_assert_held(h: Harness, data: SpecData) -> None:
+    held = _pg_held(h, data)
+    assert held == set(data["privileges"]), f"{data['role']} holds {sorted(held)}"
+
+
+# Command, on real processes: spec n writes v<n> into the file c<n> under the
+# root, guarded by `unless` comparing the file; the run records are in the
+# harness's state directory
+
+
+def _command_spec(h: Harness, n: int) -> SpecData:
+    return {
+        "argv": ["sh", "-c", 'printf %s "$V" > "$OUT"'],
+        "env": {"OUT": str(h.root / f"c{n}"), "V": f"v{n}"},
+        "unless": 'test "$(cat "$OUT")" = "$V"',
+    }
+
+
+def _command_check(h: Harness, data: SpecData) -> None:
+    assert Path(data["env"]["OUT"]).read_text() == data["env"]["V"]
+
+
+def _command_rewrite(h: Harness, data: SpecData) -> None:
+    Path(data["env"]["OUT"]).write_text("by hand")
+
+
+def _command_snapshot(h: Harness) -> Any:
+    """The root (what the commands write) and the state directory (the run
+    records): observing must change neither."""
+    return tree_snapshot(h.root), tree_snapshot(h.state)
+
+
+COMMAND = Case(
+    provider=CommandProvider,
+    settings={"allow_commands": True},  # operators opt in with --allow-commands
+    spec=_command_spec,
+    changed=lambda data: {**data, "env": {**data["env"], "V": data["env"]["V"] + "-next"}},
+    changed_fields=frozenset({"/unless"}),
+    # a changed spec is a new run, with its own record (decision 0074)
+    update_action=Action.CREATE,
+    # a command's observation says whether it must run, before its first run too
+    absent_is_none=False,
+    skip={
+        "test_delete": "a command cannot be un-run: delete forgets its run record and "
+        "leaves what the command did (decision 0076)",
+    },
+    check=_command_check,
+    exists=lambda h, data: os.path.exists(data["env"]["OUT"]),
+    drifts=(
+        Drift("rewritten", "/unless", _command_rewrite),
+        Drift("deleted", "/unless", lambda h, d: os.unlink(d["env"]["OUT"])),
+    ),
+    invalid=(
+        Invalid("shell-with-argv", lambda h: {"shell": True, "argv": ["ls"]}, "spec.argv"),
+        Invalid("nothing-to-run", lambda h: {}, "spec.argv"),
+        Invalid("empty-argv", lambda h: {"argv": []}, "spec.argv"),
+        Invalid("command-without-shell", lambda h: {"command": "ls"}, "spec.command"),
+        Invalid("relative-creates", lambda h: {"argv": ["ls"], "creates": "x"}, "spec.creates"),
+        Invalid("env-name", lambda h: {"argv": ["ls"], "env": {"A-B": "1"}}, "spec.env"),
+        Invalid("nul-in-argv", lambda h: {"argv": ["l\0s"]}),
+        Invalid("unknown-field", lambda h: {"argv": ["ls"], "stdin": "x"}, "spec.stdin"),
+    ),
+    snapshot=_command_snapshot,
+    # no guard: a rotated secret is a changed spec, so a new run; the command
+    # prints the secret, which its note must mask
+    secret=lambda h, ref: {"argv": ["sh", "-c", 'echo "token: $T"'], "env": {"T": ref}},
+    many=5,  # each observation spawns a guard: the batch scenario spawns about 40
+)
+
+
 FILESYSTEM_CASES: tuple[Case, ...] = (FILE, DIRECTORY, SYMLINK)
 """The cases the filesystem safety tests also run on."""
 
-CASES: tuple[Case, ...] = (*FILESYSTEM_CASES, HTTP_OBJECT, POSTGRES_ROLE)
+CASES: tuple[Case, ...] = (
+    *FILESYSTEM_CASES,
+    COMMAND,
+    HTTP_OBJECT,
+    POSTGRES_ROLE,
+    POSTGRES_DATABASE,
+    POSTGRES_GRANT,
+)
 """Every provider the shared scenarios run on: add a provider's case here."""
 
 

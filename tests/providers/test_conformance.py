@@ -15,17 +15,27 @@ import os
 import pwd
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.confined import ConfinementError
-from reconciler.model import PermanentError
-from reconciler.testing import Case, Harness, ProviderConformance, SpecData, fields, tree_snapshot
+from reconciler.model import Action, PermanentError
+from reconciler.testing import (
+    Case,
+    Harness,
+    ProviderConformance,
+    SpecData,
+    fields,
+    plugin,
+    tree_snapshot,
+)
 from tests.httpserver import ApiServer
 from tests.providers.conformance import (
     CASES,
+    COMMAND,
     DIRECTORY,
     FILE,
     FILESYSTEM_CASES,
@@ -39,6 +49,76 @@ class TestBuiltinProviders(ProviderConformance):
     """The packaged kit's scenarios on every built-in provider."""
 
     cases = CASES
+
+
+# the kit's own rules for opting out
+
+
+class _Metafunc:
+    """What the plugin reads of pytest's Metafunc, and what it parametrizes."""
+
+    def __init__(self, cls: type, test: str, *fixtures: str) -> None:
+        self.cls = cls
+        self.function = getattr(cls, test)
+        self.fixturenames = ["conformance_case", *fixtures]
+        self.params: list[Any] = []
+
+    def parametrize(self, names: Any, params: list[Any]) -> None:
+        self.params = params
+
+
+def _skips(param: Any) -> list[str]:
+    return [m.kwargs["reason"] for m in param.marks if m.name == "skip"]
+
+
+def test_a_skipped_scenario_is_reported_with_its_reason() -> None:
+    class TestKinds(ProviderConformance):
+        cases = (COMMAND, FILE)
+
+    skipped = _Metafunc(TestKinds, "test_delete")
+    plugin.pytest_generate_tests(skipped)  # type: ignore[arg-type]
+    run = _Metafunc(TestKinds, "test_update")
+    plugin.pytest_generate_tests(run)  # type: ignore[arg-type]
+    drift = _Metafunc(TestKinds, "test_drift_is_detected_and_healed", "conformance_drift")
+    plugin.pytest_generate_tests(drift)  # type: ignore[arg-type]
+
+    assert [_skips(p) for p in skipped.params] == [
+        [f"Command: {COMMAND.skip['test_delete']}"],
+        [],
+    ]
+    assert all(_skips(p) == [] for p in run.params + drift.params)
+
+
+def test_a_skip_of_no_scenario_is_an_error() -> None:
+    class TestTypo(ProviderConformance):
+        cases = (replace(FILE, skip={"test_delet": "a typo"}),)
+
+    with pytest.raises(TypeError, match="skips test_delet, which is no test of the class"):
+        plugin.pytest_generate_tests(_Metafunc(TestTypo, "test_update"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"skip": {"test_delete": " "}},
+        {"skip": {"delete": "not a test name"}},
+        {"update_action": Action.NONE},
+    ],
+    ids=["no-reason", "not-a-test-name", "update-action-none"],
+)
+def test_an_opt_out_must_be_well_formed(over: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="File: "):
+        replace(FILE, **over)
+
+
+def test_a_case_gives_provider_settings(tmp_path: Path) -> None:
+    harness = Harness(COMMAND, tmp_path)
+
+    assert harness.settings.allow_commands
+    assert harness.settings.roots == (str(harness.root),)
+    assert harness.settings.state_dir == str(harness.state)
+    (tmp_path / "file").mkdir()
+    assert not Harness(FILE, tmp_path / "file").settings.allow_commands
 
 
 @pytest.fixture
