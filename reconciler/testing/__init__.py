@@ -7,7 +7,10 @@ on the real target: create from nothing, an idempotent second pass, out-of-band
 drift detected and healed, update, delete and prune from the stored spec,
 observe and plan without side effects, invalid specs rejected by the real loader
 with their file, line and field, secrets never shown, the batched calls the
-engine makes, and watch. docs/writing-providers.md walks through an example.
+engine makes, and watch. A kind that differs from the contract by its nature
+says so in its case (`absent_is_none`, `update_action`, `updates_replace`, and
+`skip`: a scenario that does not apply, with the reason its skip reports).
+docs/writing-providers.md walks through an example.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 (`reconciler.testing`): test_conformance.py runs the shared scenarios on `CASES`,
 then the safety cases specific to the filesystem providers on `FILESYSTEM_CASES`.
 
-A built-in provider joins the suite by adding one `reconciler.testing.Case` to
-`CASES` (see docs/writing-providers.md for what each field means). A case whose
-target is a server names the fixture that starts it (`fixture="postgres"`) and
-reads it as `h.target` in its callables; `marks` can skip it where the server
-cannot run. Nothing of the provider is mocked.
+Every built-in provider has a case in `CASES`; a new one joins the suite by
+adding its `reconciler.testing.Case` there (see docs/writing-providers.md for what
+each field means). A case whose target is a server names the fixture that starts
+it (`fixture="postgres_server"`) and reads it as `h.target` in its callables;
+`marks` can skip it where the server cannot run. Where a kind differs from the
+contract by its nature (Command, PostgresGrant), its case says so with the kit's
+declared differences and skips, each with the reason. Nothing of the provider is
+mocked.
 """
 
 from __future__ import annotations
@@ -640,7 +643,9 @@ POSTGRES_GRANT = Case(
     changed=lambda data: {**data, "privileges": [*data["privileges"], "TRIGGER"]},
     changed_fields=frozenset({"/privileges"}),
     # an update grants what was added and revokes nothing (decision 0085): the
-    # old spec's privileges are still held
+    # old spec's privileges are still held. So a privilege dropped from the spec
+    # stays granted, also after the resource is pruned (only the stored spec's
+    # privileges are revoked): a gap of 0085, reported, not the kit's to judge
     updates_replace=False,
     check=lambda h, data: _pg_assert_held(h, data),
     exists=lambda h, data: bool(_pg_held(h, data)),
