@@ -386,27 +386,23 @@ class Engine:
                         self._refreshers.setdefault(target, []).append(rid)
         self._bound = desired
 
-    def _install_changes(self, inventory: Mapping[ResourceId, Record]) -> None:
+    def _install_changes(self) -> None:
         """The change tokens of the resources something refreshes on: when each
-        last reached InSync through a recorded transition (clean drift checks
-        record none, so only applies and spec changes move it)."""
-        tokens = {}
-        for rid in self._refreshers:
-            record = inventory.get(rid)
-            if record is not None and record.state is State.IN_SYNC:
-                tokens[rid] = repr(record.last_transition)
+        was last applied (its last `applied` transition in the store's history)."""
+        applied = self.store.last_events(self._refreshers, Event.APPLIED)
+        tokens = {rid: repr(at) for rid, at in applied.items()}
         for changes in self._changes():
             changes.install(tokens)
 
     def _changes(self) -> list[Changes]:
-        return list(
-            {id(p.settings.changes): p.settings.changes for p in self.registry.values()}.values()
-        )
+        unique = {id(p.settings.changes): p.settings.changes for p in self.registry.values()}
+        return list(unique.values())
 
-    def reached_in_sync(self, rid: ResourceId, at: float) -> None:
-        """`rid` reached InSync through a recorded transition at `at` (the store's
-        last_transition): the token its refreshers compare moves on at once, so a
-        refresher driven later in the same pass sees it."""
+    def applied(self, rid: ResourceId, at: float) -> None:
+        """`rid` was applied at `at` (the time of its `applied` transition): the
+        token its refreshers compare moves on at once, so a refresher driven later
+        in the same pass sees it. Nothing else (a resume, a spec change with an
+        empty plan) moves it."""
         if rid in self._refreshers:
             for changes in self._changes():
                 changes.set(rid, repr(at))
@@ -435,7 +431,7 @@ class Engine:
         if desired.revision != self.store.last_revision():
             self.store.set_revision(desired.revision)
         if self._refreshers:
-            self._install_changes(inventory)
+            self._install_changes()
         pass_ = _Pass(self, desired, inventory, handovers, only, trigger)
         try:
             await pass_.run(removed)
@@ -446,7 +442,6 @@ class Engine:
         refresh = self._to_refresh(desired, results)
         if refresh:  # a second pass, with the tokens of what this one applied
             inventory = self.store.inventory()
-            self._install_changes(inventory)
             again = _Pass(self, desired, inventory, {}, refresh, trigger, refresh=refresh)
             try:
                 await again.run([])
@@ -554,7 +549,7 @@ class Engine:
         self.bind(desired)
         inventory = self.store.inventory()
         if self._refreshers:
-            self._install_changes(inventory)
+            self._install_changes()
         observer = _observer(self.registry, asyncio.Semaphore(self.concurrency))
 
         async def one(res: Resource) -> Planned:
@@ -788,8 +783,8 @@ class _Pass:
                 return new
             self._write_held(rid)
         at = self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
-        if new is State.IN_SYNC:
-            self.engine.reached_in_sync(rid, at)
+        if outcome.event is Event.APPLIED:
+            self.engine.applied(rid, at)
         return new
 
     def _write_held(self, rid: ResourceId) -> None:

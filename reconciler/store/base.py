@@ -8,6 +8,7 @@ today; a networked store can implement the same protocol.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +113,11 @@ class Store(Protocol):
 
     def last_fetched(self, source: str) -> float | None:
         """The time of the last successful fetch of `source`, across restarts."""
+
+    def last_events(self, ids: Collection[str], event: str) -> dict[str, float]:
+        """When each of `ids` last had a transition by `event` (from the bounded
+        history: an id whose history holds none is missing)."""
+        ...
 
     def history(
         self,

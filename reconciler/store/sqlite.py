@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from reconciler.fsm import State
@@ -341,6 +341,24 @@ class SqliteStore:
             "SELECT last_success FROM sources WHERE source = ?", (source,)
         ).fetchone()
         return None if row is None else float(row[0])
+
+    def last_events(self, ids: Collection[str], event: str) -> dict[str, float]:
+        """When each of `ids` last had a transition by `event`, from the history
+        (an id whose history holds none, or was trimmed away, is missing)."""
+        found: dict[str, float] = {}
+        wanted = set(ids)
+        if self._db is not None and wanted:
+            for rid in wanted:  # the (id, seq) index: one short range scan per id
+                row = self._db.execute(
+                    "SELECT ts FROM events WHERE id = ? AND event = ? ORDER BY seq DESC LIMIT 1",
+                    (rid, event),
+                ).fetchone()
+                if row is not None:
+                    found[rid] = float(row[0])
+        for ts, rid, _, _, name, _ in self._events:  # not flushed yet: newer
+            if rid in wanted and name == event:
+                found[rid] = ts
+        return found
 
     def history(
         self,

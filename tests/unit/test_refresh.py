@@ -100,10 +100,10 @@ class Rig:
         self.restarter = Restarter(settings)
         self.registry = Registry([FileProvider(settings), self.restarter])
 
-    def write(self, content: str) -> None:
+    def write(self, content: str, policy: str = "") -> None:
         (self.config / "m.yaml").write_text(
             HEAD + "kind: File\nmetadata: {name: conf}\n"
-            f"spec: {{path: {self.root}/app.conf, content: {content!r}}}\n---\n"
+            f"spec: {{path: {self.root}/app.conf, content: {content!r}}}\n{policy}---\n"
             + HEAD
             + "kind: Restart\nmetadata: {name: app}\n"
             "spec: {service: app, refreshOn: [File/conf]}\n"
@@ -162,6 +162,23 @@ async def test_a_refresh_follows_an_apply_only(rig: Rig) -> None:
     report = await rig.converge()  # and then it rests
     assert {r.action for r in report.results.values()} == {"unchanged"}
     assert rig.restarter.restarts == ["app"] * 4
+
+
+async def test_a_resume_or_a_restart_is_no_change(rig: Rig) -> None:
+    rig.write("a\n")
+    await rig.converge()
+    assert rig.restarter.restarts == ["app"]
+    rig.write("a\n", policy="policy: {suspend: true}\n")
+    await rig.converge()
+    rig.write("a\n")  # resumed: observed again, found in sync, not applied
+    report = await rig.converge()
+    assert report.results["File/conf"].action == "unchanged"
+    assert report.results["Restart/app"].action == "unchanged"
+    assert rig.restarter.restarts == ["app"]
+    # a new engine (a restart) reads the same token from the store's history
+    report = await rig.converge()
+    assert {r.action for r in report.results.values()} == {"unchanged"}
+    assert rig.restarter.restarts == ["app"]
 
 
 async def test_a_refresh_target_must_exist(rig: Rig) -> None:
