@@ -28,7 +28,7 @@ import re
 import secrets
 import stringprep
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -64,6 +64,8 @@ class _Pool:
         self.idle: list[psycopg.AsyncConnection[Any]] = []
         self.facts: dict[str, Any] = {}
         """What a provider learnt about the server once (may it read pg_authid)."""
+        self.retired = False
+        """Forgotten by `retain`: sessions returned to it are closed, not kept."""
 
     def finish(self) -> None:
         """Close every idle session without awaiting (its loop may be gone)."""
@@ -102,6 +104,17 @@ async def close_pools() -> None:
             del _pools[key]
 
 
+def retain(conns: Iterable[PostgresConnection]) -> None:
+    """Forget the pools of connections not in `conns` (changed or removed by a
+    new revision): their idle sessions close now, busy ones when returned."""
+    kept = {conn.model_dump_json() for conn in conns}
+    for key, (_, pool) in list(_pools.items()):
+        if key[0] not in kept:
+            pool.finish()
+            pool.retired = True
+            del _pools[key]
+
+
 async def close_idle(conn: PostgresConnection, database: str) -> None:
     """Close this process's idle sessions to `database` on the server of `conn`
     (before dropping it: our own pooled sessions must not count as users)."""
@@ -131,6 +144,10 @@ def describe_error(conn: PostgresConnection, exc: BaseException) -> str:
     return mask(text, [password]) if password else text
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 async def _connect(conn: PostgresConnection) -> psycopg.AsyncConnection[Any]:
     where = conn.describe()
     kwargs: dict[str, Any] = {
@@ -142,6 +159,10 @@ async def _connect(conn: PostgresConnection) -> psycopg.AsyncConnection[Any]:
         "connect_timeout": max(1, round(conn.connect_timeout)),
         "application_name": "reconciler",
         "autocommit": True,
+        # a server that stops answering, or a lock another session holds, must
+        # not hold a pass forever: the statement fails (TemporaryError) instead
+        "options": f"-c statement_timeout={_ms(conn.statement_timeout)} "
+        f"-c lock_timeout={_ms(conn.statement_timeout)}",
     }
     if isinstance(conn.password, str):
         kwargs["password"] = str(conn.password)
@@ -181,7 +202,8 @@ async def session(conn: PostgresConnection) -> AsyncIterator[psycopg.AsyncConnec
 
 def _release(pool: _Pool, session: psycopg.AsyncConnection[Any]) -> None:
     """Back to the pool if it is still usable, outside any transaction."""
-    if session.closed or session.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    idle = session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if session.closed or not idle or pool.retired:
         session.pgconn.finish()
     else:
         pool.idle.append(session)

@@ -75,6 +75,9 @@ class PostgresConnection(_Base):
     sslrootcert: str | None = None
     """A CA certificate file (absolute path) for verify-ca / verify-full."""
     connect_timeout: Duration = Field(default=10.0, alias="connectTimeout")
+    statement_timeout: Duration = Field(default=60.0, alias="statementTimeout")
+    """Longest a statement may run or wait for a lock; past it the statement
+    fails with a temporary error (retried later) instead of holding the pass."""
     max_connections: int = Field(default=4, ge=1, le=64, alias="maxConnections")
     """Sessions the daemon may hold open to this server at once."""
 
@@ -212,6 +215,11 @@ class ConnectionProvider(Provider[ConnectionSpec]):
             from reconciler.providers import _http
 
             _http.retain(http)
+        pg = [spec.root for spec in specs.values() if isinstance(spec.root, PostgresConnection)]
+        if pg or "reconciler.providers._postgres" in sys.modules:  # and sessions
+            from reconciler.providers import _postgres
+
+            _postgres.retain(pg)
 
     async def observe_many(self, specs: Sequence[ConnectionSpec]) -> list[Observed | None]:
         """Each server answers, or the call raises (the engine then asks for each
