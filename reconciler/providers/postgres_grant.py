@@ -12,16 +12,24 @@ or one table, granted to a role.
       schema: public
       table: orders
 
-Drift is a privilege of the spec the role no longer holds directly (through
-its own ACL entry, not through PUBLIC or a role it belongs to). Privileges
-granted by others beyond the spec are left alone and not reported (see
-docs/decisions/0085). For `allTablesInSchema` a privilege counts as held when
-every table, view and sequence-less relation of the schema grants it, so a table
-created later is drift, and healing grants it.
+A grant manages the privileges reconciler's own grants show up under: the
+role's direct ACL entries on the object (not through PUBLIC or a role it
+belongs to) whose grantor is the one PostgreSQL records for the connection's
+user. That is the object's owner when the user has the owner's privileges (a
+superuser, the owner, a member of the owner role: PostgreSQL then grants and
+revokes "as the owner"), else the user itself (decision 0091). Of those, the
+spec's privileges are exactly what the role holds: a missing one is drift, and
+so is an extra one (granted by hand or left by an older spec), which healing
+revokes. Privileges from other grantors are neither reported nor touched, nor
+are the owner's own privileges when the grantee owns the object. For
+`allTablesInSchema` a spec privilege counts as held when every table, view,
+materialized view and foreign table of the schema grants it (a table created
+later is drift, and healing grants it), and so does an extra one.
 
 A grant that found none of its privileges in place counts as created, and its
-removal revokes exactly the spec's privileges; one found already in place is
-adopted and released untouched on removal.
+removal revokes all it manages: the spec's privileges and the extras in place
+(as this user, REVOKE removes only the grants recorded under its grantor). One
+found already in place is adopted and released untouched on removal.
 
 Grants are observed with one query per session: one for all grants on databases
 (and on objects of the connection's database), one per other database named.
@@ -29,7 +37,9 @@ Grants are observed with one query per session: one for all grants on databases
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -42,6 +52,7 @@ from reconciler.model import (
     Change,
     Observed,
     Plan,
+    TemporaryError,
 )
 from reconciler.providers import _postgres
 from reconciler.providers._postgres import PgName, PostgresProvider
@@ -133,9 +144,9 @@ class PostgresGrantProvider(PostgresProvider[PostgresGrantSpec]):
     async def observe_many(self, specs: Sequence[PostgresGrantSpec]) -> list[Observed | None]:
         observed: list[Observed | None] = [None] * len(specs)
         for conn, indexes in self.groups(specs, self._target):
-            held = await _held(conn, [specs[i] for i in indexes])
-            for i, privileges in zip(indexes, held, strict=True):
-                mine = sorted(set(privileges) & set(specs[i].privileges))
+            found = await _held(conn, [specs[i] for i in indexes])
+            for i, held in zip(indexes, found, strict=True):
+                mine = held.managed(specs[i])
                 observed[i] = {"privileges": mine} if mine else None
         return observed
 
@@ -143,26 +154,69 @@ class PostgresGrantProvider(PostgresProvider[PostgresGrantSpec]):
         wanted = list(spec.privileges)
         if observed is None:
             return Plan(Action.CREATE, (Change("/privileges", None, wanted),))
-        held = [p for p in wanted if p in observed["privileges"]]
-        if held == wanted:
-            return NO_CHANGES
-        return Plan(Action.UPDATE, (Change("/privileges", held, wanted),))
+        present = set(observed["privileges"])
+        held = [p for p in wanted if p in present]
+        changes = [Change("/privileges", held, wanted)] if held != wanted else []
+        # one change per privilege to revoke, so a plan names each
+        changes += [
+            Change(f"/privileges/{p}", True, False)
+            for p in PRIVILEGES[spec.on]
+            if p in present and p not in wanted
+        ]
+        return Plan(Action.UPDATE, tuple(changes)) if changes else NO_CHANGES
 
     async def apply(self, spec: PostgresGrantSpec, plan: Plan) -> None:
         conn = self._target(spec)
-        statement = sql.SQL("GRANT {} ON {} TO {}").format(
-            _privileges(spec), _object(spec), sql.Identifier(spec.role)
-        )
+        missing, extra = _missing_and_extra(spec, plan)
+        role = sql.Identifier(spec.role)
+        statements: list[sql.Composed] = []
+        if extra:
+            statements.append(
+                sql.SQL("REVOKE {} ON {} FROM {}").format(_keywords(extra), _object(spec), role)
+            )
+        if missing:
+            statements.append(
+                sql.SQL("GRANT {} ON {} TO {}").format(_keywords(missing), _object(spec), role)
+            )
         try:
-            async with _postgres.session(conn) as s:
-                await s.execute(statement)
+            async with _postgres.session(conn) as s, s.transaction():
+                for statement in statements:
+                    await s.execute(statement)
         except psycopg.Error as exc:
-            raise _postgres.operation_error(conn, f"grant {self.describe(spec)}", exc) from None
+            raise _error(conn, f"grant {self.describe(spec)}", exc) from None
+
+    async def apply_many(
+        self, items: Sequence[tuple[PostgresGrantSpec, Plan]]
+    ) -> Sequence[BaseException | str | None]:
+        """The plans of one session one after another, the sessions concurrently:
+        two sessions changing one object's ACL at once make PostgreSQL fail the
+        later with "tuple concurrently updated"."""
+        results: list[BaseException | str | None] = [None] * len(items)
+
+        async def run(indexes: list[int]) -> None:
+            for i in indexes:
+                try:
+                    await self.apply(*items[i])
+                except Exception as exc:  # an outcome of its item; cancellation propagates
+                    results[i] = exc
+
+        groups = self.groups([spec for spec, _ in items], self._target)
+        async with asyncio.TaskGroup() as tasks:
+            for n, (_, indexes) in enumerate(groups):
+                tasks.create_task(run(indexes), name=f"postgres-grant-apply-{n}")
+        return results
 
     async def delete(self, spec: PostgresGrantSpec) -> None:
+        # the spec's privileges and the extras in place (an older, wider spec's):
+        # all the grant manages, and not REVOKE ALL, which on all tables of a
+        # schema would also take one table's extras that a table grant manages
         conn = self._target(spec)
+        (held,) = await _held(conn, [spec])
+        revoke = set(spec.privileges) | set(held.managed(spec))
         statement = sql.SQL("REVOKE {} ON {} FROM {}").format(
-            _privileges(spec), _object(spec), sql.Identifier(spec.role)
+            _keywords([p for p in PRIVILEGES[spec.on] if p in revoke]),
+            _object(spec),
+            sql.Identifier(spec.role),
         )
         try:
             async with _postgres.session(conn) as s:
@@ -170,7 +224,30 @@ class PostgresGrantProvider(PostgresProvider[PostgresGrantSpec]):
         except psycopg.Error as exc:
             if exc.sqlstate in _UNDEFINED:
                 return  # the role or the object is gone, and the privileges with it
-            raise _postgres.operation_error(conn, f"revoke {self.describe(spec)}", exc) from None
+            raise _error(conn, f"revoke {self.describe(spec)}", exc) from None
+
+
+def _error(conn: PostgresConnection, what: str, exc: psycopg.Error) -> Exception:
+    """As `operation_error`, and a race with another session's change of the same
+    ACL (an internal error to PostgreSQL) is temporary: retrying succeeds."""
+    error = _postgres.operation_error(conn, what, exc)
+    if "tuple concurrently updated" in str(exc):
+        return TemporaryError(str(error))
+    return error
+
+
+def _missing_and_extra(spec: PostgresGrantSpec, plan: Plan) -> tuple[list[str], list[str]]:
+    """What a plan grants and revokes, as keywords of the fixed table (a plan's
+    field names are checked against it, never put in a statement as given)."""
+    valid = PRIVILEGES[spec.on]
+    missing: set[str] = set()
+    extra: set[str] = set()
+    for change in plan.changes:
+        if change.field == "/privileges":
+            missing.update(p for p in spec.privileges if p not in (change.before or ()))
+        elif change.field.startswith("/privileges/") and change.after is False:
+            extra.add(change.field.removeprefix("/privileges/"))
+    return [p for p in valid if p in missing], [p for p in valid if p in extra]
 
 
 def _object_text(spec: PostgresGrantSpec) -> str:
@@ -183,9 +260,9 @@ def _object_text(spec: PostgresGrantSpec) -> str:
     return f"table {spec.schema_}.{spec.table}"
 
 
-def _privileges(spec: PostgresGrantSpec) -> sql.Composed:
-    # keywords from the fixed table above, never from the spec's text
-    return sql.SQL(", ").join(sql.SQL(p) for p in PRIVILEGES[spec.on] if p in spec.privileges)
+def _keywords(privileges: Sequence[str]) -> sql.Composed:
+    # callers pass names of the fixed table above only, never a spec's text
+    return sql.SQL(", ").join(sql.SQL(p) for p in privileges)
 
 
 def _object(spec: PostgresGrantSpec) -> sql.Composed:
@@ -200,43 +277,70 @@ def _object(spec: PostgresGrantSpec) -> sql.Composed:
 
 
 _HELD = """
-SELECT CASE w.kind
-  WHEN 'database' THEN ARRAY(
-    SELECT a.privilege_type FROM pg_catalog.pg_database d,
-      aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
-    WHERE d.datname = w.db AND a.grantee = r.oid)
-  WHEN 'schema' THEN ARRAY(
-    SELECT a.privilege_type FROM pg_catalog.pg_namespace n,
-      aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-    WHERE n.nspname = w.sch AND a.grantee = r.oid)
-  WHEN 'table' THEN ARRAY(
-    SELECT a.privilege_type FROM pg_catalog.pg_class c
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
-      aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-    WHERE n.nspname = w.sch AND c.relname = w.tbl AND a.grantee = r.oid)
-  ELSE ARRAY(
-    SELECT p FROM unnest(%(table_privileges)s::text[]) p
-    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = w.sch)
-      AND NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_class c
-          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = w.sch AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-          AND NOT EXISTS (
-            SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-            WHERE a.grantee = r.oid AND a.privilege_type = p)))
-  END
+SELECT w.i, o.what, o.owner = r.oid,
+  ARRAY(
+    SELECT a.privilege_type FROM aclexplode(o.acl) a
+    WHERE a.grantee = r.oid
+      AND a.grantor = CASE WHEN pg_has_role(o.owner, 'USAGE') THEN o.owner
+                           ELSE (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                      END)
 FROM unnest(%(i)s::int[], %(kind)s::text[], %(db)s::text[], %(sch)s::text[], %(tbl)s::text[],
             %(role)s::text[]) AS w(i, kind, db, sch, tbl, role)
-LEFT JOIN pg_catalog.pg_roles r ON r.rolname = w.role
+JOIN pg_catalog.pg_roles r ON r.rolname = w.role
+CROSS JOIN LATERAL (
+  SELECT 'object', d.datdba, coalesce(d.datacl, acldefault('d', d.datdba))
+  FROM pg_catalog.pg_database d WHERE w.kind = 'database' AND d.datname = w.db
+  UNION ALL
+  SELECT 'object', n.nspowner, coalesce(n.nspacl, acldefault('n', n.nspowner))
+  FROM pg_catalog.pg_namespace n WHERE w.kind = 'schema' AND n.nspname = w.sch
+  UNION ALL
+  SELECT 'object', c.relowner, coalesce(c.relacl, acldefault('r', c.relowner))
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = w.sch AND (
+    (w.kind = 'table' AND c.relname = w.tbl)
+    OR (w.kind = 'allTablesInSchema' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')))
+  UNION ALL
+  SELECT 'schema', NULL, NULL
+  FROM pg_catalog.pg_namespace n WHERE w.kind = 'allTablesInSchema' AND n.nspname = w.sch
+) AS o(what, owner, acl)
 ORDER BY w.i
 """
+"""One row per spec and object (each relation of the schema for
+allTablesInSchema, plus a row saying the schema exists): whether the grantee
+owns it, and the privileges it holds there under the grantor PostgreSQL
+records for this session's user (the owner when the user has the owner's
+privileges, as a superuser has; else the user: decision 0091)."""
 
 
-async def _held(conn: PostgresConnection, specs: list[PostgresGrantSpec]) -> list[list[str]]:
-    """The privileges each spec's role holds directly on its object, in one
-    query; none when the role or the object does not exist."""
+@dataclass
+class _Held:
+    """What one spec's role holds, under our grantor, on the spec's objects."""
+
+    objects: list[tuple[bool, set[str]]] = field(default_factory=list)
+    """Per object: whether the role owns it, and its privileges there."""
+    schema: bool = False
+    """allTablesInSchema: the schema exists."""
+
+    def managed(self, spec: PostgresGrantSpec) -> list[str]:
+        """The privileges the grant manages that are in place: the spec's held on
+        every object, and others held on every object the role does not own
+        (on all tables of a schema, one table's extra privilege is a table
+        grant's business, so the two kinds can be combined: decision 0091)."""
+        valid = PRIVILEGES[spec.on]
+        if self.objects:
+            on_all = set.intersection(*(held for _, held in self.objects))
+        else:  # a schema without tables holds everything; a missing object nothing
+            on_all = set(valid) if self.schema else set()
+        others = [held for owns, held in self.objects if not owns]
+        extra = set.intersection(*others) if others else set()
+        wanted = set(spec.privileges)
+        return [p for p in valid if p in (on_all if p in wanted else extra)]
+
+
+async def _held(conn: PostgresConnection, specs: list[PostgresGrantSpec]) -> list[_Held]:
+    """What each spec's role holds directly on its objects, in one query;
+    nothing when the role or the object does not exist."""
     params: dict[str, Any] = {
-        "table_privileges": list(TABLE_PRIVILEGES),
         "i": list(range(len(specs))),
         "kind": [s.on for s in specs],
         "db": [s.database for s in specs],
@@ -250,7 +354,13 @@ async def _held(conn: PostgresConnection, specs: list[PostgresGrantSpec]) -> lis
             rows = await cur.fetchall()
     except psycopg.Error as exc:
         raise _postgres.operation_error(conn, "read grants", exc) from None
-    return [list(row[0]) if row[0] is not None else [] for row in rows]
+    held = [_Held() for _ in specs]
+    for i, what, owns, privileges in rows:
+        if what == "schema":
+            held[i].schema = True
+        else:
+            held[i].objects.append((bool(owns), set(privileges or ())))
+    return held
 
 
 __all__ = ["PostgresGrantProvider", "PostgresGrantSpec"]

@@ -642,11 +642,6 @@ POSTGRES_GRANT = Case(
     spec=_pg_grant_spec,
     changed=lambda data: {**data, "privileges": [*data["privileges"], "TRIGGER"]},
     changed_fields=frozenset({"/privileges"}),
-    # an update grants what was added and revokes nothing (decision 0085): the
-    # old spec's privileges are still held. So a privilege dropped from the spec
-    # stays granted, also after the resource is pruned (only the stored spec's
-    # privileges are revoked): a gap of 0085, reported, not the kit's to judge
-    updates_replace=False,
     check=lambda h, data: _pg_assert_held(h, data),
     exists=lambda h, data: bool(_pg_held(h, data)),
     drifts=(

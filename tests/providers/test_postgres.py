@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from reconciler.model import (
     SENSITIVE,
     Action,
+    Change,
     PermanentError,
     Plan,
     Provider,
@@ -345,10 +346,11 @@ async def test_the_connection_database_is_never_dropped(settings: ProviderSettin
 async def test_grants_lifecycle(
     postgres_server: Server, settings: ProviderSettings, names: list[str]
 ) -> None:
-    grantee = HOSTILE[0]
-    names.append(grantee)
+    grantee, other = HOSTILE[0], HOSTILE[2]
+    names.extend([grantee, other])
     schema, table = HOSTILE[1], HOSTILE[3]
-    postgres_server.sql(sql.SQL("CREATE ROLE {}").format(sql.Identifier(grantee)))
+    for role in (grantee, other):
+        postgres_server.sql(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
     postgres_server.sql("DROP DATABASE IF EXISTS grants_db")
     postgres_server.sql("CREATE DATABASE grants_db")
     postgres_server.sql(
@@ -424,9 +426,17 @@ async def test_grants_lifecycle(
             await converge(provider, one)
         assert has("INSERT", table_text)
 
-        # extra privileges granted by others are not drift
+        # extra privileges granted by another grantor are not drift
         postgres_server.sql(
-            sql.SQL("GRANT DELETE ON {} TO {}").format(qualified, sql.Identifier(grantee)),
+            sql.SQL(
+                "GRANT USAGE ON SCHEMA {s} TO {o}; GRANT DELETE ON {t} TO {o} WITH GRANT OPTION;"
+                " SET ROLE {o}; GRANT DELETE ON {t} TO {g}; RESET ROLE"
+            ).format(
+                s=sql.Identifier(schema),
+                t=qualified,
+                o=sql.Identifier(other),
+                g=sql.Identifier(grantee),
+            ),
             dbname="grants_db",
         )
         assert (await converge(provider, on_table)).empty
@@ -439,6 +449,102 @@ async def test_grants_lifecycle(
         await _postgres.close_pools()
         postgres_server.sql("DROP DATABASE IF EXISTS grants_db WITH (FORCE)")
         postgres_server.sql(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(grantee)))
+
+
+def _acl(server: Server, schema: str) -> set[tuple[str, str, str, str]]:
+    """(relation, grantee, privilege, grantor) of every relation of `schema`."""
+    rows = server.sql(
+        "SELECT c.relname, a.grantee::regrole::text, a.privilege_type, a.grantor::regrole::text"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
+        " aclexplode(c.relacl) a WHERE n.nspname = %s",
+        (schema,),
+    )
+    return {(str(r), str(g), str(p), str(by)) for r, g, p, by in rows}
+
+
+async def test_grant_shrink_revokes_extras(
+    postgres_server: Server, settings: ProviderSettings, names: list[str]
+) -> None:
+    """Privileges dropped from a spec are revoked, also on prune by the stored
+    (shrunk) spec; the connection is a superuser and the tables belong to
+    another role, so PostgreSQL records the owner as the grantor (decision
+    0091); a privilege from another grantor stays, and is not drift."""
+    grantee, owner, other = "shrink_grantee", "shrink_owner", "shrink_other"
+    names.extend([grantee, owner, other])
+    for role in (grantee, owner, other):
+        postgres_server.sql(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    postgres_server.sql(
+        "CREATE SCHEMA shrink AUTHORIZATION shrink_owner;"
+        " CREATE TABLE shrink.t (id int); CREATE TABLE shrink.u (id int);"
+        " ALTER TABLE shrink.t OWNER TO shrink_owner; ALTER TABLE shrink.u OWNER TO shrink_owner;"
+        " GRANT USAGE ON SCHEMA shrink TO shrink_other;"
+        " GRANT DELETE ON shrink.t TO shrink_other WITH GRANT OPTION;"
+        " SET ROLE shrink_other; GRANT DELETE ON shrink.t TO shrink_grantee; RESET ROLE"
+    )
+    provider = PostgresGrantProvider(settings)
+    table = {"role": grantee, "on": "table", "schema": "shrink", "table": "t"}
+    both = spec(provider, **table, privileges=["SELECT", "INSERT"])
+    select = spec(provider, **table, privileges=["SELECT"])
+    kept = ("t", grantee, "DELETE", other)
+    try:
+        # the other grantor's DELETE is not ours: nothing of the grant is in place
+        assert await provider.observe(both) is None
+        assert (await converge(provider, both)).action is Action.CREATE
+        assert {("t", grantee, p, owner) for p in ("SELECT", "INSERT")} | {kept} == {
+            entry for entry in _acl(postgres_server, "shrink") if entry[1] == grantee
+        }
+
+        # the spec shrinks: INSERT is revoked, one change naming it
+        plan = provider.plan(select, await provider.observe(select))
+        assert (plan.action, plan.changes) == (
+            Action.UPDATE,
+            (Change("/privileges/INSERT", True, False),),
+        )
+        await converge(provider, select)
+        assert {e for e in _acl(postgres_server, "shrink") if e[1] == grantee} == {
+            ("t", grantee, "SELECT", owner),
+            kept,
+        }
+
+        # a superuser's grant by hand is recorded as the owner's: drift, healed
+        postgres_server.sql("GRANT UPDATE, TRUNCATE ON shrink.t TO shrink_grantee")
+        plan = provider.plan(select, await provider.observe(select))
+        assert [c.field for c in plan.changes] == ["/privileges/UPDATE", "/privileges/TRUNCATE"]
+        await converge(provider, select)
+
+        # missing and extra at once: one apply revokes and grants
+        postgres_server.sql("REVOKE SELECT ON shrink.t FROM shrink_grantee")
+        postgres_server.sql("GRANT REFERENCES ON shrink.t TO shrink_grantee")
+        plan = provider.plan(select, await provider.observe(select))
+        assert plan.changes == (
+            Change("/privileges", [], ["SELECT"]),
+            Change("/privileges/REFERENCES", True, False),
+        )
+        await converge(provider, select)
+
+        # prune after a shrink whose update never ran: the stored spec is the
+        # shrunk one, and removing it revokes INSERT too
+        await converge(provider, both)
+        await provider.delete(select)
+        assert await provider.observe(both) is None
+        assert {e for e in _acl(postgres_server, "shrink") if e[1] == grantee} == {kept}
+
+        # all tables of the schema: an extra privilege on any of them is revoked
+        every = {"role": grantee, "on": "allTablesInSchema", "schema": "shrink"}
+        await converge(provider, spec(provider, **every, privileges=["SELECT", "UPDATE"]))
+        shrunk = spec(provider, **every, privileges=["SELECT"])
+        plan = provider.plan(shrunk, await provider.observe(shrunk))
+        assert plan.changes == (Change("/privileges/UPDATE", True, False),)
+        await converge(provider, shrunk)
+        assert {e for e in _acl(postgres_server, "shrink") if e[1] == grantee} == {
+            ("t", grantee, "SELECT", owner),
+            ("u", grantee, "SELECT", owner),
+            kept,
+        }
+        await provider.delete(shrunk)
+        assert {e for e in _acl(postgres_server, "shrink") if e[1] == grantee} == {kept}
+    finally:
+        postgres_server.sql("DROP SCHEMA IF EXISTS shrink CASCADE")
 
 
 def test_grant_specs_are_checked() -> None:
