@@ -28,7 +28,7 @@ from reconciler import __version__
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine, Result
-    from reconciler.model import DesiredState
+    from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
     from reconciler.store import SqliteStore
 
@@ -71,14 +71,23 @@ def _colour(no_color: bool) -> bool:
 
 
 def _registry(
-    roots: tuple[str, ...], state_dir: Path | None = None, *, allow_commands: bool = False
+    roots: tuple[str, ...],
+    state_dir: Path | None = None,
+    *,
+    allow_commands: bool = False,
+    secrets: SecretSources | None = None,
 ) -> Registry:
     from reconciler.model import ProviderSettings
     from reconciler.registry import Registry
 
     resolved = tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
     kept = None if state_dir is None else os.path.abspath(state_dir)
-    settings = ProviderSettings(roots=resolved, state_dir=kept, allow_commands=allow_commands)
+    settings = ProviderSettings(
+        roots=resolved,
+        state_dir=kept,
+        allow_commands=allow_commands,
+        secret_sources=secrets if secrets is not None else _secret_sources((), ()),
+    )
     return Registry.discover(settings)
 
 
@@ -162,6 +171,43 @@ commands_option = click.option(
     help="Allow Command resources: they run programs with reconciler's privileges, "
     "beyond the roots (env RECONCILER_ALLOW_COMMANDS=1).",
 )
+DEFAULT_SECRET_DIRS = ("/run/secrets", "/run/credentials", "/var/run/secrets")
+DEFAULT_SECRET_ENV = ("RECONCILER_SECRET_*",)
+
+
+def secrets_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--secret-dir and --secret-env: where a repository's secret references may read."""
+    command = click.option(
+        "--secret-env",
+        multiple=True,
+        default=DEFAULT_SECRET_ENV,
+        show_default=True,
+        metavar="PATTERN",
+        envvar="RECONCILER_SECRET_ENV",
+        help="Environment variables secret references may read, as glob patterns "
+        "(repeatable; env RECONCILER_SECRET_ENV, several separated by spaces).",
+    )(command)
+    return click.option(
+        "--secret-dir",
+        multiple=True,
+        default=DEFAULT_SECRET_DIRS,
+        show_default=True,
+        metavar="DIR",
+        envvar="RECONCILER_SECRET_DIRS",
+        help="Directories whose files secret references may read, links resolved "
+        "(repeatable; env RECONCILER_SECRET_DIRS, several separated by spaces).",
+    )(command)
+
+
+def _secret_sources(dirs: tuple[str, ...], env: tuple[str, ...]) -> SecretSources:
+    from reconciler.model import SecretSources
+
+    return SecretSources(
+        dirs=tuple(os.path.normpath(os.path.abspath(d)) for d in dirs or DEFAULT_SECRET_DIRS),
+        env=env or DEFAULT_SECRET_ENV,
+    )
+
+
 state_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -186,9 +232,17 @@ def cli() -> None:
 @path_argument
 @root_option
 @commands_option
-def validate(path: Path, roots: tuple[str, ...], allow_commands: bool) -> None:
+@secrets_options
+def validate(
+    path: Path,
+    roots: tuple[str, ...],
+    allow_commands: bool,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
+) -> None:
     """Check every manifest under PATH; print all errors."""
-    desired = _load(path, _registry(roots, allow_commands=allow_commands))
+    secrets = _secret_sources(secret_dir, secret_env)
+    desired = _load(path, _registry(roots, allow_commands=allow_commands, secrets=secrets))
     click.echo(
         f"{_printable(str(path))}: valid (revision {_printable(desired.revision)}, "
         f"{len(desired.resources)} resources)"
@@ -199,6 +253,7 @@ def validate(path: Path, roots: tuple[str, ...], allow_commands: bool) -> None:
 @path_argument
 @root_option
 @commands_option
+@secrets_options
 @state_option
 @json_option
 @color_option
@@ -206,6 +261,8 @@ def plan(
     path: Path,
     roots: tuple[str, ...],
     allow_commands: bool,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
     state_dir: Path,
     as_json: bool,
     no_color: bool,
@@ -213,7 +270,8 @@ def plan(
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan
 
-    registry = _registry(roots, state_dir, allow_commands=allow_commands)
+    secrets = _secret_sources(secret_dir, secret_env)
+    registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -238,6 +296,7 @@ def plan(
 @path_argument
 @root_option
 @commands_option
+@secrets_options
 @state_option
 @click.option(
     "--concurrency",
@@ -274,6 +333,8 @@ def apply(
     path: Path,
     roots: tuple[str, ...],
     allow_commands: bool,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
     state_dir: Path,
     concurrency: int,
     retries: int,
@@ -288,7 +349,8 @@ def apply(
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
-    registry = _registry(roots, state_dir, allow_commands=allow_commands)
+    secrets = _secret_sources(secret_dir, secret_env)
+    registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
     desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
@@ -336,14 +398,23 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | 
 @path_argument
 @root_option
 @commands_option
+@secrets_options
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
 )
-def graph(path: Path, roots: tuple[str, ...], allow_commands: bool, fmt: str) -> None:
+def graph(
+    path: Path,
+    roots: tuple[str, ...],
+    allow_commands: bool,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
+    fmt: str,
+) -> None:
     """Print the dependency graph (explicit and implicit edges)."""
     from reconciler import graph as graphs
 
-    desired = _load(path, _registry(roots, allow_commands=allow_commands))
+    secrets = _secret_sources(secret_dir, secret_env)
+    desired = _load(path, _registry(roots, allow_commands=allow_commands, secrets=secrets))
     render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
     click.echo(render(desired.dependencies), nl=False)
 
@@ -632,6 +703,7 @@ _secret = click.Path(path_type=Path)
 )
 @root_option
 @commands_option
+@secrets_options
 @state_option
 @click.option(
     "--listen",
@@ -826,6 +898,8 @@ def run(
     interval: float,
     roots: tuple[str, ...],
     allow_commands: bool,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
     state_dir: Path,
     listen: tuple[str, int],
     ssh_key: Path | None,
@@ -873,6 +947,7 @@ def run(
         interval=interval,
         roots=tuple(os.path.normpath(os.path.abspath(r)) for r in roots),
         allow_commands=allow_commands,
+        secret_sources=_secret_sources(secret_dir, secret_env),
         state_dir=state_dir,
         listen=listen,
         ssh_key=ssh_key,

@@ -40,7 +40,7 @@ from reconciler.fsm import Event, State
 from reconciler.httplimits import HttpLimits
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load
 from reconciler.metrics import Metrics, Snapshot
-from reconciler.model import DesiredState, ProviderSettings, ResourceId, Sensitive
+from reconciler.model import DesiredState, ProviderSettings, ResourceId, SecretSources, Sensitive
 from reconciler.registry import Registry
 from reconciler.sources.base import Revision, Source, SourceError, redact
 from reconciler.sources.kept import KeptRevisions
@@ -79,6 +79,7 @@ class DaemonSettings:
     shutdown_timeout: float = 30.0
     verify_commits: str | None = None
     allow_commands: bool = False
+    secret_sources: SecretSources | None = None
     """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
     trusted_keys: tuple[Path, ...] = ()
     allowed_signers: Path | None = None
@@ -197,6 +198,7 @@ class Daemon:
                     roots=settings.roots,
                     state_dir=str(settings.state_dir),
                     allow_commands=settings.allow_commands,
+                    secret_sources=settings.secret_sources,
                 )
             )
             # the providers do not change while the daemon runs: fingerprint them once

@@ -42,6 +42,7 @@ from reconciler.model import (
     Provider,
     Resource,
     ResourceId,
+    SecretSources,
     SpecError,
     resource_id,
 )
@@ -257,7 +258,12 @@ class _Documents:
             self.add_issue(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})"))
             return False
         self.sources[shown] = raw
-        ctx = PrepareContext(path, self.root, digest_key=self.digest_key)
+        ctx = PrepareContext(
+            path,
+            self.root,
+            digest_key=self.digest_key,
+            sources=_secret_sources(self.registry),
+        )
         self._parse_documents(shown, text, ctx)
         self.secrets = self.secrets or bool(ctx.resolved)
         return bool(ctx.resolved)
@@ -527,6 +533,12 @@ class _Documents:
                 "dependency cycle: " + " -> ".join(cycle),
             )
         return edges
+
+
+def _secret_sources(registry: Mapping[str, Provider[Any]]) -> SecretSources | None:
+    """The operator's allow-list of secret sources, from the providers' settings."""
+    first = next(iter(registry.values()), None)
+    return None if first is None else first.settings.secret_sources
 
 
 def _variants(model: type[BaseModel]) -> dict[str, type[BaseModel]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import fnmatch
 import hashlib
 import hmac
 import os
@@ -322,6 +323,48 @@ def quotes_a_secret(text: str, values: Sequence[str]) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class SecretSources:
+    """Where secret references may read: the operator's allow-list. A repository
+    names the file or variable; without a list, a commit could read any file or
+    variable of the process (the daemon's own keys included) into a managed
+    object or send it to a server it names."""
+
+    dirs: tuple[str, ...] = ()
+    """Directories (absolute) whose files, symlinks resolved, may be read."""
+    env: tuple[str, ...] = ()
+    """Glob patterns (`DB_*`) of environment variables that may be read."""
+
+    def check_file(self, path: str, where: tuple[str | int, ...], real: str | None = None) -> None:
+        """Raise SpecError unless `path` (and `real`, what it resolved to when
+        opened) lies in an allowed directory."""
+        if real is not None and real != path:
+            self.check_file(path, where)
+            path, shown = real, path
+        else:
+            shown = path
+        real = os.path.realpath(path)
+        for directory in self.dirs:
+            top = os.path.realpath(directory)
+            if real == top or real.startswith(top.rstrip("/") + "/"):
+                return
+        allowed = ", ".join(self.dirs) or "none"
+        raise SpecError(
+            where,
+            f"{shown} is outside the secret directories the operator allows ({allowed}; "
+            "see --secret-dir)",
+        )
+
+    def check_env(self, name: str, where: tuple[str | int, ...]) -> None:
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env):
+            allowed = ", ".join(self.env) or "none"
+            raise SpecError(
+                where,
+                f"environment variable {name} is not one the operator allows as a secret "
+                f"({allowed}; see --secret-env)",
+            )
+
+
 ConnectionT = TypeVar("ConnectionT", bound=BaseModel)
 
 
@@ -386,6 +429,9 @@ class ProviderSettings:
     """The state directory, where a provider may keep what it must remember
     between runs (a Command's record of its last run), under its kind's name;
     None: nothing is kept (a one-shot `validate`)."""
+    secret_sources: SecretSources | None = None
+    """Where secret references may read; None: anywhere (the library's default;
+    the command line and the daemon always give a list)."""
     allow_commands: bool = False
     """Whether Command resources may run: a command reaches beyond the roots, so
     the operator opts in (`--allow-commands`); without it a Command is an error."""
@@ -409,6 +455,8 @@ class PrepareContext:
     digests compare across runs."""
     resolved: list[str] = field(default_factory=list)
     """Every secret value resolved through this context."""
+    sources: SecretSources | None = None
+    """Where references may read (None: anywhere)."""
 
     def secret(
         self, value: Any, where: tuple[str | int, ...], *, whole_file: bool = False
@@ -434,9 +482,9 @@ class PrepareContext:
         ):
             raise SpecError(where, "expected exactly one of env: NAME or file: /path")
         if "env" in source:
-            text = _from_env(source["env"], (*where, "env"))
+            text = _from_env(source["env"], (*where, "env"), self.sources)
         else:
-            text = _from_file(source["file"], (*where, "file"))
+            text = _from_file(source["file"], (*where, "file"), self.sources)
             if not whole_file:
                 text = text.rstrip("\r\n")
         if text == "":
@@ -460,24 +508,30 @@ class PrepareContext:
         return WITHHELD_MESSAGE if quotes_a_secret(text, self.resolved) else text
 
 
-def _from_env(name: Any, where: tuple[str | int, ...]) -> str:
+def _from_env(name: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
     if not isinstance(name, str) or not _ENV_NAME.match(name):
         raise SpecError(where, f"expected an environment variable name, found {name!r}")
+    if sources is not None:
+        sources.check_env(name, where)
     text = os.environ.get(name)
     if text is None:
         raise SpecError(where, f"environment variable {name} is not set")
     return text
 
 
-def _from_file(path: Any, where: tuple[str | int, ...]) -> str:
+def _from_file(path: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise SpecError(where, f"expected an absolute path such as /run/secrets/db, found {path!r}")
+    if sources is not None:
+        sources.check_file(path, where)
     try:
         # non-blocking: a FIFO at the path must not hang the load
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
     try:
+        if sources is not None:  # what was opened, after every link (no swap in between)
+            sources.check_file(path, where, os.readlink(f"/proc/self/fd/{fd}"))
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SpecError(where, f"{path} is not a regular file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,12 @@ import pytest
 import yaml
 
 pytest_plugins = ["tests.postgres"]  # one PostgreSQL server per session, for every test that asks
+
+# The CLI processes tests start inherit these: secrets in temporary files and
+# variables of any name may be read (tests/e2e/test_secret_sources.py tests the
+# default allow-list with them removed).
+os.environ.setdefault("RECONCILER_SECRET_DIRS", "/")
+os.environ.setdefault("RECONCILER_SECRET_ENV", "*")
 
 
 @dataclass

@@ -56,6 +56,8 @@ def test_every_run_option_is_in_the_settings_table(option: click.Option) -> None
     default: Any = option.default
     if isinstance(default, (str, int, float)) and not isinstance(default, bool):
         assert f"`{default}`" in row, f"{option.opts[0]}: default {default!r} not in {row!r}"
+    elif isinstance(default, tuple) and default:  # a repeatable option's list
+        assert f"`{' '.join(map(str, default))}`" in row, f"{option.opts[0]}: {row!r}"
     elif option.required:
         assert "required" in row
     else:

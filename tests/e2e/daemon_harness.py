@@ -49,6 +49,11 @@ API_TOKEN = "api-tok-5d1e0b9c44a7-not-a-real-secret"
 WEBHOOK_SECRET = "hook-secret-8c2f7a0e19d3-not-a-real-secret"
 LOG_TAIL = 4000
 
+SECRETS_ANYWHERE = {"RECONCILER_SECRET_DIRS": "/", "RECONCILER_SECRET_ENV": "*"}
+"""Tests keep secrets in temporary files and variables of any name, so the
+processes they start may read any (the default allow-list is tested by
+tests/e2e/test_secret_sources.py)."""
+
 
 # manifests
 
@@ -200,6 +205,7 @@ class DaemonProcess:
     def start(self) -> None:
         """Start the process (appending to the log) without waiting."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+        env.update(SECRETS_ANYWHERE)
         env.update(self.env or {})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -510,6 +516,7 @@ class Daemons:
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`reconciler <args>` as a process (for `status`)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    full_env.update(SECRETS_ANYWHERE)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],

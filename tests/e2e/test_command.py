@@ -54,6 +54,7 @@ def test_plan_apply_no_op_drift_change_and_failure_through_the_cli(sandbox: Sand
     root, counter = sandbox.root, sandbox.root / "counter"
     env_ref = {"TOKEN": {"valueFrom": {"env": "CMD_E2E_TOKEN"}}}
     env = {"PATH": "/usr/bin:/bin", "CMD_E2E_TOKEN": SECRET, "RECONCILER_ALLOW_COMMANDS": "1"}
+    env["RECONCILER_SECRET_ENV"] = "CMD_E2E_*"  # the operator allows this one
 
     def write(migrate_version: str, failing: bool = False) -> None:
         documents = [
