@@ -85,6 +85,14 @@ class PostgresGrantSpec(BaseModel):
     schema_: PgName | None = Field(default=None, alias="schema")
     table: PgName | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key as the boolean true: take it as `on`."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @field_validator("privileges")
     @classmethod
     def _privileges(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:

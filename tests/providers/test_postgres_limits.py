@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.manifests import load
 from reconciler.model import ProviderSettings, Sensitive, TemporaryError
 from reconciler.providers import _postgres
 from reconciler.providers.connection import (
@@ -19,6 +21,7 @@ from reconciler.providers.connection import (
     PostgresConnection,
 )
 from reconciler.providers.postgres_role import PostgresRoleProvider
+from reconciler.registry import Registry
 from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(30)
@@ -89,3 +92,17 @@ def test_the_statement_timeout_is_a_duration() -> None:
         PostgresConnection.model_validate(
             {"type": "postgres", "host": "h", "user": "u", "statementTimeout": "soon"}
         )
+
+
+def test_an_unquoted_on_key_is_on(tmp_path: Path) -> None:
+    """YAML 1.1 reads `on:` as the key true; a grant written as the docs show loads."""
+    (tmp_path / "g.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Connection\nmetadata: {name: db}\n"
+        "spec: {type: postgres, host: 127.0.0.1, user: postgres}\n---\n"
+        "apiVersion: reconciler/v1\nkind: PostgresGrant\nmetadata: {name: g}\n"
+        "spec:\n  connection: db\n  role: app\n  on: allTablesInSchema\n"
+        "  database: app\n  schema: public\n  privileges: [SELECT]\n"
+    )
+    desired = load(tmp_path, Registry.discover(ProviderSettings()))
+    spec = desired.resources["PostgresGrant/g"].spec
+    assert spec.on == "allTablesInSchema"  # type: ignore[attr-defined]
