@@ -7,7 +7,7 @@ adding its `reconciler.testing.Case` there (see docs/writing-providers.md for wh
 each field means). A case whose target is a server names the fixture that starts
 it (`fixture="postgres_server"`) and reads it as `h.target` in its callables;
 `marks` can skip it where the server cannot run. Where a kind differs from the
-contract by its nature (Command, PostgresGrant), its case says so with the kit's
+contract by its nature (Command), its case says so with the kit's
 declared differences and skips, each with the reason. Nothing of the provider is
 mocked.
 """
