@@ -199,12 +199,17 @@ def secrets_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _secret_sources(dirs: tuple[str, ...], env: tuple[str, ...]) -> SecretSources:
+def _secret_sources(
+    dirs: tuple[str, ...], env: tuple[str, ...], deny: tuple[Path | None, ...] = ()
+) -> SecretSources:
+    """The allow-list; `deny`: reconciler's own files (state directory,
+    credentials), never readable as a repository's secret."""
     from reconciler.model import SecretSources
 
     return SecretSources(
         dirs=tuple(os.path.normpath(os.path.abspath(d)) for d in dirs or DEFAULT_SECRET_DIRS),
         env=env or DEFAULT_SECRET_ENV,
+        deny=tuple(os.path.abspath(p) for p in deny if p is not None),
     )
 
 
@@ -270,7 +275,7 @@ def plan(
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan
 
-    secrets = _secret_sources(secret_dir, secret_env)
+    secrets = _secret_sources(secret_dir, secret_env, (state_dir,))
     registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
@@ -349,7 +354,7 @@ def apply(
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
-    secrets = _secret_sources(secret_dir, secret_env)
+    secrets = _secret_sources(secret_dir, secret_env, (state_dir,))
     registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
     desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
@@ -947,7 +952,19 @@ def run(
         interval=interval,
         roots=tuple(os.path.normpath(os.path.abspath(r)) for r in roots),
         allow_commands=allow_commands,
-        secret_sources=_secret_sources(secret_dir, secret_env),
+        secret_sources=_secret_sources(
+            secret_dir,
+            secret_env,
+            (
+                state_dir,
+                token_file,
+                webhook_secret_file,
+                api_token_file,
+                ssh_key,
+                *trusted_keys,
+                allowed_signers,
+            ),
+        ),
         state_dir=state_dir,
         listen=listen,
         ssh_key=ssh_key,

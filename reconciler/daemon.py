@@ -78,9 +78,9 @@ class DaemonSettings:
     max_prune_share: float = 0.5
     shutdown_timeout: float = 30.0
     verify_commits: str | None = None
+    """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
     allow_commands: bool = False
     secret_sources: SecretSources | None = None
-    """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
     trusted_keys: tuple[Path, ...] = ()
     allowed_signers: Path | None = None
     http_limits: HttpLimits = field(default_factory=HttpLimits)

@@ -334,6 +334,10 @@ class SecretSources:
     """Directories (absolute) whose files, symlinks resolved, may be read."""
     env: tuple[str, ...] = ()
     """Glob patterns (`DB_*`) of environment variables that may be read."""
+    deny: tuple[str, ...] = ()
+    """Files and directories never read, even inside `dirs`: reconciler's own
+    credentials (its git token, webhook secret, API token, SSH key) and its state
+    directory (the keys of its digests and cache)."""
 
     def check_file(self, path: str, where: tuple[str | int, ...], real: str | None = None) -> None:
         """Raise SpecError unless `path` (and `real`, what it resolved to when
@@ -344,6 +348,12 @@ class SecretSources:
         else:
             shown = path
         real = os.path.realpath(path)
+        for denied in self.deny:
+            top = os.path.realpath(denied)
+            if real == top or real.startswith(top.rstrip("/") + "/"):
+                raise SpecError(
+                    where, f"{shown} is one of reconciler's own credentials or state files"
+                )
         for directory in self.dirs:
             top = os.path.realpath(directory)
             if real == top or real.startswith(top.rstrip("/") + "/"):
@@ -531,7 +541,11 @@ def _from_file(path: Any, where: tuple[str | int, ...], sources: SecretSources |
         raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
     try:
         if sources is not None:  # what was opened, after every link (no swap in between)
-            sources.check_file(path, where, os.readlink(f"/proc/self/fd/{fd}"))
+            try:
+                opened = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError as exc:
+                raise SpecError(where, f"cannot tell where {path} leads: {exc.strerror}") from None
+            sources.check_file(path, where, opened)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SpecError(where, f"{path} is not a regular file")

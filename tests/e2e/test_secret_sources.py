@@ -6,15 +6,14 @@ into a managed object, nor send it to a server it names — through the real CLI
 
 from __future__ import annotations
 
-import os
+import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Sandbox, doc, docs
+from tests.e2e.daemon_harness import Daemons
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,13 +114,45 @@ def test_plan_sends_no_secret_to_a_server_the_repository_names(
             listener.accept()  # nobody called
 
 
-def test_the_daemon_takes_the_same_options() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "reconciler", "run", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
-    assert "--secret-dir" in result.stdout and "--secret-env" in result.stdout
+def test_reconcilers_own_keys_are_never_secrets(sandbox: Sandbox, strict: None) -> None:
+    """Even inside an allowed directory: the state directory's keys (a digest key
+    would let anyone test guesses against stored digests)."""
+    sandbox.run("apply", check=0)  # makes the state directory and its keys
+    key = sandbox.state / "state.db"  # the store (its keys live beside it)
+    assert key.exists()
+    _file(sandbox, {"file": str(key)})
+    result = sandbox.run("plan", "--secret-dir", str(sandbox.state.parent), check=1)
+    assert "one of reconciler's own credentials or state files" in result.stderr
+
+
+def test_the_daemon_rejects_a_revision_reading_outside_or_its_own_keys(tmp_path: Path) -> None:
+    root, config, allowed = tmp_path / "root", tmp_path / "config", tmp_path / "allowed"
+    for directory in (root, config, allowed):
+        directory.mkdir()
+    (allowed / "app").write_text("app-secret-value\n")
+    (tmp_path / "outside").write_text("outside-secret-value\n")
+
+    def manifest(secret: Path) -> None:
+        ref = {"valueFrom": {"file": str(secret)}}
+        (config / "a.yaml").write_text(
+            docs(doc("File", "a", {"path": str(root / "a"), "content": ref}))
+        )
+
+    manifest(allowed / "app")
+    env = {"RECONCILER_SECRET_DIRS": f"{allowed} {tmp_path / 'daemons'}"}
+    with Daemons(tmp_path / "daemons") as daemons:
+        daemon = daemons.start(config, root=root, env=env, secrets=("outside-secret-value",))
+        assert (root / "a").read_text() == "app-secret-value\n"
+        for secret, problem in (
+            (tmp_path / "outside", "outside the secret directories"),
+            (daemons.webhook_secret_file, "one of reconciler's own credentials"),
+        ):
+            manifest(secret)
+            assert daemon.sync().status == 202
+
+            def rejected(problem: str = problem) -> bool:
+                return problem in json.dumps(daemon.status().get("rejected"))
+
+            daemon.wait_until(rejected, f"the revision rejected: {problem}")
+            assert (root / "a").read_text() == "app-secret-value\n"  # the last good stays
+        assert "outside-secret-value" not in daemon.logs()
