@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
-_COMMON = {
+_COMMON: dict[str, Any] = {
+    # no explain phase: after a first failure it traces every later example
+    # (sys.settrace), which made a loader failure look like a 300 s hang
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     "database": None,
     "print_blob": True,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
