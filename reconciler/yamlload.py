@@ -101,7 +101,7 @@ def _tagged(loader: _Loader, node: Node) -> Any:
     `!!timestamp 2001-13-45`) is a marked YAML error at the node, not a crash."""
     try:
         return loader.construct_object(node, deep=True)
-    except (ValueError, KeyError, TypeError, OverflowError, IndexError):
+    except (ValueError, KeyError, TypeError, OverflowError, IndexError, AttributeError):
         value = node.value if isinstance(node, ScalarNode) else "..."
         if len(value) > 40:
             value = value[:40] + "..."

@@ -25,7 +25,14 @@ from tests.e2e.daemon_harness import Daemons, file_doc
 
 pytestmark = pytest.mark.fuzz
 
-BAD_TAGS = ["!!int 0x_", "!!int 0b", "!!float abc", "!!bool maybe", "!!timestamp 2001-13-45"]
+BAD_TAGS = [
+    "!!int 0x_",
+    "!!int 0b",
+    "!!float abc",
+    "!!bool maybe",
+    "!!timestamp 2001-13-45",
+    "!!timestamp 2001-12-14...",  # no match at all: AttributeError in PyYAML
+]
 MANIFEST = (
     "apiVersion: reconciler/v1\nkind: File\nmetadata: {{name: a}}\n"
     "spec: {{path: {root}/a, content: x, mode: {value}}}\n"
