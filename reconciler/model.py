@@ -51,9 +51,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: str | float) -> float:
-    """Seconds from `30`, `30s`, `5m`, `1h`, `250ms`; raises ValueError otherwise."""
-    if isinstance(value, bool):
+def parse_duration(value: object) -> float:
+    """Seconds from `30`, `30s`, `5m`, `1h`, `250ms`; raises ValueError otherwise
+    (whatever `value` is: it comes from a manifest)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration such as 30s or 5m, found {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -62,7 +63,7 @@ def parse_duration(value: str | float) -> float:
         if match is None:
             raise ValueError(f"expected a duration such as 30s or 5m, found {value!r}")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
+    if not seconds > 0 or seconds == float("inf"):  # NaN compares false
         raise ValueError(f"expected a positive duration, found {value!r}")
     return seconds
 

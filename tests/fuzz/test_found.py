@@ -90,3 +90,23 @@ def test_a_client_gone_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
                     pass
         assert daemon.request("GET", "/healthz").status == 200
         assert "Traceback" not in daemon.logs(), daemon.log_tail()
+
+
+# Found by the `full` profile: `resync:` with no value (null) reached the
+# duration parser, whose regex raised TypeError: an internal error.
+
+
+@pytest.mark.parametrize("value", ["null", "[5m]", "{a: 1}", ".nan", ".inf", "-1"])
+def test_a_duration_of_the_wrong_type_is_a_manifest_error(tmp_path: Path, value: str) -> None:
+    root, config = tmp_path / "root", tmp_path / "config"
+    config.mkdir()
+    (config / "m.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: File\nmetadata: {name: a}\n"
+        f"spec: {{path: {root}/a, content: x}}\npolicy:\n  resync: {value}\n"
+    )
+    registry = Registry.discover(ProviderSettings(roots=(str(root),)))
+    with pytest.raises(ManifestError) as caught:
+        load(config, registry)
+    [issue] = caught.value.issues
+    assert (issue.file, issue.line, issue.field) == ("m.yaml", 6, "policy.resync")
+    assert "duration" in issue.message
