@@ -260,6 +260,12 @@ _PHASES = {
 """The phase of reconcile latency each action's state is timed under."""
 
 
+def _loaded(registry: Registry) -> list[Provider[Any]]:
+    """The providers in use (a lazy registry's loaded ones; any other mapping's all)."""
+    loaded = getattr(registry, "loaded", None)
+    return list(loaded()) if callable(loaded) else list(registry.values())
+
+
 def _kind(rid: ResourceId) -> str:
     return rid.partition("/")[0]
 
@@ -358,10 +364,8 @@ class Engine:
         (the daemon's backoff against fighting another writer); None: heal at once."""
         self.telemetry: Telemetry = telemetry if telemetry is not None else _NoTelemetry()
         self._bound: DesiredState | None = None
-        self._binders = [p for p in registry.values() if type(p).bind is not Provider.bind]
-        self.refreshing = {
-            p.kind for p in registry.values() if type(p).refreshes is not Provider.refreshes
-        }
+        self.refreshing: set[str] = set()
+        """Kinds whose provider `refreshes` on others (of the providers in use)."""
         self._refreshers: dict[ResourceId, list[ResourceId]] = {}
         """For each resource some resource `refreshes` on, those resources."""
 
@@ -370,13 +374,18 @@ class Engine:
         desired state about to be enforced; once per desired state."""
         if desired is self._bound:
             return
-        if self._binders:
-            specs: dict[str, dict[ResourceId, BaseModel]] = {p.kind: {} for p in self._binders}
+        for kind in {res.kind for res in desired.resources.values()}:
+            _ = self.registry[kind]  # in use from now on, even for a tree from the cache
+        providers = _loaded(self.registry)
+        binders = [p for p in providers if type(p).bind is not Provider.bind]
+        self.refreshing = {p.kind for p in providers if type(p).refreshes is not Provider.refreshes}
+        if binders:
+            specs: dict[str, dict[ResourceId, BaseModel]] = {p.kind: {} for p in binders}
             for rid, res in desired.resources.items():
                 of_kind = specs.get(res.kind)
                 if of_kind is not None:
                     of_kind[rid] = res.spec
-            for provider in self._binders:
+            for provider in binders:
                 provider.bind(specs[provider.kind])
         self._refreshers = {}
         if self.refreshing:
@@ -395,7 +404,8 @@ class Engine:
             changes.install(tokens)
 
     def _changes(self) -> list[Changes]:
-        unique = {id(p.settings.changes): p.settings.changes for p in self.registry.values()}
+        providers = _loaded(self.registry)
+        unique = {id(p.settings.changes): p.settings.changes for p in providers}
         return list(unique.values())
 
     def applied(self, rid: ResourceId, at: float) -> None:

@@ -537,8 +537,11 @@ class _Documents:
 
 def _secret_sources(registry: Mapping[str, Provider[Any]]) -> SecretSources | None:
     """The operator's allow-list of secret sources, from the providers' settings."""
-    first = next(iter(registry.values()), None)
-    return None if first is None else first.settings.secret_sources
+    settings = getattr(registry, "settings", None)  # a Registry's: no provider imported
+    if settings is None:
+        first = next(iter(registry.values()), None)
+        settings = None if first is None else first.settings
+    return None if settings is None else settings.secret_sources
 
 
 def _variants(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
