@@ -332,9 +332,12 @@ class ApiProcess:
 def make_cert(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate (and its key) for 127.0.0.1, valid for a day."""
     cert, key = directory / "server.pem", directory / "server.key"
+    from tests.system import ensure_debian  # only the tests make certificates
+
+    openssl = ensure_debian("openssl", "openssl")  # a slim image may lack it
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
         ],
