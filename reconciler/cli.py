@@ -1,5 +1,5 @@
-"""The `reconciler` command line: validate, plan, apply, graph, providers, version,
-run (the daemon), status and events.
+"""The `reconciler` command line: validate, plan, apply, graph, providers, schema,
+version, run (the daemon), status and events.
 
 RECONCILER_ROOT and RECONCILER_STATE_DIR set --root and --state-dir for every
 command; any other option comes from RECONCILER_<COMMAND>_<OPTION> (for example
@@ -260,7 +260,15 @@ def validate(
 @commands_option
 @secrets_options
 @state_option
-@json_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default=None,
+    help="text (default), json (schemaVersion 1: `reconciler schema --plan`), or markdown "
+    "for a pull-request comment.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json (kept for scripts).")
 @color_option
 def plan(
     path: Path,
@@ -269,11 +277,16 @@ def plan(
     secret_dir: tuple[str, ...],
     secret_env: tuple[str, ...],
     state_dir: Path,
+    fmt: str | None,
     as_json: bool,
     no_color: bool,
 ) -> None:
     """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
-    from reconciler.diff import CHANGING, plan_json, render_plan
+    from reconciler.diff import CHANGING, plan_json, render_plan, render_plan_markdown
+
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} contradict each other")
+    fmt = "json" if as_json else fmt or "text"
 
     secrets = _secret_sources(secret_dir, secret_env, (state_dir,))
     registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
@@ -282,8 +295,11 @@ def plan(
         engine = _engine(registry, store)
         planned = _run(lambda: engine.preview(desired), engine.concurrency)
         refusal = engine.prune_refusal(desired)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
+    elif fmt == "markdown":
+        title = f"reconciler plan {path} ({len(desired.resources)} resources)"
+        click.echo(render_plan_markdown(planned, title=title, revision=desired.revision), nl=False)
     else:
         header = (
             f"reconciler plan {path}  (revision {desired.revision}, "
@@ -457,6 +473,38 @@ def providers(roots: tuple[str, ...], as_json: bool) -> None:
             for f in fields:
                 required = "  (required)" if f["required"] else ""
                 click.echo(f"    {f['name']:<10} {f['type']}{required}")
+
+
+@cli.command()
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Only this kind (repeatable); default every installed kind.",
+)
+@click.option(
+    "--plan",
+    "plan_output",
+    is_flag=True,
+    help="Print the JSON Schema of `plan --format json` instead.",
+)
+def schema(kinds: tuple[str, ...], plan_output: bool) -> None:
+    """Print a JSON Schema of manifest documents, from the installed providers, for
+    editors (yaml-language-server) and CI linters."""
+    from reconciler.schemas import manifest_schema, plan_schema
+
+    if plan_output:
+        if kinds:
+            raise click.UsageError("--kind applies to manifests, not to --plan")
+        click.echo(json.dumps(plan_schema(), indent=2))
+        return
+    registry = _registry(())
+    try:
+        document = manifest_schema(registry, kinds or None)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    click.echo(json.dumps(document, indent=2))
 
 
 def _fields(model: type[Any]) -> list[dict[str, Any]]:

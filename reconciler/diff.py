@@ -1,5 +1,7 @@
 """Rendering of previews (what `plan` shows) and reports (what `apply` did), as
-Terraform-style text with optional ANSI colours, or as JSON data.
+Terraform-style text with optional ANSI colours, as JSON data (the plan's shape is
+the versioned JSON Schema reconciler/schemas/plan-v1.json), or as Markdown for a
+pull-request comment (`render_plan_markdown`).
 
 Every value in the text (ids, descriptions, paths, link targets, contents, errors,
 notes) goes through `logs.printable`: a control character in a manifest cannot
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -92,6 +95,28 @@ def summary_counts(planned: Sequence[Planned]) -> Counter[str]:
     return Counter(p.action for p in planned)
 
 
+def summary_line(planned: Sequence[Planned]) -> str:
+    """`Plan: 1 to create, ... 11 unchanged.`, with what cannot be applied in brackets."""
+    counts = summary_counts(planned)
+    parts = [
+        f"{counts['create']} to create",
+        f"{counts['update'] + counts['drift']} to change",
+        f"{counts['delete']} to delete",
+    ]
+    if counts["release"]:
+        parts.append(f"{counts['release']} to release")
+    parts.append(f"{counts['none']} unchanged")
+    extra = []
+    if counts["drift-warn"]:
+        extra.append(f"{counts['drift-warn']} drifted (warn only)")
+    if counts["suspended"]:
+        extra.append(f"{counts['suspended']} suspended")
+    if counts["error"]:
+        extra.append(f"{counts['error']} could not be observed")
+    tail = f" ({', '.join(extra)})" if extra else ""
+    return f"Plan: {', '.join(parts)}.{tail}"
+
+
 def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str:
     style = _Style(colour)
     shown = [p for p in planned if p.action in _SYMBOL]
@@ -114,24 +139,7 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
                 out.extend(f"      {text}" for text in _change_lines(change, style))
     if not shown:
         out.append("  No changes. The system matches the desired state.")
-    counts = summary_counts(planned)
-    parts = [
-        f"{counts['create']} to create",
-        f"{counts['update'] + counts['drift']} to change",
-        f"{counts['delete']} to delete",
-    ]
-    if counts["release"]:
-        parts.append(f"{counts['release']} to release")
-    parts.append(f"{counts['none']} unchanged")
-    extra = []
-    if counts["drift-warn"]:
-        extra.append(f"{counts['drift-warn']} drifted (warn only)")
-    if counts["suspended"]:
-        extra.append(f"{counts['suspended']} suspended")
-    if counts["error"]:
-        extra.append(f"{counts['error']} could not be observed")
-    tail = f" ({', '.join(extra)})" if extra else ""
-    out += ["", f"Plan: {', '.join(parts)}.{tail}"]
+    out += ["", summary_line(planned)]
     return "\n".join(out) + "\n"
 
 
@@ -141,8 +149,14 @@ def _change_json(change: Change) -> dict[str, Any]:
     return {"field": change.field, "before": change.before, "after": change.after}
 
 
+PLAN_SCHEMA_VERSION = 1
+"""The `schemaVersion` of `plan --format json`; its schema is schemas/plan-v1.json.
+A field added keeps the version; a field removed, renamed or retyped bumps it."""
+
+
 def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
     return {
+        "schemaVersion": PLAN_SCHEMA_VERSION,
         "revision": revision,
         "changes": [
             {
@@ -157,6 +171,107 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
         ],
         "summary": dict(summary_counts(planned)),
     }
+
+
+MARKDOWN_LIMIT = 60_000
+"""Characters of Markdown at most: GitHub refuses a comment over 65,536."""
+_MD_HEADING = {
+    "create": "create",
+    "update": "change",
+    "drift": "heal drift",
+    "drift-warn": "drifted (warn only)",
+    "delete": "delete",
+    "release": "release",
+    "error": "could not be observed",
+}
+_INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>&|~#!]")
+
+
+def _inline(text: str) -> str:
+    """`text` (from a repository) safe inside HTML and Markdown inline text: control
+    characters escaped, then every character Markdown or HTML gives a meaning as a
+    numeric reference, so a resource named `</summary><img ...>` or `**x**` is shown,
+    not obeyed."""
+    return _INLINE_SPECIAL.sub(lambda m: f"&#{ord(m.group())};", printable(text))
+
+
+def _fenced(lines: list[str], language: str = "diff") -> list[str]:
+    """A fenced code block holding `lines` verbatim: its fence is longer than any
+    run of backticks inside, so no line can close it (CommonMark), and inside it
+    `<`, `*` and the rest are literal text."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}{language}", *lines, fence]
+
+
+def _markdown_change(change: Change) -> list[str]:
+    name = printable(change.field.lstrip("/").replace("/", "."))
+    if change.sensitive:  # masked in the plan itself (Change.masked): no value to show
+        return [f"~ {name}: (sensitive value{'' if change.before is None else ' changed'})"]
+    before, after = change.before, change.after
+    texts = isinstance(after, str) and (before is None or isinstance(before, str))
+    if texts and ("\n" in (before or "") or "\n" in after):
+        old = _text_lines(before) if isinstance(before, str) else []
+        diff = [
+            line
+            for line in difflib.unified_diff(old, _text_lines(after), n=0, lineterm="")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        lines = [f"# {name}: {len(diff)} line{'' if len(diff) == 1 else 's'} changed"]
+        lines += [f"{line[0]}{printable(line[1:])}" for line in diff[:MAX_DIFF_LINES]]
+        if len(diff) > MAX_DIFF_LINES:
+            lines.append(f"# ... {len(diff) - MAX_DIFF_LINES} more")
+        return lines
+    if before is None:
+        return [f"+ {name}: {_value(after)}"]
+    return [f"- {name}: {_value(before)}", f"+ {name}: {_value(after)}"]
+
+
+def _markdown_body(item: Planned) -> list[str]:
+    if item.action == "error":
+        return [f"! {printable(item.error or '')}"]
+    if item.plan is None:
+        return []
+    if item.plan.action is Action.CREATE and item.action != "create":
+        return ["# missing: removed out of band"]
+    return [line for change in item.plan.changes for line in _markdown_change(change)]
+
+
+def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: str) -> str:
+    """The plan as a pull-request comment: a heading with the revision, the summary
+    counts, and one collapsible `<details>` per resource that would change, its
+    diff in a fenced block. Secrets are masked as in every rendering (Change.masked);
+    every value from the repository is escaped (`_inline`, `_fenced`). Past
+    MARKDOWN_LIMIT characters the remaining resources are counted, not shown."""
+    shown = [p for p in planned if p.action in _SYMBOL]
+    out = [
+        f"### {_inline(title)}",
+        "",
+        f"Revision <code>{_inline(revision)}</code>: **{_inline(summary_line(planned))}**",
+        "",
+    ]
+    if not shown:
+        out.append("No changes. The system matches the desired state.")
+    size = sum(len(line) + 1 for line in out)
+    for index, item in enumerate(shown):
+        symbol, _ = _SYMBOL[item.action]
+        note = item.note or _NOTE.get(item.action, "")
+        summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.action]}"
+        if item.describe:
+            summary += f": {_inline(item.describe)}"
+        if note:
+            summary += f" <em>{_inline(note)}</em>"
+        block = ["<details>", f"<summary>{summary}</summary>", ""]
+        body = _markdown_body(item)
+        block += [*_fenced(body), ""] if body else []
+        block += ["</details>", ""]
+        length = sum(len(line) + 1 for line in block)
+        if size + length > MARKDOWN_LIMIT:
+            out.append(f"... {len(shown) - index} more resources not shown (see the job log).")
+            break
+        out += block
+        size += length
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 REPORT_ORDER = (
