@@ -260,7 +260,7 @@ def test_plan_json_and_apply_json(sandbox: Sandbox) -> None:
     link = sandbox.write("link.yaml", doc("Symlink", "l", {"path": str(root / "l"), "target": "d"}))
 
     planned = json.loads(sandbox.run("plan", "--json", check=2).stdout)
-    assert set(planned) == {"revision", "changes", "summary"}
+    assert set(planned) == {"schemaVersion", "revision", "changes", "summary"}
     assert planned["summary"] == {"create": 3}
     by_id = {c["id"]: c for c in planned["changes"]}
     assert set(by_id) == {"Directory/d", "File/f", "Symlink/l"}
