@@ -50,12 +50,23 @@ from reconciler.model import (
 if TYPE_CHECKING:
     from yaml.nodes import Node
 
+EMPTY_MARK = "# reconciler: empty"
+"""The first line of a manifest that is meant to declare nothing (0094)."""
+_EMPTY_FILE = (
+    "empty manifest: a truncated file would prune what it declared; "
+    f"to keep an empty file on purpose, make {EMPTY_MARK!r} its first line"
+)
+_MARKED_BUT_DECLARES = (
+    f"the file starts with {EMPTY_MARK!r} but declares resources: remove the marker"
+)
+
 _ENVELOPE = ("apiVersion", "kind", "metadata", "spec", "policy")
 _METADATA = ("name", "labels", "annotations")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 
 
 __all__ = [
+    "EMPTY_MARK",
     "Cache",
     "Issue",
     "Limits",
@@ -271,20 +282,28 @@ class _Documents:
     def _parse_documents(self, shown: str, text: str, ctx: PrepareContext) -> None:
         from reconciler import yamlload  # only a tree not found in the cache is parsed
 
+        declared = 0
         try:
             for node, data in self._documents(text):
+                declared += data is not None
                 self._add_document(shown, node, data, ctx)
         except yamlload.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = None if mark is None else mark.line + 1
-            problem = exc.problem or str(exc)
-            if exc.context and not isinstance(exc, yamlload.DuplicateKey):
-                problem = f"{problem} ({exc.context})"
+            line, problem = yamlload.where(exc)
             self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}"))
+            return
         except yamlload.YAMLError as exc:
             self.add_issue(Issue(shown, None, "", f"invalid YAML: {exc}"))
+            return
         except RecursionError:  # past every depth check: still an error, never a crash
             self.add_issue(Issue(shown, None, "", "invalid YAML: nested too deeply"))
+            return
+        # 0094: an empty file is what a truncated write leaves, and loading it as
+        # zero resources would prune everything the file declared
+        marked = text.partition("\n")[0].strip("\ufeff \t\r") == EMPTY_MARK
+        if not declared and not marked:
+            self.add_issue(Issue(shown, None, "", _EMPTY_FILE))
+        elif declared and marked:
+            self.add_issue(Issue(shown, 1, "", _MARKED_BUT_DECLARES))
 
     def _issue(self, file: str, node: Node, path: tuple[str | int, ...], message: str) -> None:
         from reconciler.yamlload import line_of

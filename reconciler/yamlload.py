@@ -205,3 +205,33 @@ def documents(
             yield node, data
     finally:
         loader.dispose()
+
+
+_UNCLOSED = {
+    "while scanning a quoted scalar": "quoted scalar",
+    "while parsing a flow sequence": "flow sequence ('[')",
+    "while parsing a flow mapping": "flow mapping ('{')",
+}
+"""libyaml's contexts of a construct that runs on until it is closed: its error is
+found where the reading stopped (often the end of the file), but the mistake is
+where it started."""
+
+
+def where(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
+    """The 1-based line a YAML error is reported at, and its message.
+
+    An unclosed quote or bracket is reported where it starts, the message saying
+    both places: "unclosed quoted scalar started at line 3, found end of file at
+    line 40". Other errors are reported where the problem was found."""
+    context, problem = exc.context_mark, exc.problem_mark
+    text = exc.problem or str(exc)
+    what = _UNCLOSED.get(exc.context or "")
+    if what and context is not None and problem is not None and context.line < problem.line:
+        text = text.replace("unexpected end of stream", "end of file")
+        started = context.line + 1
+        ended = problem.line + 1
+        return started, f"unclosed {what} started at line {started}, {text} at line {ended}"
+    mark = problem or context
+    if exc.context and not isinstance(exc, DuplicateKey):
+        text = f"{text} ({exc.context})"
+    return (None if mark is None else mark.line + 1), text

@@ -37,7 +37,7 @@ BAD = [
     Bad(
         "invalid-yaml",
         lambda root: HEAD + f"kind: File\nmetadata: {{name: x\nspec: {{path: {root}/x}}\n",
-        ("bad.yaml:4:", "invalid YAML", "flow mapping"),
+        ("bad.yaml:3:", "invalid YAML: unclosed flow mapping ('{') started at line 3,", "line 4"),
     ),
     Bad(
         "not-a-mapping",

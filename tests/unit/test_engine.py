@@ -183,7 +183,9 @@ class Rig:
 
     def desired(self, *docs: Doc) -> DesiredState:
         manifest = self.config / "manifests.yaml"
-        manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        # no documents: the tree says so, or the loader refuses the empty file (0094)
+        text = yaml.safe_dump_all(docs, sort_keys=False) if docs else "# reconciler: empty\n"
+        manifest.write_text(text)
         return load(self.config, self.registry)
 
     async def converge(self, *docs: Doc, **engine: Any) -> Report:

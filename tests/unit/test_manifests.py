@@ -121,8 +121,9 @@ def test_hidden_directories_are_skipped(tree: Tree) -> None:
 
 
 def test_empty_documents_are_ignored(tree: Tree) -> None:
-    tree.write("empty.yaml", "")
-    tree.write("comments.yaml", "# nothing here\n---\n# nor here\n")
+    # a file that declares nothing says so (0094); tests/e2e/test_empty_manifests.py
+    tree.write("empty.yaml", "# reconciler: empty\n")
+    tree.write("comments.yaml", "# reconciler: empty\n# nothing here\n---\n# nor here\n")
     tree.write("app.yaml", "---\n---\n" + file_doc("a", "$ROOT/a") + "---\n...\n---\n")
     desired = tree.load()
     assert set(desired.resources) == {"File/a"}
@@ -351,7 +352,7 @@ CASES: list[Case] = [
     Case(
         "invalid YAML in a later document",
         {"a.yaml": file_doc("a", "$ROOT/a") + "---\n" + "kind: [File\nname: x\n"},
-        [("a.yaml", 10, "", r"^invalid YAML: .*flow sequence")],
+        [("a.yaml", 9, "", r"^invalid YAML: unclosed flow sequence .* at line 9, .* at line 10$")],
     ),
     Case(
         "duplicate key",
