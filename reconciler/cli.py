@@ -1099,8 +1099,14 @@ def status(url: str, as_json: bool) -> None:
     ]
     width = max((len(rid) for rid, _, _ in rows), default=10)
     click.echo(f"{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
-    for rid, state, error in rows:
+    for r, (rid, state, error) in zip(resources, rows, strict=True):
         click.echo(f"{rid:<{width}}  {state:<10}  {error}".rstrip())
+        # which fields drifted (the values are in the API and --json: they may be long)
+        drifted = [
+            show(str(d.get("field"))) for d in r.get("drift") or [] if r["state"] == "Drifted"
+        ]
+        if drifted:
+            click.echo(f"{'':<{width}}  drifted fields: {', '.join(drifted)}")
 
 
 @cli.command()
