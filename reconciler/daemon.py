@@ -697,8 +697,11 @@ class Daemon:
             if result is not None and result.action in ("created", "updated", "healed"):
                 self._quiet[rid] = now + QUIET_AFTER_APPLY
             if result is not None and result.state is State.DRIFTED and result.plan:
+                # a drift entry names its values for what they are: what the system
+                # holds and what the repository says (a plan's before/after would
+                # read as a history); sensitive values never leave the plan
                 self._drift[rid] = [
-                    {"field": c.field, "before": c.before, "after": c.after}
+                    {"field": c.field, "observed": c.before, "desired": c.after}
                     if not c.sensitive
                     else {"field": c.field, "sensitive": True}
                     for c in result.plan.changes

@@ -668,7 +668,7 @@ def test_drift_is_healed_quickly_under_watch(
     edited.write_text("edited again\n")
     drifted = daemon.wait_state("File/edited", "Drifted")
     assert drifted["drift"] == [
-        {"field": "/content", "before": "edited again\n", "after": "original\n"}
+        {"field": "/content", "observed": "edited again\n", "desired": "original\n"}
     ]
     daemon.wait_file(edited, "original\n", timeout=15)
     between = time.monotonic() - healed_at
@@ -967,11 +967,14 @@ def test_the_status_command_shows_the_running_daemon(
     assert git_server.url() in out
     assert "1 Drifted, 1 InSync" in out
     table = [line.split() for line in out.split("\n\n", 1)[1].splitlines() if line.strip()]
-    assert [row[:2] for row in table] == [
-        ["RESOURCE", "STATE"],
+    assert [row[:3] for row in table] == [
+        ["RESOURCE", "STATE", "LAST"],
         ["File/app", "InSync"],
         ["File/notes", "Drifted"],
+        ["drifted", "fields:", "/content"],  # which fields, under the resource (issue 10)
     ], out
+    api = json.loads(daemon.request("GET", "/api/v1/resources/File/notes").body)
+    assert api["drift"] == [{"field": "/content", "observed": "by hand\n", "desired": "n\n"}]
 
     as_json = run_cli("status", "--json", env={"RECONCILER_URL": daemon.url})
     assert as_json.returncode == 0, as_json.stderr
