@@ -298,7 +298,8 @@ def plan(
     if fmt == "json":
         click.echo(json.dumps(plan_json(planned, desired.revision), indent=2))
     elif fmt == "markdown":
-        title = f"reconciler plan {path} ({len(desired.resources)} resources)"
+        count = len(desired.resources)
+        title = f"reconciler plan {path} ({count} resource{'' if count == 1 else 's'})"
         click.echo(render_plan_markdown(planned, title=title, revision=desired.revision), nl=False)
     else:
         header = (
