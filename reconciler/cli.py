@@ -1,5 +1,5 @@
 """The `reconciler` command line: validate, plan, apply, graph, providers, schema,
-version, run (the daemon), status and events.
+diff, version, run (the daemon), status and events.
 
 RECONCILER_ROOT and RECONCILER_STATE_DIR set --root and --state-dir for every
 command; any other option comes from RECONCILER_<COMMAND>_<OPTION> (for example
@@ -1277,6 +1277,67 @@ def _events_table(events: list[dict[str, Any]]) -> str:
         + "\n"
         for row in rows
     )
+
+
+@cli.command("diff")
+@click.option("--from", "old", required=True, metavar="REV", help="The revision before.")
+@click.option("--to", "new", required=True, metavar="REV", help="The revision after.")
+@click.option(
+    "--repo",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default=True,
+    help="The git repository (or a directory inside it).",
+)
+@click.option(
+    "--path",
+    "subpath",
+    default="",
+    metavar="SUBDIR",
+    help="The config tree's directory inside the repository (default: its top).",
+)
+@secrets_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="text, json, or markdown for a pull-request comment.",
+)
+@color_option
+def diff_command(
+    old: str,
+    new: str,
+    repo: Path,
+    subpath: str,
+    secret_dir: tuple[str, ...],
+    secret_env: tuple[str, ...],
+    fmt: str,
+    no_color: bool,
+) -> None:
+    """Compare the desired state at two revisions of a git repository, without the
+    system: resources added, removed and changed, field by field. REV is anything
+    git understands (branch, tag, sha, HEAD~1). Exit 0 same, 2 different, 1 error."""
+    from reconciler import revdiff
+
+    # Nothing is observed or applied: any path is accepted (root /) and a Command
+    # may be declared; secret references resolve as for validate (docs/cli.md#diff).
+    secrets = _secret_sources(secret_dir, secret_env)
+    registry = _registry(("/",), allow_commands=True, secrets=secrets)
+    try:
+        found = revdiff.compare_revisions(revdiff.open_repo(repo), old, new, subpath, registry)
+    except revdiff.RevisionError as exc:
+        issues = "".join(f"\n  {_printable(issue)}" for issue in exc.issues)
+        click.echo(f"error: {_printable(str(exc))}{':' if issues else ''}{issues}", err=True)
+        sys.exit(1)
+    if fmt == "json":
+        click.echo(revdiff.render_json(found), nl=False)
+    elif fmt == "markdown":
+        click.echo(revdiff.render_markdown(found), nl=False)
+    else:
+        click.echo(revdiff.render_text(found, colour=_colour(no_color)), nl=False)
+    _exit(0 if found.same else 2)
 
 
 @cli.command()
