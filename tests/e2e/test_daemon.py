@@ -704,7 +704,9 @@ def test_under_drift_warn_a_hand_edit_is_reported_and_left_alone(
 
     warned.write_text("by hand\n")
     resource = daemon.wait_state("File/warned", "Drifted")
-    assert resource["drift"] == [{"field": "/content", "before": "by hand\n", "after": "desired\n"}]
+    assert resource["drift"] == [
+        {"field": "/content", "observed": "by hand\n", "desired": "desired\n"}
+    ]
     assert daemon.status()["resources"] == {"Drifted": 1}
     assert_stays(
         lambda: read_text(warned) == "by hand\n",
