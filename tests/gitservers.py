@@ -21,6 +21,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -292,6 +293,11 @@ class SmartHTTPServer(_Server):
         self.delay = delay
         self.protocol_v2 = protocol_v2
         self.requests: list[HTTPRequestRecord] = []
+        self.hangups = 0
+        """Requests whose client went away before the answer was sent."""
+        self.answered = threading.Condition()
+        self.finished = 0
+        """Requests done with (answered or hung up on), under `answered`."""
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -304,8 +310,7 @@ class SmartHTTPServer(_Server):
         class Handler(_GitHTTPHandler):
             owner = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _GitHTTPD(("127.0.0.1", self.port), Handler, self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -323,6 +328,18 @@ class SmartHTTPServer(_Server):
             self._thread.join(timeout=5)
             self._thread = None
 
+    def wait_requests(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` requests have been read (and recorded in `requests`)."""
+        with self.answered:
+            if not self.answered.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(f"{len(self.requests)} of {count} requests read")
+
+    def wait_finished(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` requests are done with (the answer sent, or the client gone)."""
+        with self.answered:
+            if not self.answered.wait_for(lambda: self.finished >= count, timeout):
+                raise AssertionError(f"{self.finished} of {count} requests finished")
+
     def authorized(self, header: str | None) -> bool:
         if self.token is None:
             return True
@@ -339,6 +356,36 @@ class SmartHTTPServer(_Server):
             _, _, password = decoded.partition(":")
             return hmac.compare_digest(password.encode(), self.token.encode())
         return False
+
+
+class _GitHTTPD(ThreadingHTTPServer):
+    """A client that hangs up before its answer is normal (a fetch that timed out,
+    a cancelled clone): counted in `hangups`, not printed as a traceback. Any
+    other error of a handler is still printed, as by http.server."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        owner: SmartHTTPServer,
+    ) -> None:
+        self.owner = owner
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # reset, broken pipe, aborted
+            with self.owner.answered:
+                self.owner.hangups += 1
+            return
+        super().handle_error(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self.owner.answered:
+            self.owner.finished += 1
+            self.owner.answered.notify_all()
 
 
 class _GitHTTPHandler(BaseHTTPRequestHandler):
@@ -359,7 +406,9 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
         owner = self.owner
         auth = self.headers.get("Authorization")
         ok = owner.authorized(auth)
-        owner.requests.append(HTTPRequestRecord(self.command, self.path, auth, ok))
+        with owner.answered:
+            owner.requests.append(HTTPRequestRecord(self.command, self.path, auth, ok))
+            owner.answered.notify_all()
         if owner.delay:
             time.sleep(owner.delay)
         if not ok:
