@@ -39,7 +39,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from reconciler.manifests import Issue, ManifestError, load
+from reconciler.manifests import EMPTY_MARK, Issue, ManifestError, load
 from reconciler.model import (
     API_VERSION,
     PREPARED,
@@ -275,6 +275,8 @@ class Harness:
         for document in documents:
             line = text.count("\n") + 1
             text += "---\n" + yaml.safe_dump(dict(document), sort_keys=False, width=1 << 30)
+        if not documents:  # every object left the manifests: an empty tree on purpose
+            text = EMPTY_MARK + "\n"
         (self.config / MANIFEST).write_text(text)
         return line
 
