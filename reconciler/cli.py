@@ -225,12 +225,27 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 color_option = click.option("--no-color", is_flag=True, help="No ANSI colours.")
 
 
+class _Reconciler(click.Group):
+    """The top-level group: its help ends with the kinds installed here."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from importlib.metadata import entry_points
+
+        kinds = sorted({ep.name for ep in entry_points(group="reconciler.providers")})
+        formatter.write_paragraph()
+        formatter.write_text(
+            f"Installed kinds: {', '.join(kinds) or 'none'} "
+            "('reconciler providers' for their fields)."
+        )
+
+
 @click.group(
-    context_settings={"auto_envvar_prefix": "RECONCILER", "help_option_names": ["-h", "--help"]}
+    cls=_Reconciler,
+    context_settings={"auto_envvar_prefix": "RECONCILER", "help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "--version", prog_name="reconciler")
 def cli() -> None:
-    """GitOps reconciliation for files, directories, commands, databases and HTTP objects."""
+    """GitOps reconciliation: the desired state of infrastructure, kept in git, enforced."""
 
 
 @cli.command()

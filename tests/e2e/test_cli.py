@@ -576,3 +576,21 @@ def test_a_second_apply_on_a_locked_state_dir_fails_clearly(sandbox: Sandbox) ->
     assert not path.exists()
     sandbox.run("apply", check=0)
     assert path.read_text() == "x\n"
+
+
+def test_the_help_lists_the_installed_kinds() -> None:
+    """`--help` names what is installed here, no more (issue 10)."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    installed = sorted({ep.name for ep in entry_points(group="reconciler.providers")})
+    assert f"Installed kinds: {', '.join(installed)} " in text
