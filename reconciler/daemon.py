@@ -38,7 +38,7 @@ from reconciler import __version__, logs
 from reconciler.engine import Engine, MassPruneRefused, Report
 from reconciler.fsm import Event, State
 from reconciler.httplimits import HttpLimits
-from reconciler.manifests import Cache, ManifestError, ParseMemo, load
+from reconciler.manifests import Cache, ManifestError, ParseMemo, load, tree_digest
 from reconciler.metrics import Metrics, Snapshot
 from reconciler.model import DesiredState, ProviderSettings, ResourceId, SecretSources, Sensitive
 from reconciler.registry import Registry
@@ -399,6 +399,11 @@ class Daemon:
                 )
             )
         except ManifestError as exc:
+            if revision.id.startswith("dir-") and await asyncio.to_thread(_changed_since, revision):
+                # a plain directory changed while it was read (an editor's truncate
+                # then write): what failed is not the revision its id names; look again
+                self.request_sync("local change during the load")
+                return
             self._reject(revision, [str(issue) for issue in exc.issues])
             return
         if self.desired is None:
@@ -869,6 +874,12 @@ class Daemon:
         if self.store is None:
             return []
         return [t.to_json() for t in self.store.history(resource, limit, kind=kind, since=since)]
+
+
+def _changed_since(revision: Revision) -> bool:
+    """Whether a plain directory's tree no longer has the digest its revision id
+    names (`dir-<digest>`)."""
+    return f"dir-{tree_digest(revision.path)[:12]}" != revision.id
 
 
 def _holds_secrets(desired: DesiredState) -> bool:
