@@ -11,6 +11,7 @@ has changes, 1 any error. Errors are one clear message each, never a traceback
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -70,6 +72,10 @@ def _colour(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
+def _resolved(roots: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
+
+
 def _registry(
     roots: tuple[str, ...],
     state_dir: Path | None = None,
@@ -80,10 +86,9 @@ def _registry(
     from reconciler.model import ProviderSettings
     from reconciler.registry import Registry
 
-    resolved = tuple(os.path.normpath(os.path.abspath(r)) for r in roots)
     kept = None if state_dir is None else os.path.abspath(state_dir)
     settings = ProviderSettings(
-        roots=resolved,
+        roots=_resolved(roots),
         state_dir=kept,
         allow_commands=allow_commands,
         secret_sources=secrets if secrets is not None else _secret_sources((), ()),
@@ -213,6 +218,51 @@ def _secret_sources(
     )
 
 
+@dataclass(frozen=True)
+class _Providers:
+    """--root, --allow-commands, --secret-dir and --secret-env: what the providers
+    of a command may do, as one value."""
+
+    roots: tuple[str, ...]
+    allow_commands: bool
+    secret_dir: tuple[str, ...]
+    secret_env: tuple[str, ...]
+
+    @property
+    def resolved_roots(self) -> tuple[str, ...]:
+        return _resolved(self.roots)
+
+    def secrets(self, *own: Path | None) -> SecretSources:
+        """The secret allow-list, `own` files (state directory, credentials) denied."""
+        return _secret_sources(self.secret_dir, self.secret_env, own)
+
+    def registry(self, state_dir: Path | None = None) -> Registry:
+        return _registry(
+            self.roots,
+            state_dir,
+            allow_commands=self.allow_commands,
+            secrets=self.secrets(state_dir),
+        )
+
+
+def provider_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The four provider options, handed to the command as `providers`."""
+
+    @functools.wraps(command)
+    def run_with(
+        *args: Any,
+        roots: tuple[str, ...],
+        allow_commands: bool,
+        secret_dir: tuple[str, ...],
+        secret_env: tuple[str, ...],
+        **kwargs: Any,
+    ) -> Any:
+        providers = _Providers(roots, allow_commands, secret_dir, secret_env)
+        return command(*args, providers=providers, **kwargs)
+
+    return root_option(commands_option(secrets_options(run_with)))
+
+
 state_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -250,19 +300,10 @@ def cli() -> None:
 
 @cli.command()
 @path_argument
-@root_option
-@commands_option
-@secrets_options
-def validate(
-    path: Path,
-    roots: tuple[str, ...],
-    allow_commands: bool,
-    secret_dir: tuple[str, ...],
-    secret_env: tuple[str, ...],
-) -> None:
+@provider_options
+def validate(path: Path, providers: _Providers) -> None:
     """Check every manifest under PATH; print all errors."""
-    secrets = _secret_sources(secret_dir, secret_env)
-    desired = _load(path, _registry(roots, allow_commands=allow_commands, secrets=secrets))
+    desired = _load(path, providers.registry())
     click.echo(
         f"{_printable(str(path))}: valid (revision {_printable(desired.revision)}, "
         f"{len(desired.resources)} resources)"
@@ -271,9 +312,7 @@ def validate(
 
 @cli.command()
 @path_argument
-@root_option
-@commands_option
-@secrets_options
+@provider_options
 @state_option
 @click.option(
     "--format",
@@ -287,10 +326,7 @@ def validate(
 @color_option
 def plan(
     path: Path,
-    roots: tuple[str, ...],
-    allow_commands: bool,
-    secret_dir: tuple[str, ...],
-    secret_env: tuple[str, ...],
+    providers: _Providers,
     state_dir: Path,
     fmt: str | None,
     as_json: bool,
@@ -303,8 +339,7 @@ def plan(
         raise click.UsageError(f"--json and --format {fmt} contradict each other")
     fmt = "json" if as_json else fmt or "text"
 
-    secrets = _secret_sources(secret_dir, secret_env, (state_dir,))
-    registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
+    registry = providers.registry(state_dir)
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -331,9 +366,7 @@ def plan(
 
 @cli.command()
 @path_argument
-@root_option
-@commands_option
-@secrets_options
+@provider_options
 @state_option
 @click.option(
     "--concurrency",
@@ -368,10 +401,7 @@ def plan(
 @color_option
 def apply(
     path: Path,
-    roots: tuple[str, ...],
-    allow_commands: bool,
-    secret_dir: tuple[str, ...],
-    secret_env: tuple[str, ...],
+    providers: _Providers,
     state_dir: Path,
     concurrency: int,
     retries: int,
@@ -386,8 +416,7 @@ def apply(
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
-    secrets = _secret_sources(secret_dir, secret_env, (state_dir,))
-    registry = _registry(roots, state_dir, allow_commands=allow_commands, secrets=secrets)
+    registry = providers.registry(state_dir)
     desired = _load(path, registry, state_dir, write_cache=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
@@ -433,25 +462,15 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | 
 
 @cli.command()
 @path_argument
-@root_option
-@commands_option
-@secrets_options
+@provider_options
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
 )
-def graph(
-    path: Path,
-    roots: tuple[str, ...],
-    allow_commands: bool,
-    secret_dir: tuple[str, ...],
-    secret_env: tuple[str, ...],
-    fmt: str,
-) -> None:
+def graph(path: Path, providers: _Providers, fmt: str) -> None:
     """Print the dependency graph (explicit and implicit edges)."""
     from reconciler import graph as graphs
 
-    secrets = _secret_sources(secret_dir, secret_env)
-    desired = _load(path, _registry(roots, allow_commands=allow_commands, secrets=secrets))
+    desired = _load(path, providers.registry())
     render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
     click.echo(render(desired.dependencies), nl=False)
 
@@ -770,9 +789,7 @@ _secret = click.Path(path_type=Path)
     envvar="RECONCILER_INTERVAL",
     help="Poll period (30, 30s, 5m); jittered by 10%.",
 )
-@root_option
-@commands_option
-@secrets_options
+@provider_options
 @state_option
 @click.option(
     "--listen",
@@ -965,10 +982,7 @@ def run(
     ref: str | None,
     subpath: str,
     interval: float,
-    roots: tuple[str, ...],
-    allow_commands: bool,
-    secret_dir: tuple[str, ...],
-    secret_env: tuple[str, ...],
+    providers: _Providers,
     state_dir: Path,
     listen: tuple[str, int],
     ssh_key: Path | None,
@@ -1014,20 +1028,16 @@ def run(
         ref=ref,
         path=subpath,
         interval=interval,
-        roots=tuple(os.path.normpath(os.path.abspath(r)) for r in roots),
-        allow_commands=allow_commands,
-        secret_sources=_secret_sources(
-            secret_dir,
-            secret_env,
-            (
-                state_dir,
-                token_file,
-                webhook_secret_file,
-                api_token_file,
-                ssh_key,
-                *trusted_keys,
-                allowed_signers,
-            ),
+        roots=providers.resolved_roots,
+        allow_commands=providers.allow_commands,
+        secret_sources=providers.secrets(
+            state_dir,
+            token_file,
+            webhook_secret_file,
+            api_token_file,
+            ssh_key,
+            *trusted_keys,
+            allowed_signers,
         ),
         state_dir=state_dir,
         listen=listen,

@@ -252,8 +252,8 @@ def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: st
     ]
     if not shown:
         out.append("No changes. The system matches the desired state.")
-    size = sum(len(line) + 1 for line in out)
-    for index, item in enumerate(shown):
+    items = []
+    for item in shown:
         symbol, _ = _SYMBOL[item.action]
         note = item.note or _NOTE.get(item.action, "")
         summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.action]}"
@@ -261,13 +261,23 @@ def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: st
             summary += f": {_inline(item.describe)}"
         if note:
             summary += f" <em>{_inline(note)}</em>"
+        items.append((summary, _markdown_body(item)))
+    return markdown_details(out, items, "resources not shown (see the job log)")
+
+
+def markdown_details(out: list[str], items: Sequence[tuple[str, list[str]]], omitted: str) -> str:
+    """`out` (a heading) and one collapsible `<details>` per item: its summary (HTML,
+    escaped by the caller) and its body lines in a fenced block. Past
+    MARKDOWN_LIMIT characters the remaining items are counted (`... N more
+    {omitted}.`), not shown."""
+    size = sum(len(line) + 1 for line in out)
+    for index, (summary, body) in enumerate(items):
         block = ["<details>", f"<summary>{summary}</summary>", ""]
-        body = _markdown_body(item)
         block += [*_fenced(body), ""] if body else []
         block += ["</details>", ""]
         length = sum(len(line) + 1 for line in block)
         if size + length > MARKDOWN_LIMIT:
-            out.append(f"... {len(shown) - index} more resources not shown (see the job log).")
+            out.append(f"... {len(items) - index} more {omitted}.")
             break
         out += block
         size += length

@@ -31,13 +31,12 @@ from typing import Any, Literal
 import git
 
 from reconciler.diff import (
-    MARKDOWN_LIMIT,
     _change_json,
     _change_lines,
-    _fenced,
     _inline,
     _markdown_change,
     _Style,
+    markdown_details,
 )
 from reconciler.logs import printable
 from reconciler.manifests import ManifestError, load
@@ -383,20 +382,12 @@ def render_markdown(diff: RevisionDiff) -> str:
     out = [f"### {_inline(title(diff))}", "", f"**{_inline(summary_line(diff))}**", ""]
     if diff.same:
         out.append("No changes. Both revisions declare the same desired state.")
-    size = sum(len(line) + 1 for line in out)
-    for index, item in enumerate(diff.resources):
+    items = []
+    for item in diff.resources:
         symbol, _ = _SYMBOL[item.kind]
         summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.kind]}"
         if item.describe:
             summary += f": {_inline(item.describe)}"
-        block = ["<details>", f"<summary>{summary}</summary>", ""]
         body = [line for change in item.changes for line in _markdown_change(change)]
-        block += [*_fenced(body), ""] if body else []
-        block += ["</details>", ""]
-        length = sum(len(line) + 1 for line in block)
-        if size + length > MARKDOWN_LIMIT:
-            out.append(f"... {len(diff.resources) - index} more resources not shown.")
-            break
-        out += block
-        size += length
-    return "\n".join(out).rstrip("\n") + "\n"
+        items.append((summary, body))
+    return markdown_details(out, items, "resources not shown")
