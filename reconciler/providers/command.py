@@ -261,9 +261,7 @@ class CommandProvider(Provider[CommandSpec]):
     def _refreshed(
         self, spec: CommandSpec, record: Mapping[str, Any] | None
     ) -> list[tuple[str, Any, Any]]:
-        changes: Changes | None = getattr(self.settings, "changes", None)
-        if changes is None:
-            return []
+        changes = self.settings.changes
         seen = record.get("refresh", {}) if record is not None else {}
         reasons = []
         for i, rid in enumerate(spec.refresh_on):
@@ -311,9 +309,7 @@ class CommandProvider(Provider[CommandSpec]):
             return f"exit 0: {tail}" if tail else "exit 0 (no output)"
 
     def _tokens(self, spec: CommandSpec) -> dict[str, str]:
-        changes: Changes | None = getattr(self.settings, "changes", None)
-        if changes is None:
-            return {}
+        changes = self.settings.changes
         return {rid: t for rid in spec.refresh_on if (t := changes.token(rid)) is not None}
 
     async def delete(self, spec: CommandSpec) -> None:
