@@ -34,6 +34,7 @@ from reconciler.model import (
     PREPARED,
     PROCESS_DIGEST_KEY,
     DesiredState,
+    Instance,
     Location,
     Policy,
     Provider,
@@ -42,7 +43,7 @@ from reconciler.model import (
 
 log = logging.getLogger("reconciler.cache")
 
-FORMAT = b"reconciler-tree-cache/1"
+FORMAT = b"reconciler-tree-cache/2"
 """First word of every entry: its format and version."""
 SUFFIX = ".entry"
 _OLD_SUFFIX = ".pickle"
@@ -216,10 +217,19 @@ def _body(state: DesiredState, *, exact: bool) -> bytes:
             values, fields = spec.model_dump(mode="json", by_alias=True), None
         policy = None if res.policy == DEFAULT_POLICY else res.policy.model_dump(by_alias=True)
         row = [res.kind, res.name, values, fields, policy, res.spec_hash]
-        row += [res.location.file, res.location.line, dict(res.labels)]
+        row += [res.location.file, res.location.line, dict(res.labels), res.instance]
         resources.append(row)
     dependencies = {rid: list(deps) for rid, deps in state.dependencies.items()}
-    data = {"exact": exact, "resources": resources, "dependencies": dependencies}
+    instances = [
+        [i.id, i.source, i.location.file, i.location.line, i.values, i.parent, i.ref, i.commit]
+        for i in state.instances.values()
+    ]
+    data = {
+        "exact": exact,
+        "resources": resources,
+        "dependencies": dependencies,
+        "instances": instances,
+    }
     return json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
 
 
@@ -264,7 +274,8 @@ def _decode(body: bytes, registry: Mapping[str, Provider[Any]], revision: str) -
     exact = data["exact"] is True
     specs: dict[str, type[BaseModel]] = {}
     resources: dict[str, Resource] = {}
-    for kind, name, values, fields, policy, spec_hash, file, line, labels in data["resources"]:
+    for row in data["resources"]:
+        kind, name, values, fields, policy, spec_hash, file, line, labels, instance = row
         cls = specs.get(kind)
         if cls is None:
             cls = specs[kind] = registry[kind].Spec
@@ -283,7 +294,14 @@ def _decode(body: bytes, registry: Mapping[str, Provider[Any]], revision: str) -
             spec_hash,
             Location(file, line),
             labels,
+            instance,
         )
         resources[res.id] = res
     dependencies = {rid: tuple(deps) for rid, deps in data["dependencies"].items()}
-    return DesiredState(revision=revision, resources=resources, dependencies=dependencies)
+    instances = {
+        iid: Instance(iid, source, Location(file, line), values, parent, ref, commit)
+        for iid, source, file, line, values, parent, ref, commit in data["instances"]
+    }
+    return DesiredState(
+        revision=revision, resources=resources, dependencies=dependencies, instances=instances
+    )

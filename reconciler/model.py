@@ -132,6 +132,9 @@ class Resource:
     spec_hash: str
     location: Location
     labels: Mapping[str, str] = field(default_factory=dict)
+    instance: str = ""
+    """The id of the Bundle instance that made this resource (`Bundle/team-a-web`);
+    empty for a resource written out in the tree itself."""
 
     @property
     def id(self) -> ResourceId:
@@ -139,7 +142,29 @@ class Resource:
 
     def __reduce__(self) -> tuple[type[Resource], tuple[Any, ...]]:
         fields = (self.kind, self.name, self.spec, self.policy, self.spec_hash, self.location)
-        return (Resource, (*fields, self.labels))
+        return (Resource, (*fields, self.labels, self.instance))
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instantiation of a bundle (a `Bundle` document), with where it came from."""
+
+    id: str
+    """`Bundle/<name>`, the name after the prefixes of the instances around it."""
+    source: str
+    """The bundle's directory in the tree (`bundles/webapp`), or `repo//path` for a
+    remote bundle."""
+    location: Location
+    """The `Bundle` document."""
+    values: Mapping[str, Any]
+    """The parameters as the bundle received them, defaults filled in (plain JSON;
+    a secret parameter holds its reference, never the secret)."""
+    parent: str = ""
+    """The instance whose bundle declared this one; empty at the top of the tree."""
+    ref: str = ""
+    """A remote bundle's ref as written (branch, tag or commit)."""
+    commit: str = ""
+    """The commit a remote bundle's ref resolved to when the revision was loaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +174,8 @@ class DesiredState:
     revision: str
     resources: Mapping[ResourceId, Resource]
     dependencies: Mapping[ResourceId, tuple[ResourceId, ...]]
+    instances: Mapping[str, Instance] = field(default_factory=dict)
+    """The bundle instances of the revision, by id (see `Resource.instance`)."""
 
 
 class Action(StrEnum):
