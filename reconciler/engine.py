@@ -155,6 +155,8 @@ class Planned:
     plan: Plan | None = None
     error: str | None = None
     note: str | None = None
+    instance: str = ""
+    """The Bundle instance that made the resource (see `Resource.instance`)."""
 
 
 ResultT = TypeVar("ResultT")
