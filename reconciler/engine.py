@@ -17,7 +17,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -157,6 +157,10 @@ class Planned:
     note: str | None = None
     instance: str = ""
     """The Bundle instance that made the resource (see `Resource.instance`)."""
+    observed: Observed | None = field(default=None, repr=False, compare=False)
+    """What the preview observed, for a line with a `plan` (None: absent). It may
+    hold a secret in clear (a file's content): never rendered; saved plans keep
+    only its keyed digest."""
 
 
 ResultT = TypeVar("ResultT")
@@ -590,7 +594,7 @@ class Engine:
                 action = "drift" if res.policy.drift == "heal" else "drift-warn"
             else:
                 action = "create" if plan.action is Action.CREATE else "update"
-            return Planned(res.id, res.kind, action, describe, plan)
+            return Planned(res.id, res.kind, action, describe, plan, observed=observed)
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
         removed, handovers = self._removals(desired, inventory)
