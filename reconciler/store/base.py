@@ -39,6 +39,10 @@ class Record:
     last_error: str | None
     attempts: int
     next_attempt: float | None
+    instance: str = ""
+    """The bundle instance that made the resource (`Bundle/team-a-web`), as of the
+    last spec recorded; "" for a resource written flat. Kept after the instance
+    left the desired state, so its prune still says where the resource came from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,8 @@ class Transition:
     to_state: State
     event: str
     reason: str | None
+    instance: str = ""
+    """The resource's bundle instance when the transition was recorded ("" flat)."""
 
     def to_json(self) -> dict[str, object]:
         """The event as `/api/v1/events` and `reconciler events --json` show it."""
@@ -62,6 +68,7 @@ class Transition:
             "to": self.to_state.value,
             "event": self.event,
             "reason": self.reason,
+            "instance": self.instance,
         }
 
 
@@ -76,15 +83,28 @@ class Store(Protocol):
         event: str,
         reason: str | None = None,
         error: str | None = None,
+        *,
+        instance: str | None = None,
     ) -> float:
         """Record a transition (and the status it leaves); `error` None clears it.
-        Returns its time (unix seconds), which becomes the record's last_transition."""
+        `instance`, when given, becomes the record's instance (a resource's first
+        transitions come before any spec is recorded); None keeps it, as a prune
+        does. The transition carries the record's instance. Returns its time (unix
+        seconds), which becomes the record's last_transition."""
 
     def intend(
-        self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
+        self,
+        rid: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
     ) -> None:
-        """Record the spec about to be acted on (buffered); the caller flushes before
-        the side effect, so intent is durable before any object exists."""
+        """Record the spec about to be acted on (buffered), and the bundle instance
+        it came from; the caller flushes before the side effect, so intent is
+        durable before any object exists."""
 
     def converged(
         self,
@@ -94,8 +114,11 @@ class Store(Protocol):
         policy: str,
         deps: tuple[str, ...],
         created: bool | None,
+        *,
+        instance: str = "",
     ) -> None:
-        """Record that `spec_hash` converged (buffered, no flush needed)."""
+        """Record that `spec_hash` converged (buffered, no flush needed), and the
+        bundle instance the spec came from."""
 
     def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None: ...
 
@@ -126,6 +149,7 @@ class Store(Protocol):
         *,
         kind: str | None = None,
         since: float | None = None,
+        instance: str | None = None,
     ) -> list[Transition]: ...
 
     def flush(self) -> None: ...

@@ -69,6 +69,14 @@ MIGRATIONS: tuple[str, ...] = (
         last_success REAL NOT NULL
     );
     """,
+    # 3: the bundle instance that made each resource, on its inventory row and on
+    # each event (a pruned resource's row is gone, its events still say where it
+    # came from); '' for a resource written flat. ADD COLUMN with a constant
+    # default rewrites no rows, so upgrading a large database is instant.
+    """
+    ALTER TABLE resources ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -79,7 +87,9 @@ class StoreLocked(StoreError):
 
 def _empty(rid: str, now: float) -> Record:
     kind, _, name = rid.partition("/")
-    return Record(rid, kind, name, None, None, None, (), None, State.PENDING, now, None, 0, None)
+    return Record(
+        rid, kind, name, None, None, None, (), None, State.PENDING, now, None, 0, None, ""
+    )
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(Record))
@@ -103,6 +113,7 @@ class _Row:
     last_error: str | None
     attempts: int
     next_attempt: float | None
+    instance: str
 
     @classmethod
     def of(cls, record: Record) -> _Row:
@@ -123,6 +134,7 @@ class _Row:
             self.last_error,
             self.attempts,
             self.next_attempt,
+            self.instance,
         )
 
     def resource_values(self) -> tuple[object, ...]:
@@ -136,6 +148,7 @@ class _Row:
             self.policy,
             json.dumps(self.deps),
             created,
+            self.instance,
         )
 
     def status_values(self) -> tuple[object, ...]:
@@ -170,7 +183,7 @@ class SqliteStore:
         self._dirty_status: set[str] = set()
         self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
-        self._events: list[tuple[float, str, str | None, str, str, str | None]] = []
+        self._events: list[tuple[float, str, State | None, State, str, str | None, str]] = []
         self._revisions: list[tuple[str, float]] = []
         self._fetched: dict[str, float] = {}
         self._db: sqlite3.Connection | None
@@ -283,7 +296,7 @@ class SqliteStore:
             return {}
         rows = self._db.execute(
             "SELECT r.id, r.kind, r.name, r.spec_hash, r.spec, r.policy, r.deps, r.created, "
-            "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt "
+            "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt, r.instance "
             "FROM resources r JOIN status s ON s.id = r.id"
         )
         states = {state.value: state for state in State}
@@ -302,6 +315,7 @@ class SqliteStore:
                 last_error,
                 attempts,
                 next_attempt,
+                instance,
             )
             for (
                 rid,
@@ -317,6 +331,7 @@ class SqliteStore:
                 last_error,
                 attempts,
                 next_attempt,
+                instance,
             ) in rows
         }
 
@@ -355,7 +370,7 @@ class SqliteStore:
                 ).fetchone()
                 if row is not None:
                     found[rid] = float(row[0])
-        for ts, rid, _, _, name, _ in self._events:  # not flushed yet: newer
+        for ts, rid, _, _, name, _, _ in self._events:  # not flushed yet: newer
             if rid in wanted and name == event:
                 found[rid] = ts
         return found
@@ -367,9 +382,10 @@ class SqliteStore:
         *,
         kind: str | None = None,
         since: float | None = None,
+        instance: str | None = None,
     ) -> list[Transition]:
         """The newest `limit` transitions, oldest first, optionally of one resource,
-        of one kind, or after a time (unix seconds)."""
+        of one kind, of one bundle instance, or after a time (unix seconds)."""
         self.flush()
         if self._db is None:
             return []
@@ -384,9 +400,12 @@ class SqliteStore:
         if since is not None:
             clauses.append("ts > ?")
             args.append(since)
+        if instance is not None:
+            clauses.append("instance = ?")
+            args.append(instance)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
-            "SELECT seq, ts, id, from_state, to_state, event, reason FROM events "
+            "SELECT seq, ts, id, from_state, to_state, event, reason, instance FROM events "
             f"{where} ORDER BY seq DESC LIMIT ?",
             [*args, limit],
         ).fetchall()
@@ -400,6 +419,7 @@ class SqliteStore:
                 State(r[4]),
                 r[5],
                 r[6],
+                r[7],
             )
             for r in reversed(rows)
         ]
@@ -432,19 +452,32 @@ class SqliteStore:
         event: str,
         reason: str | None = None,
         error: str | None = None,
+        *,
+        instance: str | None = None,
     ) -> float:
         now = time.time()
         row = self._row(rid)
         row.state, row.last_transition, row.last_error = to_state, now, error
+        if instance is not None and instance != row.instance:
+            row.instance = instance
+            self._dirty_resources.add(rid)
         self._dirty_status.add(rid)
-        self._events.append((now, rid, from_state, to_state, event, reason))
+        self._events.append((now, rid, from_state, to_state, event, reason, row.instance))
         return now
 
     def intend(
-        self, rid: str, spec: str, policy: str, deps: tuple[str, ...], created: bool | None
+        self,
+        rid: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
     ) -> None:
         row = self._row(rid)
         row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
+        row.instance = instance
         self._dirty_resources.add(rid)
 
     def converged(
@@ -455,14 +488,17 @@ class SqliteStore:
         policy: str,
         deps: tuple[str, ...],
         created: bool | None,
+        *,
+        instance: str = "",
     ) -> None:
         row = self._row(rid)
-        row.spec_hash, row.spec, row.policy, row.deps, row.created = (
+        row.spec_hash, row.spec, row.policy, row.deps, row.created, row.instance = (
             spec_hash,
             spec,
             policy,
             deps,
             created,
+            instance,
         )
         row.attempts, row.next_attempt = 0, None
         self._dirty_resources.add(rid)
@@ -505,7 +541,7 @@ class SqliteStore:
             db.execute("BEGIN")
             if self._dirty_resources:
                 db.executemany(
-                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [rows[rid].resource_values() for rid in self._dirty_resources],
                 )
             if self._dirty_status:
@@ -519,8 +555,8 @@ class SqliteStore:
                 db.executemany("DELETE FROM status WHERE id = ?", gone)
             if self._events:
                 db.executemany(
-                    "INSERT INTO events (ts, id, from_state, to_state, event, reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO events (ts, id, from_state, to_state, event, reason, instance) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     self._events,
                 )
                 last = db.execute("SELECT max(seq) FROM events").fetchone()[0]
