@@ -272,6 +272,10 @@ SENSITIVE = "(sensitive value)"
 MAX_SECRET_FILE = 1024 * 1024
 """Largest secret file read; anything bigger is a mistake (a wrong path)."""
 
+UNREAD_SECRET = "unread-secret"
+"""What stands for a secret a form-only load (`SecretSources.form_only`) did not
+read: non-empty text any field that takes a secret accepts (docs/decisions/0103)."""
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROCESS_DIGEST_KEY = secrets.token_bytes(32)
 """Digest key of a load that has no key of its own (no state directory, or one it
@@ -366,6 +370,10 @@ class SecretSources:
     """Files and directories never read, even inside `dirs`: reconciler's own
     credentials (its git token, webhook secret, API token, SSH key) and its state
     directory (the keys of its digests and cache)."""
+    form_only: bool = False
+    """Check each reference's form and read nothing: UNREAD_SECRET stands in for
+    every secret (`validate` and `graph` without --root, docs/decisions/0103). The
+    allow-list is not consulted either: it belongs to where the tree is applied."""
 
     def check_file(self, path: str, where: tuple[str | int, ...], real: str | None = None) -> None:
         """Raise SpecError unless `path` (and `real`, what it resolved to when
@@ -492,9 +500,10 @@ class PrepareContext:
     specs, when the first is made; the loader keeps one per state directory so
     digests compare across runs."""
     resolved: list[str] = field(default_factory=list)
-    """Every secret value resolved through this context."""
+    """Every secret value resolved through this context (in a form-only load,
+    UNREAD_SECRET for each reference: a load that holds one is never cached)."""
     sources: SecretSources | None = None
-    """Where references may read (None: anywhere)."""
+    """Where references may read (None: anywhere); with `form_only`, nothing is read."""
 
     def secret(
         self, value: Any, where: tuple[str | int, ...], *, whole_file: bool = False
@@ -519,7 +528,13 @@ class PrepareContext:
             or not (set(source) <= {"env", "file"})
         ):
             raise SpecError(where, "expected exactly one of env: NAME or file: /path")
-        if "env" in source:
+        if self.sources is not None and self.sources.form_only:
+            if "env" in source:
+                _env_name(source["env"], (*where, "env"))
+            else:
+                _file_path(source["file"], (*where, "file"))
+            text = UNREAD_SECRET
+        elif "env" in source:
             text = _from_env(source["env"], (*where, "env"), self.sources)
         else:
             text = _from_file(source["file"], (*where, "file"), self.sources)
@@ -540,15 +555,35 @@ class PrepareContext:
         """`text` (an error message) without any secret resolved so far: each one
         masked, and the whole message withheld if it still holds a piece of one
         (a slice, its reverse, another case: see `quotes_a_secret`)."""
-        if not self.resolved:
-            return text
+        if not self.resolved or (self.sources is not None and self.sources.form_only):
+            return text  # nothing read: the placeholder is no secret to hide
         text = mask(text, self.resolved)
         return WITHHELD_MESSAGE if quotes_a_secret(text, self.resolved) else text
 
 
-def _from_env(name: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
+def _env_name(name: Any, where: tuple[str | int, ...]) -> str:
+    """`name` if it is an environment variable's name; SpecError if not."""
     if not isinstance(name, str) or not _ENV_NAME.match(name):
         raise SpecError(where, f"expected an environment variable name, found {name!r}")
+    return name
+
+
+def _file_path(path: Any, where: tuple[str | int, ...]) -> str:
+    """`path` if it is an absolute, normalized path; SpecError if not. Normalized
+    because a form-only check cannot resolve `..` against the file system."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise SpecError(where, f"expected an absolute path such as /run/secrets/db, found {path!r}")
+    if "\0" in path or any(part in ("", ".", "..") for part in path.split("/")[1:]):
+        raise SpecError(
+            where,
+            f"expected a normalized path to a file (no '.', '..', '//', trailing '/' or "
+            f"NUL), found {path!r}",
+        )
+    return path
+
+
+def _from_env(name: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
+    name = _env_name(name, where)
     if sources is not None:
         sources.check_env(name, where)
     text = os.environ.get(name)
@@ -558,8 +593,7 @@ def _from_env(name: Any, where: tuple[str | int, ...], sources: SecretSources | 
 
 
 def _from_file(path: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise SpecError(where, f"expected an absolute path such as /run/secrets/db, found {path!r}")
+    path = _file_path(path, where)
     if sources is not None:
         sources.check_file(path, where)
     try:
