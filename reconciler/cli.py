@@ -97,10 +97,16 @@ def _registry(
 
 
 def _load(
-    path: Path, registry: Registry, state_dir: Path | None = None, *, write_cache: bool = False
+    path: Path,
+    registry: Registry,
+    state_dir: Path | None = None,
+    *,
+    write_cache: bool = False,
+    applying: bool = False,
 ) -> DesiredState:
     """Load and validate; with a state dir, through the cache of validated trees
-    in it (read-only unless `write_cache`)."""
+    in it (read-only unless `write_cache`). The error header says "nothing
+    applied" only when `applying` (apply): elsewhere nothing was to be."""
     from reconciler.manifests import Cache, ManifestError, load
 
     cache = None
@@ -113,8 +119,9 @@ def _load(
         # one line per issue, each issue's values escaped (str(exc) has the same lines)
         noun = "error" if len(exc.issues) == 1 else "errors"
         issues = "".join(f"\n  {_printable(str(issue))}" for issue in exc.issues)
+        outcome = ", nothing applied" if applying else ""
         click.echo(
-            f"error: {_printable(str(path))} is invalid, nothing applied: "
+            f"error: {_printable(str(path))} is invalid{outcome}: "
             f"{len(exc.issues)} {noun}:{issues}",
             err=True,
         )
@@ -244,6 +251,26 @@ class _Providers:
             secrets=self.secrets(state_dir),
         )
 
+    @property
+    def form_only(self) -> bool:
+        """Whether `validate` and `graph` check the tree alone: no --root given."""
+        return not self.roots
+
+    def checking(self) -> Registry:
+        """The registry of `validate` and `graph`: `registry()` when --root is
+        given; without it, one that checks what the tree says and nothing of where
+        it would be applied, for a CI job that has neither the roots nor the
+        secrets: every absolute path passes the root check (the root `/`, as diff
+        loads), a Command loads (it runs nowhere here), and secret references are
+        checked for form and never read (docs/decisions/0103). Such a load is
+        never cached: validate and graph use no state directory, and a load that
+        holds a placeholder secret is never stored (0045)."""
+        if not self.form_only:
+            return self.registry()
+        from reconciler.model import SecretSources
+
+        return _registry(("/",), allow_commands=True, secrets=SecretSources(form_only=True))
+
 
 def provider_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The four provider options, handed to the command as `providers`."""
@@ -302,11 +329,13 @@ def cli() -> None:
 @path_argument
 @provider_options
 def validate(path: Path, providers: _Providers) -> None:
-    """Check every manifest under PATH; print all errors."""
-    desired = _load(path, providers.registry())
+    """Check every manifest under PATH; print all errors. Without --root, the tree
+    alone: paths are not confined to roots and secrets are not read (for CI)."""
+    desired = _load(path, providers.checking())
+    unchecked = "; without --root: paths not confined, secrets not read"
     click.echo(
         f"{_printable(str(path))}: valid (revision {_printable(desired.revision)}, "
-        f"{len(desired.resources)} resources)"
+        f"{len(desired.resources)} resources{unchecked if providers.form_only else ''})"
     )
 
 
@@ -417,7 +446,7 @@ def apply(
 
     started = time.perf_counter()
     registry = providers.registry(state_dir)
-    desired = _load(path, registry, state_dir, write_cache=True)
+    desired = _load(path, registry, state_dir, write_cache=True, applying=True)
     load_seconds = time.perf_counter() - started
     show_progress = sys.stderr.isatty() if progress is None else progress
     with (
@@ -470,7 +499,7 @@ def graph(path: Path, providers: _Providers, fmt: str) -> None:
     """Print the dependency graph (explicit and implicit edges)."""
     from reconciler import graph as graphs
 
-    desired = _load(path, providers.registry())
+    desired = _load(path, providers.checking())
     render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
     click.echo(render(desired.dependencies), nl=False)
 
