@@ -124,6 +124,8 @@ class Result:
     retry_in: float | None = None
     """When to look again (backoff of a failure, or of a repeated heal); None: on
     the next change or resync."""
+    instance: str = ""
+    """The bundle instance that made the resource (for a prune: as recorded)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -493,6 +495,7 @@ class Engine:
                 or record.spec_hash != res.spec_hash
                 or record.policy != policy_json(res.policy)
                 or record.deps != desired.dependencies.get(rid, ())
+                or record.instance != res.instance
             ):
                 changed.add(rid)
         return changed
@@ -571,17 +574,22 @@ class Engine:
         async def one(res: Resource) -> Planned:
             provider = self.registry[res.kind]
             describe = provider.describe(res.spec)
+            instance = res.instance
             if res.policy.suspend:
-                return Planned(res.id, res.kind, "suspended", describe)
+                return Planned(res.id, res.kind, "suspended", describe, instance=instance)
             if _unchecked(res, inventory.get(res.id)):
-                return Planned(res.id, res.kind, "none", describe, note=_UNCHECKED_NOTE)
+                return Planned(
+                    res.id, res.kind, "none", describe, note=_UNCHECKED_NOTE, instance=instance
+                )
             try:
                 observed = await observer.submit(res.kind, res.spec)
                 plan = provider.plan(res.spec, observed).without(res.policy.ignore_fields)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                return Planned(res.id, res.kind, "error", describe, error=_error_text(exc))
+                return Planned(
+                    res.id, res.kind, "error", describe, error=_error_text(exc), instance=instance
+                )
             record = inventory.get(res.id)
             if plan.empty:
                 action = "none"
@@ -594,7 +602,9 @@ class Engine:
                 action = "drift" if res.policy.drift == "heal" else "drift-warn"
             else:
                 action = "create" if plan.action is Action.CREATE else "update"
-            return Planned(res.id, res.kind, action, describe, plan, observed=observed)
+            return Planned(
+                res.id, res.kind, action, describe, plan, observed=observed, instance=instance
+            )
 
         planned = list(await asyncio.gather(*(one(r) for r in desired.resources.values())))
         removed, handovers = self._removals(desired, inventory)
@@ -604,13 +614,20 @@ class Engine:
             provider = self.registry.get(record.kind)
             describe = provider.describe(spec) if provider is not None and spec is not None else ""
             note = None
+            gone = _gone(record, desired)
             if rid in handovers:
                 action, note = "release", f"(renamed: now managed as {handovers[rid]}, kept)"
             elif record.created and _stored_policy(record).prune:
                 action = "delete"
+                if gone:
+                    note = f"(created by reconciler, {gone}: will delete)"
             else:
                 action = "release"
-            planned.append(Planned(rid, record.kind, action, describe, note=note))
+                if gone:
+                    note = f"(adopted or prune: false, {gone}: will release, object kept)"
+            planned.append(
+                Planned(rid, record.kind, action, describe, note=note, instance=record.instance)
+            )
         return planned
 
 
@@ -628,6 +645,17 @@ def _unchecked(res: Resource, record: Record | None) -> bool:
         and record.state in (State.IN_SYNC, State.DRIFTED)
         and record.spec_hash == res.spec_hash
     )
+
+
+def _gone(record: Record, desired: DesiredState) -> str:
+    """Why a recorded resource of a bundle instance left the desired state: the
+    instance itself was removed, or it no longer makes this resource ("" for a
+    resource written flat: nothing to add to "removed from desired state")."""
+    if not record.instance:
+        return ""
+    if record.instance not in desired.instances:
+        return f"instance {record.instance} removed"
+    return f"no longer made by instance {record.instance}"
 
 
 def _stored_policy(record: Record) -> Policy:
@@ -758,7 +786,7 @@ class _Pass:
             self.transitions[res.kind, state.value, new.value] += 1
             state = new
         self._converged(self._work(res, deps))
-        self._settle(rid, Result(rid, state, "unchanged"))
+        self._settle(rid, Result(rid, state, "unchanged", instance=res.instance))
         return True
 
     def _leave_alone(self, rid: ResourceId) -> None:
@@ -774,7 +802,7 @@ class _Pass:
             )
         self._converged(self._work(res, self.desired.dependencies.get(rid, ())))
         self.targets.discard(rid)
-        self._settle(rid, Result(rid, state, "unchanged"))
+        self._settle(rid, Result(rid, state, "unchanged", instance=res.instance))
 
     def _work(self, res: Resource, deps: tuple[ResourceId, ...]) -> _Work:
         policy_json = self._policy_json(res.policy)
@@ -798,14 +826,30 @@ class _Pass:
                 held.append((state, new, outcome))
                 return new
             self._write_held(rid)
-        at = self.store.transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
+        at = self._transition(rid, state, new, outcome.event, outcome.reason, outcome.error)
         if outcome.event is Event.APPLIED:
             self.engine.applied(rid, at)
         return new
 
+    def _transition(
+        self,
+        rid: ResourceId,
+        source: State | None,
+        target: State,
+        event: str,
+        reason: str | None,
+        error: str | None,
+    ) -> float:
+        """Record a transition with the resource's bundle instance: the desired
+        resource's, so even a new resource's first event has it; a resource being
+        pruned keeps the one recorded with its last spec."""
+        res = self.desired.resources.get(rid)
+        instance = None if res is None else res.instance
+        return self.store.transition(rid, source, target, event, reason, error, instance=instance)
+
     def _write_held(self, rid: ResourceId) -> None:
         for source, target, outcome in self.held.pop(rid, ()):
-            self.store.transition(rid, source, target, outcome.event, outcome.reason, outcome.error)
+            self._transition(rid, source, target, outcome.event, outcome.reason, outcome.error)
 
     def _end_check(self, rid: ResourceId, state: State) -> None:
         """A drift check that went InSync -> Detecting -> Planning -> InSync without
@@ -842,13 +886,13 @@ class _Pass:
         except Exception as exc:  # a bug in a provider or the engine: record, never crash
             state, self.errors[rid] = State.FAILED, _error_text(exc)
             self._write_held(rid)
-            self.store.transition(rid, None, state, Event.ERROR, None, self.errors[rid])
+            self._transition(rid, None, state, Event.ERROR, None, self.errors[rid])
             self.transitions[res.kind, "none", state.value] += 1
         self._end_check(rid, state)
         action = _FINAL_ACTIONS.get(state, work.result)
         error = self.errors.get(rid) if action in ("failed", "blocked") else None
         retry_in = work.retry_in if state in (State.FAILED, State.DRIFTED) else None
-        self._settle(rid, Result(rid, state, action, error, work.plan, retry_in))
+        self._settle(rid, Result(rid, state, action, error, work.plan, retry_in, res.instance))
 
     def _refresh_due(self, work: _Work) -> bool:
         """Whether a resource this one refreshes on was applied earlier in the pass."""
@@ -864,7 +908,7 @@ class _Pass:
         state = record.state if record is not None else None
         if state is None:
             state = State.PENDING
-            self.store.transition(rid, None, state, "new", None, None)
+            self._transition(rid, None, state, "new", None, None)
             self.transitions[res.kind, "none", state.value] += 1
         if res.policy.suspend:
             if state is not State.SUSPENDED:
@@ -1004,7 +1048,14 @@ class _Pass:
             work.result = "healed"
         else:
             work.result = "created" if plan.action is Action.CREATE else "updated"
-        self.store.intend(res.id, _dump(res.spec), work.policy_json, work.deps, work.created)
+        self.store.intend(
+            res.id,
+            _dump(res.spec),
+            work.policy_json,
+            work.deps,
+            work.created,
+            instance=res.instance,
+        )
         await self._durable()
         try:
             note = await self.applier.submit(res.kind, (res.spec, plan))
@@ -1034,11 +1085,18 @@ class _Pass:
             or record.created != work.created
             or record.policy != work.policy_json
             or record.deps != work.deps
+            or record.instance != res.instance
             or record.attempts
             or work.retried
         ):
             self.store.converged(
-                res.id, res.spec_hash, _dump(res.spec), work.policy_json, work.deps, work.created
+                res.id,
+                res.spec_hash,
+                _dump(res.spec),
+                work.policy_json,
+                work.deps,
+                work.created,
+                instance=res.instance,
             )
 
     async def _durable(self) -> None:
@@ -1068,7 +1126,9 @@ class _Pass:
         for dependent in dependents:
             await self.settled[dependent]
         record = self.inventory[rid]
-        state = self._step(rid, record.state, Outcome(Event.REMOVE, "removed from desired state"))
+        gone = _gone(record, self.desired)
+        removal = f"removed from desired state: {gone}" if gone else "removed from desired state"
+        state = self._step(rid, record.state, Outcome(Event.REMOVE, removal))
         started = time.perf_counter()
         try:
             if rid in self.handovers:
@@ -1086,15 +1146,17 @@ class _Pass:
                 action, reason = "deleted", "deleted (created by reconciler)"
             else:
                 action, reason = "released", "released (adopted, or prune: false)"
+            if gone:
+                reason = f"{reason}, {gone}"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = _error_text(exc)
             state = self._step(rid, state, Outcome(Event.ERROR, error=error))
-            self._settle(rid, Result(rid, state, "failed", error))
+            self._settle(rid, Result(rid, state, "failed", error, instance=record.instance))
             return
         self.telemetry.phase(record.kind, "prune", time.perf_counter() - started)
         self.telemetry.pruned(record.kind)
         state = self._step(rid, state, Outcome(Event.PRUNED, reason))
         self.store.forget(rid)
-        self._settle(rid, Result(rid, state, action))
+        self._settle(rid, Result(rid, state, action, instance=record.instance))
