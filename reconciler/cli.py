@@ -29,7 +29,7 @@ from click.core import ParameterSource
 from reconciler import __version__
 
 if TYPE_CHECKING:
-    from reconciler.engine import Engine, Result
+    from reconciler.engine import Engine, Planned, Result
     from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
     from reconciler.store import SqliteStore
@@ -352,6 +352,13 @@ def validate(path: Path, providers: _Providers) -> None:
     "for a pull-request comment.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json (kept for scripts).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Also save the plan to FILE (mode 0600) for `reconciler apply FILE`, which applies "
+    "exactly it, or refuses if anything it rests on changed since.",
+)
 @color_option
 def plan(
     path: Path,
@@ -359,9 +366,11 @@ def plan(
     state_dir: Path,
     fmt: str | None,
     as_json: bool,
+    out: Path | None,
     no_color: bool,
 ) -> None:
-    """Show what apply would change; touches nothing. Exit 0 none, 2 changes, 1 error."""
+    """Show what apply would change; touches nothing (but --out FILE and the state
+    directory's digest key it needs). Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan, render_plan_markdown
 
     if as_json and fmt not in (None, "json"):
@@ -369,6 +378,7 @@ def plan(
     fmt = "json" if as_json else fmt or "text"
 
     registry = providers.registry(state_dir)
+    key = None if out is None else _plan_key(state_dir)  # before the load: its spec digests
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -388,9 +398,61 @@ def plan(
         click.echo(render_plan(planned, header=header, colour=_colour(no_color)), nl=False)
     if refusal is not None:
         click.echo(f"warning: apply would refuse: {_printable(str(refusal))}", err=True)
+    if out is not None and key is not None:
+        _save_plan(out, key, planned, desired, path, state_dir, providers)
     if any(p.action == "error" for p in planned):
         sys.exit(1)
     _exit(2 if any(p.action in CHANGING for p in planned) else 0)
+
+
+def _plan_key(state_dir: Path) -> bytes:
+    from reconciler import savedplan
+
+    key = savedplan.digest_key(state_dir, write=True)
+    if key is None:
+        _fail(
+            f"cannot read or make the digest key in {state_dir}/cache: a saved plan "
+            "needs a state directory it may write"
+        )
+    return key
+
+
+def _save_plan(
+    out: Path,
+    key: bytes,
+    planned: list[Planned],
+    desired: DesiredState,
+    path: Path,
+    state_dir: Path,
+    providers: _Providers,
+) -> None:
+    """Write the plan to `out` (savedplan), unless a resource could not be planned."""
+    from reconciler import savedplan
+
+    errors = [p.id for p in planned if p.action == "error"]
+    if errors:
+        click.echo(
+            f"error: plan not saved to {_printable(str(out))}: "
+            f"{_printable(', '.join(errors))} could not be planned",
+            err=True,
+        )
+        return
+    sources = providers.secrets()
+    options = savedplan.Options(
+        providers.resolved_roots, providers.allow_commands, sources.dirs, tuple(sources.env)
+    )
+    saved = savedplan.build(
+        planned, desired, config=path, state_dir=state_dir, options=options, key=key
+    )
+    try:
+        savedplan.write(out, saved, key)
+    except OSError as exc:
+        _fail(f"cannot write the plan to {out}: {exc.strerror or exc}")
+    click.echo(
+        f"Saved the plan to {_printable(str(out))}; apply exactly it with: "
+        f"reconciler apply {_printable(str(out))}",
+        err=True,
+    )
 
 
 @cli.command()
