@@ -348,7 +348,7 @@ def validate(path: Path, providers: _Providers) -> None:
     "fmt",
     type=click.Choice(["text", "json", "markdown"]),
     default=None,
-    help="text (default), json (schemaVersion 1: `reconciler schema --plan`), or markdown "
+    help="text (default), json (schemaVersion 2: `reconciler schema --plan`), or markdown "
     "for a pull-request comment.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json (kept for scripts).")

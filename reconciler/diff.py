@@ -1,7 +1,9 @@
 """Rendering of previews (what `plan` shows) and reports (what `apply` did), as
 Terraform-style text with optional ANSI colours, as JSON data (the plan's shape is
-the versioned JSON Schema reconciler/schemas/plan-v1.json), or as Markdown for a
-pull-request comment (`render_plan_markdown`).
+the versioned JSON Schema reconciler/schemas/plan-v2.json), or as Markdown for a
+pull-request comment (`render_plan_markdown`). A resource made by a bundle
+instance carries its id (`Planned.instance`) in every form: `(from Bundle/x)` in
+text and Markdown, `instance` in JSON.
 
 Every value in the text (ids, descriptions, paths, link targets, contents, errors,
 notes) goes through `logs.printable`: a control character in a manifest cannot
@@ -117,6 +119,11 @@ def summary_line(planned: Sequence[Planned]) -> str:
     return f"Plan: {', '.join(parts)}.{tail}"
 
 
+def _origin(item: Planned) -> str:
+    """`(from Bundle/x)` for a resource a bundle instance made; empty otherwise."""
+    return f"(from {printable(item.instance)})" if item.instance else ""
+
+
 def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str:
     style = _Style(colour)
     shown = [p for p in planned if p.action in _SYMBOL]
@@ -126,6 +133,8 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
         symbol, code = _SYMBOL[item.action]
         note = printable(item.note or _NOTE.get(item.action, ""))
         line = f"  {style(code, symbol)} {printable(item.id):<{width}}  {printable(item.describe)}"
+        if item.instance:
+            line += f"   {_origin(item)}"
         if note:
             line += f"   {note}"
         out.append(line.rstrip())
@@ -143,18 +152,24 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
     return "\n".join(out) + "\n"
 
 
-def _change_json(change: Change) -> dict[str, Any]:
+def _change_json(change: Change, old: str = "before", new: str = "after") -> dict[str, Any]:
+    """A change as JSON, its two values named `old` and `new`: a plan compares the
+    system with the tree (`observed`/`desired`), `diff` two revisions
+    (`before`/`after`). A secret change carries `sensitive: true` and no value."""
     if change.sensitive:
         return {"field": change.field, "sensitive": True}
-    return {"field": change.field, "before": change.before, "after": change.after}
+    return {"field": change.field, old: change.before, new: change.after}
 
 
-PLAN_SCHEMA_VERSION = 1
-"""The `schemaVersion` of `plan --format json`; its schema is schemas/plan-v1.json.
-A field added keeps the version; a field removed, renamed or retyped bumps it."""
+PLAN_SCHEMA_VERSION = 2
+"""The `schemaVersion` of `plan --format json`; its schema is schemas/plan-v2.json.
+A field added keeps the version; a field removed, renamed or retyped bumps it
+(version 2 renamed a change's `before`/`after` to `observed`/`desired`: 0105)."""
 
 
 def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
+    """The plan as data (schemas/plan-v2.json): each resource apply would act on,
+    with `instance` only when a bundle instance made it, as `error` only when set."""
     return {
         "schemaVersion": PLAN_SCHEMA_VERSION,
         "revision": revision,
@@ -163,7 +178,10 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
                 "id": p.id,
                 "action": p.action,
                 "describe": p.describe,
-                "changes": [_change_json(c) for c in p.plan.changes] if p.plan else [],
+                **({"instance": p.instance} if p.instance else {}),
+                "changes": [_change_json(c, "observed", "desired") for c in p.plan.changes]
+                if p.plan
+                else [],
                 **({"error": p.error} if p.error else {}),
             }
             for p in planned
@@ -259,6 +277,8 @@ def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: st
         summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.action]}"
         if item.describe:
             summary += f": {_inline(item.describe)}"
+        if item.instance:
+            summary += f" (from <code>{_inline(item.instance)}</code>)"
         if note:
             summary += f" <em>{_inline(note)}</em>"
         items.append((summary, _markdown_body(item)))

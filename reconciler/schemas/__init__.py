@@ -4,7 +4,8 @@
 policy, and each installed kind's spec) from the providers' pydantic models, so a
 provider installed as its own package is covered without a schema of its own.
 `plan_schema` returns a versioned schema of `plan --format json`, shipped as a
-file in this package (plan-v1.json) so a consumer can pin the version it reads.
+file in this package (plan-v2.json; plan-v1.json stays for consumers of the old
+shape, 0105) so a consumer can pin the version it reads.
 
 The loader stays the authority: the manifest schema catches a typo in an editor
 but cannot see what only the loader checks (references, duplicate ids, a path
@@ -26,13 +27,15 @@ from pydantic_core import core_schema
 from reconciler.model import API_VERSION, Policy
 from reconciler.registry import Registry
 
-PLAN_SCHEMA_VERSIONS = (1,)
+PLAN_SCHEMA_VERSIONS = (1, 2)
+"""Every plan schema shipped; the last is what `plan --format json` prints."""
 NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
 """A resource name, as the loader checks it (tests compare it with the loader's)."""
 
 
-def plan_schema(version: int = 1) -> dict[str, Any]:
-    """The JSON Schema of `plan --format json` output with that `schemaVersion`."""
+def plan_schema(version: int = PLAN_SCHEMA_VERSIONS[-1]) -> dict[str, Any]:
+    """The JSON Schema of `plan --format json` output with that `schemaVersion`
+    (default: the version printed now)."""
     if version not in PLAN_SCHEMA_VERSIONS:
         known = ", ".join(map(str, PLAN_SCHEMA_VERSIONS))
         raise ValueError(f"no plan schema version {version}; known: {known}")

@@ -266,10 +266,10 @@ def test_plan_json_and_apply_json(sandbox: Sandbox) -> None:
     assert set(by_id) == {"Directory/d", "File/f", "Symlink/l"}
     assert by_id["File/f"]["action"] == "create"
     assert by_id["File/f"]["describe"] == str(root / "d/f.txt")
-    assert {"field": "/content", "before": None, "after": "one\ntwo\n"} in by_id["File/f"][
+    assert {"field": "/content", "observed": None, "desired": "one\ntwo\n"} in by_id["File/f"][
         "changes"
     ]
-    assert by_id["Symlink/l"]["changes"] == [{"field": "/target", "before": None, "after": "d"}]
+    assert by_id["Symlink/l"]["changes"] == [{"field": "/target", "observed": None, "desired": "d"}]
 
     applied = json.loads(sandbox.run("apply", "--json", check=0).stdout)
     assert applied["ok"] is True
@@ -301,7 +301,7 @@ def test_plan_json_and_apply_json(sandbox: Sandbox) -> None:
     assert set(by_id) == {"File/f", "Symlink/l"}
     assert by_id["File/f"]["action"] == "drift"
     assert by_id["File/f"]["changes"] == [
-        {"field": "/content", "before": "one\n2\n", "after": "one\ntwo\n"}
+        {"field": "/content", "observed": "one\n2\n", "desired": "one\ntwo\n"}
     ]
     assert by_id["Symlink/l"]["action"] == "delete"
 

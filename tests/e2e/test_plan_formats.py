@@ -17,10 +17,16 @@ import secrets
 import jsonschema
 import pytest
 
-from reconciler.diff import MARKDOWN_LIMIT, render_plan_markdown
+from reconciler.diff import (
+    MARKDOWN_LIMIT,
+    PLAN_SCHEMA_VERSION,
+    plan_json,
+    render_plan,
+    render_plan_markdown,
+)
 from reconciler.engine import Planned
 from reconciler.model import Action, Change, Plan
-from reconciler.schemas import plan_schema
+from reconciler.schemas import PLAN_SCHEMA_VERSIONS, plan_schema
 from tests.conftest import Sandbox, doc, docs
 
 SECRET = "canary-" + secrets.token_hex(8)
@@ -29,8 +35,8 @@ _TAGS = {"<details>", "</details>", "<code>", "</code>", "<em>", "</em>"}
 _OPEN_FENCE = re.compile(r"^(`{3,})([A-Za-z]*)$")
 
 
-def _validate_plan(data: dict[str, object]) -> None:
-    schema = plan_schema(1)
+def _validate_plan(data: dict[str, object], version: int = PLAN_SCHEMA_VERSION) -> None:
+    schema = plan_schema(version)
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.Draft7Validator(schema).validate(data)
 
@@ -88,8 +94,11 @@ def test_plan_formats_end_to_end(sandbox: Sandbox) -> None:
     assert sandbox.run("plan", "--json", check=2, env=env).stdout == as_json
     planned = json.loads(as_json)
     _validate_plan(planned)
-    assert planned["schemaVersion"] == 1
+    assert planned["schemaVersion"] == 2
     assert planned["summary"] == {"create": 5}
+    changes = {c["id"]: c["changes"] for c in planned["changes"]}
+    assert {"field": "/target", "observed": None, "desired": "d"} in changes["Symlink/l"]
+    assert all("instance" not in c for c in planned["changes"])  # none made by a bundle
     assert SECRET not in as_json
     token = {c["id"]: c for c in planned["changes"]}["File/token"]
     assert token["changes"] == [{"field": "/content", "sensitive": True}]
@@ -119,6 +128,11 @@ def test_plan_formats_end_to_end(sandbox: Sandbox) -> None:
     planned = json.loads(sandbox.run("plan", "--format", "json", check=2, env=changed).stdout)
     _validate_plan(planned)
     assert planned["summary"] == {"none": 2, "drift": 1, "update": 1, "delete": 1}
+    drifted = {c["id"]: c for c in planned["changes"]}["File/f"]
+    assert drifted["action"] == "drift"
+    assert drifted["changes"] == [
+        {"field": "/content", "observed": "one\n2\n", "desired": "one\ntwo\n"}
+    ]
     markdown = sandbox.run("plan", "--format", "markdown", check=2, env=changed).stdout
     assert SECRET not in markdown
     blocks = _assert_safe(markdown)
@@ -138,24 +152,102 @@ def test_plan_formats_end_to_end(sandbox: Sandbox) -> None:
 
 
 def test_plan_schema_rejects_what_it_does_not_describe() -> None:
-    good = {
-        "schemaVersion": 1,
+    change = {"field": "/mode", "observed": "0777", "desired": "0750"}
+    resource = {"id": "File/a", "action": "update", "describe": "/a", "changes": [change]}
+    good: dict[str, object] = {
+        "schemaVersion": 2,
         "revision": "abc",
-        "changes": [
-            {"id": "File/a", "action": "update", "describe": "/a", "changes": []},
-        ],
-        "summary": {"update": 1},
+        "changes": [resource, {**resource, "id": "File/b", "instance": "Bundle/team-a-web"}],
+        "summary": {"update": 2},
     }
     _validate_plan(good)
-    leaky = {"field": "/password", "sensitive": True, "after": "x"}
+    leaky = {"field": "/password", "sensitive": True, "desired": "x"}
+    old_names = {"field": "/mode", "before": "0777", "after": "0750"}
     for bad in (
-        {**good, "schemaVersion": 2},
+        {**good, "schemaVersion": 1},
         {**good, "summary": {"explode": 1}},
-        {**good, "changes": [{**good["changes"][0], "action": "nuke"}]},  # type: ignore[dict-item]
-        {**good, "changes": [{**good["changes"][0], "changes": [leaky]}]},  # type: ignore[dict-item]
+        {**good, "changes": [{**resource, "action": "nuke"}]},
+        {**good, "changes": [{**resource, "changes": [leaky]}]},
+        {**good, "changes": [{**resource, "changes": [old_names]}]},
+        {**good, "changes": [{**resource, "instance": ""}]},
+        {**good, "changes": [{**resource, "instance": "team-a-web"}]},
     ):
         with pytest.raises(jsonschema.ValidationError):
             _validate_plan(bad)
+
+
+def test_the_schema_of_what_plan_prints_is_the_last_shipped_and_v1_stays() -> None:
+    assert PLAN_SCHEMA_VERSIONS[-1] == PLAN_SCHEMA_VERSION == 2
+    # version 1 stays shipped, unchanged, for consumers pinned to it
+    v1 = {
+        "schemaVersion": 1,
+        "revision": "abc",
+        "changes": [
+            {
+                "id": "File/a",
+                "action": "update",
+                "describe": "/a",
+                "changes": [{"field": "/mode", "before": "0777", "after": "0750"}],
+            }
+        ],
+        "summary": {"update": 1},
+    }
+    _validate_plan(v1, version=1)
+    assert plan_schema() == plan_schema(2)
+    with pytest.raises(ValueError, match="no plan schema version 3; known: 1, 2"):
+        plan_schema(3)
+
+
+def _bundled(rid: str, action: str, instance: str, plan: Plan | None = None) -> Planned:
+    return Planned(rid, rid.split("/")[0], action, f"/srv/{rid}", plan, instance=instance)
+
+
+def test_the_bundle_instance_is_shown_in_every_format() -> None:
+    mode = Change("/mode", "0777", "0750")
+    planned = [
+        _bundled("File/team-a-index", "create", "Bundle/team-a-web", Plan(Action.CREATE, ())),
+        _bundled(
+            "Directory/team-b-www", "drift-warn", "Bundle/team-b-web", Plan(Action.UPDATE, (mode,))
+        ),
+        _bundled("File/motd", "update", "", Plan(Action.UPDATE, (mode,))),
+        _bundled("File/quiet", "none", "Bundle/team-a-web"),
+    ]
+    text = render_plan(planned, header="reconciler plan t", colour=False)
+    lines = text.splitlines()
+    assert "  + File/team-a-index     /srv/File/team-a-index   (from Bundle/team-a-web)" in lines
+    assert (
+        "  ~ Directory/team-b-www  /srv/Directory/team-b-www   (from Bundle/team-b-web)"
+        "   (drifted; policy warn: reported, not healed)"
+    ) in lines
+    assert "  ~ File/motd             /srv/File/motd" in lines  # no bundle, no suffix
+    assert "quiet" not in text
+
+    data = plan_json(planned, "r1")
+    _validate_plan(data)
+    by_id = {c["id"]: c for c in data["changes"]}
+    assert by_id["File/team-a-index"]["instance"] == "Bundle/team-a-web"
+    assert by_id["Directory/team-b-www"]["instance"] == "Bundle/team-b-web"
+    assert by_id["Directory/team-b-www"]["changes"] == [
+        {"field": "/mode", "observed": "0777", "desired": "0750"}
+    ]
+    assert "instance" not in by_id["File/motd"]
+
+    markdown = render_plan_markdown(planned, title="plan", revision="r1")
+    _assert_safe(markdown)
+    assert (
+        "<summary><code>+ File/team-a-index</code> create: /srv/File/team-a-index"
+        " (from <code>Bundle/team-a-web</code>)</summary>"
+    ) in markdown
+    assert "<summary><code>~ File/motd</code> change: /srv/File/motd</summary>" in markdown
+
+
+def test_a_hostile_instance_id_is_escaped() -> None:
+    hostile = _bundled("File/x", "create", "Bundle/</code><script>\x1b[2J", Plan(Action.CREATE, ()))
+    text = render_plan([hostile], header="h", colour=False)
+    assert "(from Bundle/</code><script>\\x1b[2J)" in text and "\x1b" not in text
+    markdown = render_plan_markdown([hostile], title="plan", revision="r")
+    _assert_safe(markdown)
+    assert "<script>" not in markdown
 
 
 def _planned(rid: str, content: str) -> Planned:

@@ -149,7 +149,7 @@ def test_the_command() -> None:
         "description": "Selects the provider.",
     }
     plan = _cli("--plan")
-    assert json.loads(plan.stdout) == plan_schema(1)
+    assert json.loads(plan.stdout) == plan_schema(2)
     unknown = _cli("--kind", "Nope")
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("error: unknown kind 'Nope'; known kinds: ")
