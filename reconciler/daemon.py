@@ -836,6 +836,7 @@ class Daemon:
             "recovery": self._recovery,
             "lastPass": self._last_pass,
             "resources": counts,
+            "instances": _instances_json(self.desired),
             "queue": len(self.queue.items),
             "startedAt": self.started,
         }
@@ -851,6 +852,7 @@ class Daemon:
             "attempts": record.attempts,
             "createdByReconciler": record.created,
             "drift": self._drift.get(record.id),
+            "instance": record.instance or None,
         }
 
     def resources(self, kind: str | None) -> list[dict[str, Any]]:
@@ -869,11 +871,41 @@ class Daemon:
         return None if record is None else self._resource_json(record)
 
     def events(
-        self, *, resource: str | None, kind: str | None, since: float | None, limit: int
+        self,
+        *,
+        resource: str | None,
+        kind: str | None,
+        since: float | None,
+        limit: int,
+        instance: str | None,
     ) -> list[dict[str, Any]]:
         if self.store is None:
             return []
-        return [t.to_json() for t in self.store.history(resource, limit, kind=kind, since=since)]
+        history = self.store.history(resource, limit, kind=kind, since=since, instance=instance)
+        return [t.to_json() for t in history]
+
+
+def _instances_json(desired: DesiredState | None) -> list[dict[str, Any]]:
+    """The bundle instances of the enforced revision, each with how many resources
+    it made itself (not counting those of the instances nested in it)."""
+    if desired is None or not desired.instances:
+        return []
+    made: dict[str, int] = {}
+    for res in desired.resources.values():
+        if res.instance:
+            made[res.instance] = made.get(res.instance, 0) + 1
+    return [
+        {
+            "id": inst.id,
+            "source": redact(inst.source),
+            "location": str(inst.location),
+            "parent": inst.parent or None,
+            "ref": inst.ref or None,
+            "commit": inst.commit or None,
+            "resources": made.get(inst.id, 0),
+        }
+        for inst in sorted(desired.instances.values(), key=lambda inst: inst.id)
+    ]
 
 
 def _changed_since(revision: Revision) -> bool:
