@@ -29,9 +29,10 @@ from click.core import ParameterSource
 from reconciler import __version__
 
 if TYPE_CHECKING:
-    from reconciler.engine import Engine, Planned, Result
+    from reconciler.engine import Engine, Planned, Report, Result
     from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
+    from reconciler.savedplan import SavedPlan
     from reconciler.store import SqliteStore
 
 DEFAULT_STATE_DIR = ".reconciler"
@@ -502,11 +503,19 @@ def apply(
     as_json: bool,
     no_color: bool,
 ) -> None:
-    """Converge the system to the manifests under PATH, once."""
+    """Converge the system to the manifests under PATH, once. PATH may instead be a
+    plan saved by `plan --out`: then apply exactly that plan, with the config path,
+    state directory and provider options it was planned with, or refuse (exit 1,
+    nothing applied) if the revision or anything the plan rests on changed since."""
+    from reconciler import savedplan
     from reconciler.diff import render_report, report_json
     from reconciler.engine import MassPruneRefused
 
     started = time.perf_counter()
+    saved: tuple[savedplan.SavedPlan, bytes] | None = None
+    if savedplan.is_saved_plan(path):
+        plan_file = path
+        saved, path, providers, state_dir = _saved_plan(path, providers, state_dir)
     registry = providers.registry(state_dir)
     desired = _load(path, registry, state_dir, write_cache=True, applying=True)
     load_seconds = time.perf_counter() - started
@@ -527,7 +536,16 @@ def apply(
             on_settled=on_settled,
         )
         try:
-            report = _run(lambda: engine.converge(desired), concurrency)
+            if saved is None:
+                report = _run(lambda: engine.converge(desired), concurrency)
+            else:
+                outcome = _run(lambda: _apply_saved(engine, *saved, desired), concurrency)
+                if isinstance(outcome, list):
+                    _fail(
+                        f"the saved plan {plan_file} is refused, nothing applied "
+                        "(plan again):" + "".join(f"\n  {line}" for line in outcome)
+                    )
+                report = outcome
         except MassPruneRefused as exc:
             _fail(f"{exc}; nothing applied")
     if as_json:
@@ -537,6 +555,69 @@ def apply(
             render_report(report, load_seconds=load_seconds, colour=_colour(no_color)), nl=False
         )
     _exit(0 if report.ok else 1)
+
+
+def _saved_plan(
+    path: Path, providers: _Providers, state_dir: Path
+) -> tuple[tuple[SavedPlan, bytes], Path, _Providers, Path]:
+    """The saved plan in `path`, authenticated; the config path, provider options
+    and state directory to apply it with. Options given on the command line must
+    be the plan's (a saved plan is applied as it was planned); the state directory
+    is the plan's unless given (command line or environment)."""
+    from reconciler import savedplan
+
+    ctx = click.get_current_context()
+    try:
+        unverified = savedplan.read(path)
+        source = ctx.get_parameter_source("state_dir")
+        if source in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            state_dir = unverified.state_dir
+        key = savedplan.digest_key(state_dir, write=False)
+        if key is None:
+            raise savedplan.PlanFileError(
+                f"{path} was planned against the state directory "
+                f"{unverified.document.get('stateDir')}; {state_dir} has no digest key"
+            )
+        saved = unverified.verify(key)
+    except savedplan.PlanFileError as exc:
+        _fail(str(exc))
+    options = saved.options
+    sources = providers.secrets()
+    given = {
+        "--root": ("roots", providers.resolved_roots, options.roots),
+        "--allow-commands": ("allow_commands", providers.allow_commands, options.allow_commands),
+        "--secret-dir": ("secret_dir", sources.dirs, options.secret_dirs),
+        "--secret-env": ("secret_env", tuple(sources.env), options.secret_env),
+    }
+    differ = [
+        flag
+        for flag, (name, now, planned) in given.items()
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE and now != planned
+    ]
+    if differ:
+        _fail(
+            f"{path} was planned with other {', '.join(differ)}: a saved plan is applied "
+            "with the options it was planned with (plan again to change them)"
+        )
+    planned_with = _Providers(
+        options.roots, options.allow_commands, options.secret_dirs, options.secret_env
+    )
+    return (saved, key), Path(saved.config), planned_with, state_dir
+
+
+async def _apply_saved(
+    engine: Engine, saved: SavedPlan, key: bytes, desired: DesiredState
+) -> Report | list[str]:
+    """Plan again and, if the plan is the saved one, converge the resources it
+    changes (and those the inventory lacks or records with another spec); else
+    the reasons it is refused. One event loop: no gap but the plan's own time."""
+    from reconciler import savedplan
+
+    planned = await engine.preview(desired)
+    refused = savedplan.refusals(saved, planned, desired, key)
+    if refused:
+        return refused
+    return await engine.converge(desired, only=saved.targets | engine.changed(desired))
 
 
 @contextmanager
