@@ -13,7 +13,7 @@ Routes:
     GET  /healthz                         200 "ok" while the event loop is alive
     GET  /readyz                          200 "ready"; 503 "not ready: <reason>"
     GET  /api/v1/status                   the daemon's status document
-    GET  /api/v1/resources[?kind=K]       {"resources": [...]}
+    GET  /api/v1/resources[?kind=K][&instance=Bundle/I]  {"resources": [...]}
     GET  /api/v1/resources/{kind}/{name}  one resource; 404 when unknown
     GET  /api/v1/events                   {"events": [...]}; filters below
     POST /api/v1/sync                     Authorization: Bearer <api_token> -> 202
@@ -21,8 +21,11 @@ Routes:
     POST /hooks/gitlab                    X-Gitlab-Token
     POST /hooks/generic                   X-Signature-256 (HMAC-SHA256)
 
-Event filters: `resource=Kind/name`, `kind=Kind`, `since=<unix seconds, float>`,
+Event filters: `resource=Kind/name`, `kind=Kind`, `instance=Bundle/name` (the
+bundle instance that made the resource), `since=<unix seconds, float>`,
 `limit=<1..1000>` (default 100). A malformed or unknown parameter is a 400.
+Every resource and event names its bundle instance (`instance`, "" when written
+flat); the status document lists the instances of the enforced revision.
 
 Webhook authentication, all with `webhook_secret` and compared in constant time:
 
@@ -118,7 +121,7 @@ class Backend(Protocol):
         ...
 
     def resources(self, kind: str | None) -> list[dict[str, Any]]:
-        """Every resource, or those of one kind."""
+        """Every resource, or those of one kind; each with its `instance`."""
         ...
 
     def resource(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -126,9 +129,16 @@ class Backend(Protocol):
         ...
 
     def events(
-        self, *, resource: str | None, kind: str | None, since: float | None, limit: int
+        self,
+        *,
+        resource: str | None,
+        kind: str | None,
+        since: float | None,
+        limit: int,
+        instance: str | None,
     ) -> list[dict[str, Any]]:
-        """Recent events, newest last, filtered; at most `limit` of them."""
+        """Recent events, newest last, filtered (`instance`: of the resources that
+        bundle instance made); at most `limit` of them."""
         ...
 
     def request_sync(self, reason: str) -> None:
@@ -458,11 +468,15 @@ class _Handlers:
 
     async def resources(self, request: web.Request) -> web.Response:
         try:
-            _only_params(request, {"kind"})
+            _only_params(request, {"kind", "instance"})
             kind = _nonempty(request, "kind")
+            instance = _kind_name(request, "instance")
         except _BadRequest as exc:
             return _error(400, str(exc))
-        return web.json_response({"resources": self._backend.resources(kind)})
+        found = self._backend.resources(kind)
+        if instance is not None:
+            found = [r for r in found if r.get("instance") == instance]
+        return web.json_response({"resources": found})
 
     async def resource(self, request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
@@ -474,18 +488,17 @@ class _Handlers:
 
     async def events(self, request: web.Request) -> web.Response:
         try:
-            _only_params(request, {"resource", "kind", "since", "limit"})
-            resource = _nonempty(request, "resource")
-            if resource is not None:
-                kind_part, _, name_part = resource.partition("/")
-                if not kind_part or not name_part:
-                    raise _BadRequest(f"resource: expected Kind/name, got {resource!r}")
+            _only_params(request, {"resource", "kind", "instance", "since", "limit"})
+            resource = _kind_name(request, "resource")
             kind = _nonempty(request, "kind")
+            instance = _kind_name(request, "instance")
             since = _since(request)
             limit = _limit(request)
         except _BadRequest as exc:
             return _error(400, str(exc))
-        events = self._backend.events(resource=resource, kind=kind, since=since, limit=limit)
+        events = self._backend.events(
+            resource=resource, kind=kind, since=since, limit=limit, instance=instance
+        )
         return web.json_response({"events": events})
 
     # Writes: each guarded by a secret, each only asks the daemon for a sync.
@@ -634,6 +647,16 @@ def _nonempty(request: web.Request, key: str) -> str | None:
         return None
     if not value:
         raise _BadRequest(f"{key}: expected a value, got an empty string")
+    return value
+
+
+def _kind_name(request: web.Request, key: str) -> str | None:
+    """A `Kind/name` parameter: a resource id, or a bundle instance's id."""
+    value = _nonempty(request, key)
+    if value is not None:
+        kind_part, _, name_part = value.partition("/")
+        if not kind_part or not name_part:
+            raise _BadRequest(f"{key}: expected Kind/name, got {value!r}")
     return value
 
 

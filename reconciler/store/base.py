@@ -68,7 +68,7 @@ class Transition:
             "to": self.to_state.value,
             "event": self.event,
             "reason": self.reason,
-            "instance": self.instance,
+            "instance": self.instance or None,
         }
 
 

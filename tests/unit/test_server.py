@@ -36,7 +36,7 @@ class MemoryBackend:
         self.items: list[dict[str, Any]] = [
             {"kind": "Directory", "name": "app-dir", "state": "InSync"},
             {"kind": "File", "name": "app-config", "state": "Drifted"},
-            {"kind": "File", "name": "motd", "state": "InSync"},
+            {"kind": "File", "name": "motd", "state": "InSync", "instance": "Bundle/x"},
         ]
         self.history: list[dict[str, Any]] = [
             {"time": 100.0 + i, "resource": f"File/f{i % 3}", "kind": "File", "event": "x"}
@@ -64,17 +64,26 @@ class MemoryBackend:
         return None
 
     def events(
-        self, *, resource: str | None, kind: str | None, since: float | None, limit: int
+        self,
+        *,
+        resource: str | None,
+        kind: str | None,
+        since: float | None,
+        limit: int,
+        instance: str | None,
     ) -> list[dict[str, Any]]:
-        self.event_queries.append(
-            {"resource": resource, "kind": kind, "since": since, "limit": limit}
-        )
+        query: dict[str, Any] = {"resource": resource, "kind": kind, "since": since}
+        query["limit"] = limit
+        if instance is not None:
+            query["instance"] = instance
+        self.event_queries.append(query)
         found = [
             event
             for event in self.history
             if (resource is None or event["resource"] == resource)
             and (kind is None or event["kind"] == kind)
             and (since is None or event["time"] >= since)
+            and (instance is None or event.get("instance") == instance)
         ]
         return found[-limit:]
 
@@ -185,6 +194,10 @@ async def test_resources_all_and_by_kind(
         assert response.status == 200
         names = [item["name"] for item in (await _json(response))["resources"]]
         assert names == ["app-config", "motd"]
+    async with http.get(f"{url}/api/v1/resources", params={"instance": "Bundle/x"}) as response:
+        assert response.status == 200
+        names = [item["name"] for item in (await _json(response))["resources"]]
+        assert names == ["motd"]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +205,7 @@ async def test_resources_all_and_by_kind(
     [
         ("kind=", "kind: expected a value"),
         ("kinds=File", "unknown query parameter(s) kinds"),
+        ("instance=x", "instance: expected Kind/name, got 'x'"),
         ("kind=File&kind=Directory", "given more than once: kind"),
     ],
 )
@@ -240,6 +254,26 @@ async def test_events_filters_reach_the_backend(
     assert all(event["resource"] == "File/f1" and event["time"] >= 200.5 for event in events)
 
 
+async def test_events_filter_by_instance_reaches_the_backend(
+    url: str, http: aiohttp.ClientSession, backend: MemoryBackend
+) -> None:
+    backend.history[-1]["instance"] = "Bundle/team-a-web"
+    params = {"instance": "Bundle/team-a-web"}
+    async with http.get(f"{url}/api/v1/events", params=params) as response:
+        assert response.status == 200
+        events = (await _json(response))["events"]
+    assert backend.event_queries == [
+        {
+            "resource": None,
+            "kind": None,
+            "since": None,
+            "limit": 100,
+            "instance": "Bundle/team-a-web",
+        }
+    ]
+    assert events == [backend.history[-1]]
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -256,6 +290,8 @@ async def test_events_filters_reach_the_backend(
         ("resource=File/", "resource: expected Kind/name"),
         ("resource=/app-config", "resource: expected Kind/name"),
         ("kind=", "kind: expected a value"),
+        ("instance=team-a", "instance: expected Kind/name, got 'team-a'"),
+        ("instance=", "instance: expected a value"),
         ("limt=5", "unknown query parameter(s) limt"),
         ("limit=5&limit=6", "given more than once: limit"),
     ],
