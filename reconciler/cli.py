@@ -540,11 +540,14 @@ def apply(
                 report = _run(lambda: engine.converge(desired), concurrency)
             else:
                 outcome = _run(lambda: _apply_saved(engine, *saved, desired), concurrency)
-                if isinstance(outcome, list):
-                    _fail(
-                        f"the saved plan {plan_file} is refused, nothing applied "
-                        "(plan again):" + "".join(f"\n  {line}" for line in outcome)
+                if isinstance(outcome, list):  # one line each, each escaped
+                    lines = "".join(f"\n  {_printable(line)}" for line in outcome)
+                    click.echo(
+                        f"error: the saved plan {_printable(str(plan_file))} is refused, "
+                        f"nothing applied (plan again):{lines}",
+                        err=True,
                     )
+                    sys.exit(1)
                 report = outcome
         except MassPruneRefused as exc:
             _fail(f"{exc}; nothing applied")
