@@ -6,15 +6,19 @@ the bundle loader sets it (the e2e tests load real Bundle documents)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import pytest
 
+from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.engine import Engine, MassPruneRefused, Planned, Report
 from reconciler.fsm import State
 from reconciler.model import DesiredState, Instance, Location, Policy, Resource
+from reconciler.server import ServerSettings, start
 from reconciler.store import SqliteStore
 from tests.unit.test_engine import Doc, Rig, ThingSpec, actions, rig, thing
 
@@ -218,3 +222,82 @@ async def test_moving_a_resource_between_instances_is_recorded_without_an_apply(
         assert Engine(rig.registry, store).changed(desired) == set()
     finally:
         store.close()
+
+
+# --- the daemon's API, served for real ----------------------------------------------
+
+
+async def test_the_api_shows_each_resource_instance_and_the_revision_instances(
+    rig: Rig,
+) -> None:
+    """The daemon's views over a real store, served by the real server on
+    127.0.0.1: resources name their instance, the status lists the instances of
+    the enforced revision, events (a removed instance's prunes among them) too."""
+    await converge(rig, two_teams(rig))
+    inner = "Bundle/team-b-web-db"
+    made = {"b1": B, "b2": inner}
+    desired = bundled(rig, made, *(thing(n) for n in made), *FLAT)
+    desired = dataclasses.replace(
+        desired,
+        instances={
+            B: instance(B),
+            inner: Instance(
+                inner,
+                "https://***@git.example/db.git//pg",
+                Location("bundles/webapp/db.yaml", 1),
+                {},
+                B,
+                "v1.2",
+                "0123abcd" * 5,
+            ),
+        },
+    )
+    await converge(rig, desired)
+    daemon = Daemon(DaemonSettings(repo=str(rig.config), state_dir=rig.state, roots=()))
+    daemon.store = SqliteStore(rig.state)
+    daemon.desired = desired
+    server = await start(daemon, ServerSettings(port=0))
+    base = f"http://127.0.0.1:{server.port}/api/v1"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(f"{base}/status") as response:
+                status = await response.json()
+            async with http.get(f"{base}/resources") as response:
+                resources = (await response.json())["resources"]
+            async with http.get(f"{base}/resources/Thing/b2") as response:
+                b2 = await response.json()
+            async with http.get(f"{base}/events", params={"instance": A}) as response:
+                of_a = (await response.json())["events"]
+    finally:
+        await server.stop()
+        daemon.store.close()
+    assert status["instances"] == [
+        {
+            "id": B,
+            "source": "bundles/webapp",
+            "location": "apps.yaml:3",
+            "parent": None,
+            "ref": None,
+            "commit": None,
+            "resources": 1,
+        },
+        {
+            "id": inner,
+            "source": "https://***@git.example/db.git//pg",
+            "location": "bundles/webapp/db.yaml:1",
+            "parent": B,
+            "ref": "v1.2",
+            "commit": "0123abcd" * 5,
+            "resources": 1,
+        },
+    ]
+    assert {r["id"]: r["instance"] for r in resources} == {
+        "Thing/b1": B,
+        "Thing/b2": inner,
+        **{f"Thing/k{i}": None for i in range(4)},
+    }
+    assert b2["instance"] == inner
+    # team A's resources are gone from the inventory; their events remain, named
+    assert {e["id"] for e in of_a} == {"Thing/a1", "Thing/a2"}
+    assert {e["instance"] for e in of_a} == {A}
+    assert [e["event"] for e in of_a if e["id"] == "Thing/a1"][-2:] == ["remove", "pruned"]
