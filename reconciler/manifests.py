@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import stat
@@ -34,8 +35,10 @@ from reconciler import graph
 from reconciler.cache import Cache
 from reconciler.model import (
     API_VERSION,
+    BUNDLE_KIND,
     DEFAULT_POLICY,
     DesiredState,
+    Instance,
     Location,
     Policy,
     PrepareContext,
@@ -49,6 +52,8 @@ from reconciler.model import (
 
 if TYPE_CHECKING:
     from yaml.nodes import Node
+
+    from reconciler.bundles import Definition, RemoteFetcher
 
 EMPTY_MARK = "# reconciler: empty"
 """The first line of a manifest that is meant to declare nothing (0094)."""
@@ -104,6 +109,10 @@ class Limits:
     """Resources in a revision."""
     max_spec_bytes: int = 256 * _MiB
     """All specs of a revision as stored (JSON), sources and templates filled in."""
+    max_bundle_depth: int = 10
+    """Bundles instantiated by bundles, counted from a manifest of the tree."""
+    max_bundle_instances: int = 10_000
+    """Bundle instances in a revision."""
 
 
 _MAX_ISSUES = 1000
@@ -120,12 +129,16 @@ class Issue:
     line: int | None
     field: str
     message: str
+    via: str = ""
+    """The bundle instance(s) the error was found in, for a file of a bundle:
+    `Bundle/team-a-web at app.yaml:3` (the innermost first)."""
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return (
+        text = (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
+        return f"{text} (in {self.via})" if self.via else text
 
 
 class ManifestError(Exception):
@@ -175,6 +188,7 @@ class _Documents:
         limits: Limits,
         memo: ParseMemo | None = None,
         digest_key: Callable[[], bytes] | None = None,
+        remote: RemoteFetcher | None = None,
     ) -> None:
         self.root = root
         self.registry = registry
@@ -193,6 +207,17 @@ class _Documents:
         self.digest_key = digest_key
         self.secrets = False
         """Whether a spec resolved a secret: the tree is then never cached (0045)."""
+        self.remote = remote
+        self.frame = _Frame(root, "", "")
+        """The bundle instance being expanded (the tree itself outside of one)."""
+        self.instances: dict[str, Instance] = {}
+        self.via_of: dict[str, str] = {}
+        """Each instance's `Issue.via`."""
+        self.bundles: dict[tuple[str, str], _Bundle | None] = {}
+        """Bundles read in this load, by (tree, directory); None: invalid (reported)."""
+        self.floating = False
+        """Whether a remote bundle follows a branch or tag: the tree is then never
+        cached, as the same manifests can give another revision."""
 
     def _node(self, rid: ResourceId) -> Node:
         """The YAML node of a resource's document, parsed again from its file."""
@@ -255,9 +280,12 @@ class _Documents:
                 self.used.spec_bytes[key] = self.memo.spec_bytes.get(key, 0)
                 return
         issues, before, size = len(self.issues), len(self.resources), self.spec_bytes
+        instances = len(self.instances)
         secrets = self._parse_file(path, shown, raw)
-        # a file that resolved secrets is parsed again each time: they may have changed
-        if self.memo is not None and len(self.issues) == issues and not secrets:
+        # a file that resolved secrets is parsed again each time: they may have
+        # changed; so is one with bundles (its resources come from other files)
+        bundled = len(self.instances) != instances
+        if self.memo is not None and len(self.issues) == issues and not secrets and not bundled:
             self.used.files[key] = list(self.resources.values())[before:]
             self.used.spec_bytes[key] = self.spec_bytes - size
 
@@ -305,10 +333,18 @@ class _Documents:
         elif declared and marked:
             self.add_issue(Issue(shown, 1, "", _MARKED_BUT_DECLARES))
 
-    def _issue(self, file: str, node: Node, path: tuple[str | int, ...], message: str) -> None:
+    def _issue(
+        self,
+        file: str,
+        node: Node,
+        path: tuple[str | int, ...],
+        message: str,
+        via: str | None = None,
+    ) -> None:
         from reconciler.yamlload import line_of
 
-        self.add_issue(Issue(file, line_of(node, path), _field(path), message))
+        via = self.frame.via if via is None else via
+        self.add_issue(Issue(file, line_of(node, path), _field(path), message, via))
 
     def _validation(
         self,
@@ -317,6 +353,7 @@ class _Documents:
         prefix: tuple[str, ...],
         model: type[BaseModel],
         exc: ValidationError,
+        via: str | None = None,
     ) -> None:
         for error in exc.errors(include_url=False):
             owner, loc = _model_at(model, tuple(error["loc"]))
@@ -337,7 +374,7 @@ class _Documents:
                     if found is not None
                     else f"required field is missing; one of {tags}"
                 )
-            self._issue(file, node, path, message)
+            self._issue(file, node, path, message, via)
 
     def _add_document(self, file: str, node: Node, data: Any, ctx: PrepareContext) -> None:
         if data is None:
@@ -368,8 +405,8 @@ class _Documents:
             ok = False
         kind = data.get("kind")
         provider = self.registry.get(kind) if isinstance(kind, str) else None
-        if provider is None:
-            known = ", ".join(sorted(self.registry))
+        if provider is None and kind != BUNDLE_KIND:
+            known = ", ".join(sorted([*self.registry, BUNDLE_KIND]))
             self._issue(
                 file,
                 node,
@@ -386,10 +423,19 @@ class _Documents:
         location = Location(file, int(node.start_mark.line) + 1)
         if rid in self.seen_ids:
             first = self.resources.get(rid)
-            where = f" (first defined at {first.location})" if first else ""
+            where = ""
+            if first is not None:
+                made = f", made by {first.instance}" if first.instance else ""
+                where = f" (first defined at {first.location}{made})"
+                if first.instance or self.frame.instance:
+                    where += "; give bundle instances different namePrefix values"
             self._issue(file, node, ("metadata", "name"), f"duplicate resource id {rid}{where}")
             return
         self.seen_ids.add(rid)
+        if kind == BUNDLE_KIND:
+            if ok:
+                self._instantiate(file, node, data, ctx, name, location)
+            return
         spec_data = data.get("spec")
         if not isinstance(spec_data, dict):
             self._issue(
@@ -434,7 +480,9 @@ class _Documents:
         self._count(file, location.line, len(dumped))
         spec_hash = hashlib.sha256(dumped).hexdigest()[:32]
         labels = data["metadata"].get("labels") or {}
-        self.resources[rid] = Resource(str(kind), name, spec, policy, spec_hash, location, labels)
+        self.resources[rid] = Resource(
+            str(kind), name, spec, policy, spec_hash, location, labels, self.frame.instance
+        )
 
     def _metadata(self, file: str, node: Node, metadata: Any) -> str | None:
         if not isinstance(metadata, dict):
@@ -477,6 +525,280 @@ class _Documents:
             return None
         return name if valid else None
 
+    def _via(self, res: Resource) -> str:
+        return self.via_of.get(res.instance, "")
+
+    # ------------------------------------------------------------ bundles (docs/bundles.md)
+
+    def _instantiate(
+        self,
+        file: str,
+        node: Node,
+        data: dict[str, Any],
+        ctx: PrepareContext,
+        name: str,
+        location: Location,
+    ) -> None:
+        """Expand one `Bundle` document: check its values against the bundle's
+        parameters, fill them into copies of the bundle's documents, patch and
+        prefix those, and add them as documents of this revision."""
+        from reconciler import bundles
+
+        if data.get("policy") is not None:
+            message = "a Bundle has no policy: set its resources' policy with patches"
+            self._issue(file, node, ("policy",), message)
+            return
+        spec_data = data.get("spec")
+        if not isinstance(spec_data, dict):
+            problem = "expected a mapping" if spec_data is not None else "required field is missing"
+            self._issue(file, node, ("spec",), problem)
+            return
+        try:
+            spec = bundles.BundleSpec.model_validate(spec_data)
+        except ValidationError as exc:
+            self._validation(file, node, ("spec",), bundles.BundleSpec, exc)
+            return
+        frame, limits = self.frame, self.limits
+        iid = resource_id(BUNDLE_KIND, name)
+        if len(self.instances) >= limits.max_bundle_instances:
+            message = f"over the limit of {limits.max_bundle_instances} bundle instances"
+            self._issue(file, node, (), f"{message} (max_bundle_instances)")
+            raise _Stop
+        if len(frame.chain) >= limits.max_bundle_depth:
+            message = f"bundles nested deeper than {limits.max_bundle_depth} (max_bundle_depth)"
+            self._issue(file, node, ("spec", "source"), message)
+            return
+        found = self._locate(file, node, spec.source, ctx)
+        if found is None:
+            return
+        tree, key = found
+        if key in frame.chain:
+            loop = [f"{t}{'//' if t else ''}{d}" for t, d in (*frame.chain, key)]
+            cycle = " -> ".join(loop[frame.chain.index(key) :])
+            self._issue(file, node, ("spec", "source"), f"bundle cycle: {cycle}")
+            return
+        via = f"{iid} at {location}" + (f", in {frame.via}" if frame.via else "")
+        bundle = self._bundle(tree, key, via)
+        if bundle is None:
+            return
+        values, problems = bundles.check_values(bundle.definition, spec.values)
+        for where, message in problems:
+            self._issue(file, node, ("spec", "values", *where), message)
+        if problems:
+            return
+        prefix = frame.prefix + spec.name_prefix
+        scope = {"values": values, "bundle": {"name": name, "prefix": prefix}}
+        params = bundle.definition.parameters
+        secret = frozenset(p for p, param in params.items() if param.type == "secret")
+        filled: list[Any] = []
+        for doc in bundle.documents:
+            try:
+                filled.append(bundles.fill(doc.data, scope, secret))
+            except bundles.SubstitutionError as exc:
+                self._issue(doc.shown, doc.node, exc.path, str(exc), via)
+        if len(filled) != len(bundle.documents):
+            return
+        problems_at = bundles.apply_patches(filled, spec.patches, _identity)
+        for where_at, message in problems_at:
+            self._issue(file, node, ("spec", "patches", *where_at), message)
+        if problems_at:
+            return
+        local = {f"{k}/{n}" for k, n in map(_identity, filled) if isinstance(n, str)}
+        self.instances[iid] = Instance(
+            iid,
+            tree.source,
+            location,
+            _plain_json(values),
+            frame.instance,
+            tree.ref,
+            tree.commit,
+        )
+        self.via_of[iid] = via
+        self.frame = _Frame(tree.root, tree.name, tree.shown, prefix, iid, via, (*frame.chain, key))
+        try:
+            for doc, document in zip(bundle.documents, filled, strict=True):
+                if prefix:
+                    document = self._renamed(document, prefix, local)
+                doc_ctx = PrepareContext(
+                    doc.path, tree.root, digest_key=self.digest_key, sources=ctx.sources
+                )
+                self._add_document(doc.shown, doc.node, document, doc_ctx)
+                self.secrets = self.secrets or bool(doc_ctx.resolved)
+        finally:
+            self.frame = frame
+
+    def _locate(
+        self, file: str, node: Node, source: Any, ctx: PrepareContext
+    ) -> tuple[_Tree, tuple[str, str]] | None:
+        """The tree and directory a `Bundle`'s source names, checked to be a
+        bundle; None after reporting why not."""
+        from reconciler import bundles
+
+        frame = self.frame
+        where = ("spec", "source")
+        if isinstance(source, bundles.RemoteSource):
+            if self.remote is None:
+                self._issue(file, node, where, "remote bundles cannot be fetched here")
+                return None
+            subdir = os.path.normpath(source.path.strip("/")) if source.path != "." else "."
+            if subdir.startswith("..") or "\0" in source.path:
+                self._issue(file, node, (*where, "path"), "the path leads outside the repository")
+                return None
+            try:
+                fetched = self.remote.fetch(source.repo, source.ref, subdir)
+            except bundles.BundleSourceError as exc:
+                self._issue(file, node, where, str(exc))
+                return None
+            self.floating = self.floating or not bundles.pinned(source.ref)
+            repo = _redacted(source.repo)
+            name = f"{repo}//{subdir}@{fetched.commit}"
+            tree = _Tree(
+                fetched.root,
+                name,
+                f"{repo}//{subdir}@{fetched.commit[:12]}/",
+                f"{repo}//{subdir}",
+                source.ref,
+                fetched.commit,
+            )
+            directory = fetched.root
+        else:
+            directory = Path(os.path.normpath(ctx.manifest.parent / source))
+            if not directory.is_relative_to(frame.root):
+                self._issue(file, node, where, f"{source} leads outside the config tree")
+                return None
+            relative = str(directory.relative_to(frame.root))
+            real, real_root = os.path.realpath(directory), os.path.realpath(frame.root)
+            if real != real_root and not real.startswith(real_root + os.sep):
+                message = f"{source} is a symbolic link to outside the config tree"
+                self._issue(file, node, where, message)
+                return None
+            shown = frame.shown + relative
+            tree = _Tree(frame.root, frame.tree, frame.shown, shown, "", "")
+        if not (directory / bundles.DEFINITION_FILE).is_file():
+            what = "no such directory" if not directory.is_dir() else "no bundle.yaml in it"
+            self._issue(file, node, where, f"{tree.source}: {what}")
+            return None
+        rel = "." if directory == tree.root else str(directory.relative_to(tree.root))
+        return dataclasses.replace(tree, directory=directory), (tree.name, rel)
+
+    def _bundle(self, tree: _Tree, key: tuple[str, str], via: str) -> _Bundle | None:
+        """A bundle's definition and parsed documents, read once per load; None if
+        invalid (reported the first time, at its files)."""
+        if key in self.bundles:
+            return self.bundles[key]
+        from reconciler import bundles
+
+        self.bundles[key] = None
+        before = len(self.issues)
+        files, _, _ = _read_tree(tree.directory, tree.root, self.limits)
+        definition: bundles.Definition | None = None
+        documents: list[_BundleDoc] = []
+        for found in files:
+            shown = tree.shown + found.shown
+            if found.raw is None:
+                self.add_issue(Issue(shown, None, "", found.problem or "unreadable", via))
+                continue
+            try:
+                text = found.raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.add_issue(Issue(shown, None, "", f"not UTF-8 text (byte {exc.start})", via))
+                continue
+            self.sources[shown] = found.raw
+            parsed = self._bundle_file(shown, text, via)
+            if parsed is None:
+                continue
+            if found.path == tree.directory / bundles.DEFINITION_FILE:
+                definition = self._definition(shown, parsed, via)
+            else:
+                documents += [
+                    _BundleDoc(found.path, shown, n, d) for n, d in parsed if d is not None
+                ]
+        if definition is None or len(self.issues) != before:
+            return None
+        bundle = _Bundle(definition, tuple(documents))
+        self.bundles[key] = bundle
+        return bundle
+
+    def _bundle_file(self, shown: str, text: str, via: str) -> list[tuple[Node, Any]] | None:
+        from reconciler import yamlload
+
+        try:
+            parsed = list(self._documents(text))
+        except yamlload.MarkedYAMLError as exc:
+            line, problem = yamlload.where(exc)
+            self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}", via))
+            return None
+        except (yamlload.YAMLError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            self.add_issue(Issue(shown, None, "", f"invalid YAML: {problem}", via))
+            return None
+        declared = any(d is not None for _, d in parsed)
+        marked = text.partition("\n")[0].strip("\ufeff \t\r") == EMPTY_MARK
+        if not declared and not marked:
+            self.add_issue(Issue(shown, None, "", _EMPTY_FILE, via))
+            return None
+        return parsed
+
+    def _definition(
+        self, shown: str, parsed: list[tuple[Node, Any]], via: str
+    ) -> Definition | None:
+        from reconciler import bundles
+
+        found = [(n, d) for n, d in parsed if d is not None]
+        if len(found) != 1:
+            message = "expected one document (apiVersion, kind: BundleDefinition, parameters)"
+            self.add_issue(Issue(shown, None, "", message, via))
+            return None
+        node, data = found[0]
+        try:
+            return bundles.Definition.model_validate(data)
+        except ValidationError as exc:
+            self._validation(shown, node, (), bundles.Definition, exc, via)
+            return None
+
+    def _renamed(self, data: Any, prefix: str, local: set[str]) -> Any:
+        """A bundle's document with `prefix` before its name and before each name
+        it uses of another document of the same bundle (dependsOn and the
+        references its provider declares); names outside the bundle are kept."""
+        if not isinstance(data, dict):
+            return data
+        kind, name = _identity(data)
+        if isinstance(name, str):
+            data["metadata"] = {**data["metadata"], "name": prefix + name}
+
+        def renamed(value: Any) -> Any:
+            if isinstance(value, str) and value in local:
+                k, _, n = value.partition("/")
+                return f"{k}/{prefix}{n}"
+            return value
+
+        policy = data.get("policy")
+        if isinstance(policy, dict) and isinstance(policy.get("dependsOn"), list):
+            data["policy"] = {**policy, "dependsOn": [renamed(d) for d in policy["dependsOn"]]}
+        provider = self.registry.get(kind) if isinstance(kind, str) else None
+        spec = data.get("spec")
+        if provider is None or not isinstance(spec, dict) or not _refers(provider):
+            return data
+        try:
+            model = provider.Spec.model_validate(spec)
+        except ValidationError:
+            return data  # reported when the document is added
+        for field, target in provider.references(model):
+            if target not in local:
+                continue
+            holder: Any = spec
+            for part in field[:-1]:
+                holder = _child(holder, part)
+            last = field[-1]
+            value = _child(holder, last)
+            if value is None:
+                continue
+            if value == target:
+                holder[last] = renamed(value)
+            elif value == target.partition("/")[2]:
+                holder[last] = prefix + value
+        return data
+
     def _references(self, rid: ResourceId, res: Resource) -> list[ResourceId]:
         """The resources the spec names (its connection, a command's refreshOn):
         implicit dependencies, each checked to exist and to be of a usable kind."""
@@ -488,14 +810,16 @@ class _Documents:
             if other is None:
                 if target not in self.seen_ids:
                     message = f"names {target}, which is not defined in this revision"
-                    self._issue(res.location.file, self._node(rid), where, message)
+                    self._issue(res.location.file, self._node(rid), where, message, self._via(res))
                 continue  # defined but invalid: its own error says why
             if target == rid:
-                self._issue(res.location.file, self._node(rid), where, "names itself")
+                self._issue(
+                    res.location.file, self._node(rid), where, "names itself", self._via(res)
+                )
                 continue
             problem = provider.accepts(field, other)
             if problem is not None:
-                self._issue(res.location.file, self._node(rid), where, problem)
+                self._issue(res.location.file, self._node(rid), where, problem, self._via(res))
                 continue
             found.append(target)
         return found
@@ -515,6 +839,7 @@ class _Documents:
                     self._node(rid),
                     ("spec", "path"),
                     f"{path} is also managed by {other} ({self.resources[other].location})",
+                    self._via(res),
                 )
                 continue
             claimed[path] = rid
@@ -529,6 +854,7 @@ class _Documents:
                         self._node(rid),
                         ("policy", "dependsOn", i),
                         f"depends on {dep}, which is not defined in this revision",
+                        self._via(res),
                     )
                 elif dep == rid:
                     self._issue(
@@ -536,6 +862,7 @@ class _Documents:
                         self._node(rid),
                         ("policy", "dependsOn", i),
                         "a resource cannot depend on itself",
+                        self._via(res),
                     )
             deps = [d for d in res.policy.depends_on if d in self.resources and d != rid]
             if rid in parents:
@@ -550,8 +877,88 @@ class _Documents:
                 self._node(cycle[0]),
                 ("policy", "dependsOn"),
                 "dependency cycle: " + " -> ".join(cycle),
+                self._via(first),
             )
         return edges
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """Where the documents being added come from: the tree itself, or a bundle
+    instance (its tree, prefix, id and the chain of bundles around it)."""
+
+    root: Path
+    """What a local bundle source must stay inside: the config tree, or the
+    directory of the remote bundle being expanded."""
+    tree: str
+    """"" for the config tree; `repo//path@commit` for a remote bundle's."""
+    shown: str
+    """What goes before a path relative to `root` in an error (empty for the tree)."""
+    prefix: str = ""
+    instance: str = ""
+    via: str = ""
+    chain: tuple[tuple[str, str], ...] = ()
+    """The bundles being expanded, outermost first, as (tree, directory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """Where a bundle's files are."""
+
+    root: Path
+    name: str
+    shown: str
+    source: str
+    """How the instance names its bundle (`bundles/webapp`, `repo//path`)."""
+    ref: str
+    commit: str
+    directory: Path = Path()
+
+
+@dataclass(frozen=True, slots=True)
+class _BundleDoc:
+    path: Path
+    shown: str
+    node: Node
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Bundle:
+    definition: Definition
+    documents: tuple[_BundleDoc, ...]
+
+
+def _identity(document: Any) -> tuple[Any, Any]:
+    """(kind, name) of a document as written, either None where it has none."""
+    if not isinstance(document, dict):
+        return None, None
+    metadata = document.get("metadata")
+    return document.get("kind"), metadata.get("name") if isinstance(metadata, dict) else None
+
+
+def _child(holder: Any, part: str | int) -> Any:
+    """`holder[part]` in parsed YAML, or None where there is no such item."""
+    try:
+        return holder[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _refers(provider: Provider[Any]) -> bool:
+    """Whether specs of this kind may name other resources (see Provider.references)."""
+    own = getattr(type(provider).references, "__func__", type(provider).references)
+    return provider.connection_type is not None or own is not Provider.references
+
+
+def _plain_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values as JSON holds them (a date as its text), for the cache and the API."""
+    return dict(json.loads(json.dumps(values, default=str)))
+
+
+def _redacted(url: str) -> str:
+    """A repository URL without the credentials it may carry."""
+    return re.sub(r"(?<=://)[^/@]*@", "", url)
 
 
 def _secret_sources(registry: Mapping[str, Provider[Any]]) -> SecretSources | None:
@@ -719,9 +1126,12 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
     others = hashlib.sha256()
     walk = _walk(path, root, limits)
     files = list(walk.problems)
+    bundled = _bundle_dirs(path, walk.files)
     for file, st in walk.files:
         shown = str(file.relative_to(root)) if file != root else file.name
-        manifest = file.suffix in (".yaml", ".yml") or file == path
+        manifest = file == path or (
+            file.suffix in (".yaml", ".yml") and not (bundled and _in_bundle(file, path, bundled))
+        )
         if st.st_size > limits.max_file_bytes:
             problem = (
                 f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes} "
@@ -749,6 +1159,21 @@ def _read_tree(path: Path, root: Path, limits: Limits) -> tuple[list[_File], str
         digest.update(shown.encode() + b"\0" + file_hash)
         files.append(_File(file, shown, raw, digest=file_hash))
     return files, digest.hexdigest(), others.hexdigest()
+
+
+def _bundle_dirs(path: Path, files: list[tuple[Path, os.stat_result]]) -> set[Path]:
+    """The bundle directories (holding a bundle.yaml) strictly below `path`: their
+    files are read only when a `Bundle` instantiates them (hashed all the same)."""
+    return {f.parent for f, _ in files if f.name == "bundle.yaml" and f.parent != path}
+
+
+def _in_bundle(file: Path, top: Path, bundled: set[Path]) -> bool:
+    for parent in file.parents:
+        if parent == top:
+            return False
+        if parent in bundled:
+            return True
+    return False
 
 
 def _read_at_most(handle: BinaryIO, size: int, limit: int) -> bytes:
@@ -796,11 +1221,13 @@ def load(
     revision: str | None = None,
     cache: Cache | None = None,
     memo: ParseMemo | None = None,
+    remote: RemoteFetcher | None = None,
 ) -> DesiredState:
     """Load and validate every manifest under `path`; raise ManifestError.
 
     `cache` keeps whole validated trees on disk (an unchanged tree is not parsed);
-    `memo` keeps parsed files in memory (a changed tree parses only changed files).
+    `memo` keeps parsed files in memory (a changed tree parses only changed files);
+    `remote` fetches remote bundles (without it, a remote bundle is an error).
     """
     root = path if path.is_dir() else path.parent
     if not path.exists():
@@ -821,15 +1248,15 @@ def load(
             memo.context, memo.files, memo.spec_bytes = context, {}, {}
     key = _cache.DigestKey(cache) if cache is not None else None
     try:
-        docs, edges = _parse(files, root, registry, limits, memo, key)
+        docs, edges = _parse(files, root, registry, limits, memo, key, remote)
     except _Reparse:
-        docs, edges = _parse(files, root, registry, limits, None, key)
+        docs, edges = _parse(files, root, registry, limits, None, key, remote)
     if docs.issues:
         raise ManifestError(docs.issues)
     if memo is not None:  # only what this revision uses stays in memory
         memo.files, memo.spec_bytes = docs.used.files, docs.used.spec_bytes
-    state = DesiredState(revision=revision, resources=docs.resources, dependencies=edges)
-    if cache is not None and cache.write and not docs.secrets:
+    state = DesiredState(revision, docs.resources, edges, docs.instances)
+    if cache is not None and cache.write and not docs.secrets and not docs.floating:
         _cache.write(cache, cache_key, state)
     return state
 
@@ -841,8 +1268,9 @@ def _parse(
     limits: Limits,
     memo: ParseMemo | None,
     digest_key: Callable[[], bytes] | None,
+    remote: RemoteFetcher | None = None,
 ) -> tuple[_Documents, dict[ResourceId, tuple[ResourceId, ...]]]:
-    docs = _Documents(root, registry, limits, memo, digest_key)
+    docs = _Documents(root, registry, limits, memo, digest_key, remote)
     try:
         for file in files:
             if file.raw is None:

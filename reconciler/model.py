@@ -145,6 +145,10 @@ class Resource:
         return (Resource, (*fields, self.labels, self.instance))
 
 
+BUNDLE_KIND = "Bundle"
+"""The kind of the documents that instantiate a bundle (reconciler.bundles)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One instantiation of a bundle (a `Bundle` document), with where it came from."""
