@@ -157,3 +157,15 @@ def test_a_plan_without_changes_applies_nothing(sandbox: Sandbox, tmp_path: Path
     assert all(r["action"] == "none" for r in json.loads(plan.read_text())["resources"])
     applied = _apply_file(plan, check=0)
     assert "0 created, 0 updated" in applied.stdout
+
+
+def test_a_plan_with_an_error_is_not_saved(sandbox: Sandbox, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sandbox.root / "escape").symlink_to(outside)
+    spec = {"path": str(sandbox.root / "escape/x"), "content": "x\n"}
+    sandbox.write("bad.yaml", doc("File", "x", spec))
+    plan = tmp_path / "tfplan"
+    result = sandbox.run("plan", "--out", str(plan), check=1)
+    assert f"error: plan not saved to {plan}: File/x could not be planned" in result.stderr
+    assert not plan.exists()
