@@ -123,9 +123,14 @@ class GitSource:
     def __repr__(self) -> str:
         return f"GitSource(url={self.url!r}, ref={self.ref!r}, path={self.path!r})"
 
+    @property
+    def signatures(self) -> SignaturePolicy | None:
+        """The policy commits are verified against (None: not verified)."""
+        return self._verifier.policy if self._verifier is not None else None
+
     async def fetch(self) -> Revision:
         """Fetch the ref and export its tree; SourceError on any failure."""
-        return await asyncio.to_thread(self._fetch_sync)
+        return await asyncio.to_thread(self.fetch_sync)
 
     # ------------------------------------------------------------------ fetch flow
 
@@ -137,7 +142,8 @@ class GitSource:
     def _trees_dir(self) -> Path:
         return self.cache_dir / "trees"
 
-    def _fetch_sync(self) -> Revision:
+    def fetch_sync(self) -> Revision:
+        """`fetch` in the calling thread (blocking: network and disk)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.cache_dir / ".lock"):
             env = self._network_env()
@@ -176,7 +182,7 @@ class GitSource:
             self._verify(cmd, target, sha)
         tree = self._export(cmd, sha)
         summary = self._summary(cmd, sha)
-        self._prune_trees(keep=sha)
+        self._prune_trees(keep=self._export_name(sha))
         log.debug("git %s: %s at %s", self.url, self.ref or "HEAD", sha)
         return Revision(id=sha, path=tree, summary=summary)
 
@@ -401,12 +407,18 @@ class GitSource:
 
     # ------------------------------------------------------------------ export
 
+    def _export_name(self, sha: str) -> str:
+        """The directory under trees/ holding the export of `sha` (the remote
+        bundles' fetcher keys it by path too)."""
+        return sha
+
     def _export(self, cmd: git.Git, sha: str) -> Path:
         """trees/<sha>/<path>, exported once and reused while it exists."""
         trees = self._trees_dir
         trees.mkdir(parents=True, exist_ok=True)
-        final = trees / sha
-        marker = trees / f".{sha}.path"
+        name = self._export_name(sha)
+        final = trees / name
+        marker = trees / f".{name}.path"
         target = final / self.path if self.path else final
         if final.is_dir() and _read_text(marker) == self.path:
             os.utime(final)  # most recently used: last to be pruned
