@@ -50,6 +50,8 @@ from reconciler.store import SqliteStore
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from reconciler.sources.bundles import GitBundles
+
 log = logging.getLogger("reconciler.daemon")
 
 QUIET_AFTER_APPLY = 1.0
@@ -148,6 +150,8 @@ class Daemon:
         self.registry: Registry | None = None
         self.engine: Engine | None = None
         self.source: Source | None = None
+        self.bundles: GitBundles | None = None
+        """Fetcher of remote bundles; a load gets `bundles.session()`."""
         self.source_state = _SourceState(url=redact(settings.repo))
         self.queue = _Queue()
         self._sync = asyncio.Event()
@@ -213,6 +217,7 @@ class Daemon:
                 telemetry=self.metrics,
             )
             self.source = self._make_source()
+            self.bundles = self._make_bundles(self.source)
             # freshness is the store's: a restart does not make a stale source look fresh
             self.source_state.last_success = self.store.last_fetched(self.source_state.url)
             host, port = settings.listen
@@ -320,6 +325,25 @@ class Daemon:
             )
         except ValueError as exc:  # a bad ref, path or URL: a settings error, not a crash
             raise SettingsError(str(exc)) from None
+
+    def _make_bundles(self, source: Source) -> GitBundles:
+        """Remote bundles are fetched with the main repository's credentials and
+        signature policy; in local mode with the ssh key and known hosts settings
+        (an HTTP token needs the main repository's origin: none in local mode)."""
+        from reconciler.sources.bundles import GitBundles
+        from reconciler.sources.git import GitSource
+
+        cache = self.settings.state_dir / "bundles"
+        if isinstance(source, GitSource):
+            return GitBundles.like(source, cache)
+        return GitBundles(
+            cache,
+            ssh_key=self.settings.ssh_key,
+            known_hosts=self.settings.known_hosts,
+            insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
+            timeout=120.0,
+            allow_file=True,
+        )
 
     # triggers
 
