@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
     from reconciler.savedplan import SavedPlan
+    from reconciler.sources.bundles import GitBundles
     from reconciler.store import SqliteStore
 
 DEFAULT_STATE_DIR = ".reconciler"
@@ -130,6 +131,50 @@ def _load(
     finally:
         gc.enable()
         gc.freeze()  # what the load made lives to the end of the run
+
+
+def _bundle_fetcher(state_dir: Path | None) -> GitBundles:
+    """The fetcher of remote bundles for a one-shot command. Credentials, signature
+    policy and the origin that may receive the HTTP token come from the variables
+    `run` reads (RECONCILER_REPO, _SSH_KEY, _KNOWN_HOSTS, _INSECURE_IGNORE_HOST_KEY,
+    _TOKEN_FILE, _VERIFY_COMMITS, _TRUSTED_KEYS, _ALLOWED_SIGNERS), not from a
+    settings file; without them git's own configuration and ssh agent apply. The
+    cache is STATE_DIR/bundles, or the user's cache without a state directory."""
+    from reconciler.sources.bundles import GitBundles
+    from reconciler.sources.signatures import signature_policy
+
+    def env(name: str) -> str | None:
+        return os.environ.get(f"RECONCILER_{name}", "").strip() or None
+
+    def env_path(name: str) -> Path | None:
+        value = env(name)
+        return None if value is None else Path(value)
+
+    if state_dir is not None:
+        cache = state_dir / "bundles"
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache = cache / "reconciler" / "bundles"
+    repo = env("REPO")
+    try:
+        policy = signature_policy(
+            env("VERIFY_COMMITS"),
+            [Path(name) for name in (env("TRUSTED_KEYS") or "").split()],
+            env_path("ALLOWED_SIGNERS"),
+        )
+        return GitBundles(
+            cache,
+            origin_url=repo if repo is not None and "://" in repo else None,
+            ssh_key=env_path("SSH_KEY"),
+            known_hosts=env_path("KNOWN_HOSTS"),
+            insecure_ignore_host_key=(env("INSECURE_IGNORE_HOST_KEY") or "").lower()
+            in ("1", "true", "yes", "on", "y", "t"),
+            token_file=env_path("TOKEN_FILE"),
+            signatures=policy,
+            allow_file=repo is None or "://" not in repo or repo.startswith("file://"),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @contextmanager
