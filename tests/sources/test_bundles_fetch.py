@@ -302,3 +302,33 @@ def test_bundles_follow_the_main_repositorys_signature_policy(
     assert session.fetch(url, "v1", "bundles/webapp").commit == work.rev()
     # the tag's verdict covers the other paths of that tag in the session
     assert files(session.fetch(url, "v1", "bundles/db")) == {"bundle.yaml": BUNDLE}
+
+
+# ------------------------------------------------------------------ the CLI's fetcher
+
+
+def test_one_shot_commands_take_runs_credential_variables(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    git_http_server: SmartHTTPServer,
+    token_file: Path,
+    work: WorkClone,
+) -> None:
+    from reconciler.cli import _bundle_fetcher
+
+    monkeypatch.setenv("RECONCILER_REPO", git_http_server.url("main.git"))
+    monkeypatch.setenv("RECONCILER_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("RECONCILER_INSECURE_IGNORE_HOST_KEY", "true")
+    fetcher = _bundle_fetcher(tmp_path / "state")
+    assert fetcher.cache_dir == tmp_path / "state" / "bundles"
+    assert fetcher.insecure_ignore_host_key and "file" not in fetcher.protocols
+    tree = fetcher.session().fetch(git_http_server.url(), "main", "bundles/db")
+    assert tree.commit == work.rev()
+
+    monkeypatch.delenv("RECONCILER_REPO")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    fetcher = _bundle_fetcher(None)
+    assert fetcher.cache_dir == tmp_path / "xdg" / "reconciler" / "bundles"
+    # no main repository to bind the token to: it is sent nowhere
+    message = failure(fetcher, git_http_server.url(), "main", "bundles/db")
+    assert "401" in message or "Authentication" in message, message
