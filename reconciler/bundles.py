@@ -286,7 +286,7 @@ def check_values(
             message = f"required parameter {name!r} ({param.type}) is missing{about}"
             problems.append(((), message))
         values[name] = param.default
-    return values, problems
+    return {name: values[name] for name in params if name in values}, problems
 
 
 # ---------------------------------------------------------------- the Bundle document

@@ -246,4 +246,4 @@ def test_the_daemon_never_runs_a_planted_pickle_and_says_so_once(
     assert len(warnings) == 1 and str(entry) in warnings[0], warnings
     daemon.stop()
     assert not sentinel.exists()
-    assert entry.read_bytes().startswith(b"reconciler-tree-cache/1 ")  # written again
+    assert entry.read_bytes().startswith(b"reconciler-tree-cache/2 ")  # written again
