@@ -7,6 +7,7 @@ holds a secret."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -169,3 +170,30 @@ def test_a_plan_with_an_error_is_not_saved(sandbox: Sandbox, tmp_path: Path) -> 
     result = sandbox.run("plan", "--out", str(plan), check=1)
     assert f"error: plan not saved to {plan}: File/x could not be planned" in result.stderr
     assert not plan.exists()
+
+
+def test_the_ci_docs_saved_plan_commands_as_written(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ci.md").read_text()
+    section = text.split("## Saved plans", 1)[1]
+    commands = section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [c.split()[1] for c in commands] == ["plan", "apply"]
+    _tree(sandbox)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CONFIG": str(sandbox.config),
+        "ROOT": str(sandbox.root),
+        "STATE": str(sandbox.state),
+    }
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (command, result.stderr)
+    assert "<details>" in (tmp_path / "plan.md").read_text()
+    assert (sandbox.root / "d/f.txt").read_text() == "one\n"
