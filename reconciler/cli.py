@@ -684,15 +684,22 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[Result], None] | 
 @path_argument
 @provider_options
 @click.option(
-    "--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "json"]),
+    default="mermaid",
+    show_default=True,
+    help="Each bundle instance's resources are grouped: a subgraph (mermaid), a cluster "
+    "(dot), or an instance field (json).",
 )
 def graph(path: Path, providers: _Providers, fmt: str) -> None:
-    """Print the dependency graph (explicit and implicit edges)."""
+    """Print the dependency graph (explicit and implicit edges), grouped by bundle
+    instance."""
     from reconciler import graph as graphs
 
     desired = _load(path, providers.checking())
-    render = graphs.to_mermaid if fmt == "mermaid" else graphs.to_dot
-    click.echo(render(desired.dependencies), nl=False)
+    render = {"mermaid": graphs.to_mermaid, "dot": graphs.to_dot, "json": graphs.to_json}[fmt]
+    click.echo(render(desired.dependencies, groups=graphs.instance_groups(desired)), nl=False)
 
 
 @cli.command()
@@ -1338,21 +1345,46 @@ def status(url: str, as_json: bool) -> None:
         click.echo(f"last error {show(str(info['lastError']))}")
     counts = ", ".join(f"{n} {show(str(state))}" for state, n in sorted(info["resources"].items()))
     click.echo(f"resources  {counts or 'none'}")
+    instances = info.get("instances") or []
+    if instances:
+        click.echo(f"instances  {_instances_line(instances)}")
     click.echo("")
+    # resources of a bundle instance are grouped under it, after those written flat
+    bundled = any(r.get("instance") for r in resources)
+    if bundled:
+        resources = sorted(resources, key=lambda r: (r.get("instance") or "", r["id"]))
     rows = [
         (show(str(r["id"])), show(str(r["state"])), show(str(r.get("lastError") or "")))
         for r in resources
     ]
     width = max((len(rid) for rid, _, _ in rows), default=10)
-    click.echo(f"{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
-    for r, (rid, state, error) in zip(resources, rows, strict=True):
-        click.echo(f"{rid:<{width}}  {state:<10}  {error}".rstrip())
+    placed = [show(str(r.get("instance") or "-")) for r in resources]
+    inst_width = max((len(i) for i in ["INSTANCE", *placed]), default=8)
+    column = f"{'INSTANCE':<{inst_width}}  " if bundled else ""
+    click.echo(f"{column}{'RESOURCE':<{width}}  {'STATE':<10}  LAST ERROR")
+    for r, (rid, state, error), inst in zip(resources, rows, placed, strict=True):
+        column = f"{inst:<{inst_width}}  " if bundled else ""
+        click.echo(f"{column}{rid:<{width}}  {state:<10}  {error}".rstrip())
         # which fields drifted (the values are in the API and --json: they may be long)
         drifted = [
             show(str(d.get("field"))) for d in r.get("drift") or [] if r["state"] == "Drifted"
         ]
         if drifted:
-            click.echo(f"{'':<{width}}  drifted fields: {', '.join(drifted)}")
+            indent = width + (inst_width + 2 if bundled else 0)
+            click.echo(f"{'':<{indent}}  drifted fields: {', '.join(drifted)}")
+
+
+def _instances_line(instances: list[dict[str, Any]], shown: int = 4) -> str:
+    """The bundle instances of the enforced revision, on one line: how many, the
+    first few with their source, and how many more (all of them are in --json)."""
+    parts = []
+    for inst in instances[:shown]:
+        source = _printable(str(inst.get("source") or ""))
+        commit = str(inst.get("commit") or "")[:12]
+        at = f"@{_printable(commit)}" if commit else ""
+        parts.append(f"{_printable(str(inst['id']))} ({source}{at}, {inst.get('resources', 0)})")
+    more = f", +{len(instances) - shown} more" if len(instances) > shown else ""
+    return f"{len(instances)}: {', '.join(parts)}{more}"
 
 
 @cli.command()
@@ -1365,6 +1397,11 @@ def status(url: str, as_json: bool) -> None:
 )
 @click.option("--resource", metavar="KIND/NAME", help="Only this resource's events.")
 @click.option("--kind", metavar="KIND", help="Only events of resources of this kind.")
+@click.option(
+    "--instance",
+    metavar="Bundle/NAME",
+    help="Only events of resources this bundle instance made (also after it was removed).",
+)
 @click.option(
     "--since",
     metavar="WHEN",
@@ -1387,6 +1424,7 @@ def events(
     url: str | None,
     resource: str | None,
     kind: str | None,
+    instance: str | None,
     since: str | None,
     limit: int,
     as_json: bool,
@@ -1404,13 +1442,16 @@ def events(
             _fail(f"--resource: expected Kind/name such as File/app-config, found {resource!r}")
     if kind is not None and (not kind or "/" in kind):
         _fail(f"--kind: expected a kind such as File, found {kind!r}")
+    if instance is not None:
+        instance_kind, _, name = instance.partition("/")
+        if not instance_kind or not name:
+            _fail(f"--instance: expected Bundle/name such as Bundle/team-a-web, found {instance!r}")
     after = None if since is None else _since(since)
+    filters = {"resource": resource, "kind": kind, "instance": instance}
     if url:
-        found = _events_from_daemon(url, resource=resource, kind=kind, since=after, limit=limit)
+        found = _events_from_daemon(url, since=after, limit=limit, **filters)
     else:
-        found = _events_from_store(
-            state_dir, resource=resource, kind=kind, since=after, limit=limit
-        )
+        found = _events_from_store(state_dir, since=after, limit=limit, **filters)
     if as_json:
         click.echo(json.dumps({"events": found}, indent=2))
     elif not found:
@@ -1454,7 +1495,13 @@ def _since(value: str) -> float:
 
 
 def _events_from_store(
-    state_dir: Path, *, resource: str | None, kind: str | None, since: float | None, limit: int
+    state_dir: Path,
+    *,
+    resource: str | None,
+    kind: str | None,
+    instance: str | None,
+    since: float | None,
+    limit: int,
 ) -> list[dict[str, Any]]:
     from reconciler.store.sqlite import DB_NAME
 
@@ -1465,12 +1512,18 @@ def _events_from_store(
     if not (state_dir / DB_NAME).is_file():
         _fail(f"state directory {where} holds no {DB_NAME}: {hint}")
     with _store(state_dir, readonly=True) as store:
-        history = store.history(resource, limit, kind=kind, since=since)
+        history = store.history(resource, limit, kind=kind, since=since, instance=instance)
     return [t.to_json() for t in history]
 
 
 def _events_from_daemon(
-    url: str, *, resource: str | None, kind: str | None, since: float | None, limit: int
+    url: str,
+    *,
+    resource: str | None,
+    kind: str | None,
+    instance: str | None,
+    since: float | None,
+    limit: int,
 ) -> list[dict[str, Any]]:
     import urllib.error
     import urllib.parse
@@ -1481,6 +1534,8 @@ def _events_from_daemon(
         query["resource"] = resource
     if kind is not None:
         query["kind"] = kind
+    if instance is not None:
+        query["instance"] = instance
     if since is not None:
         query["since"] = repr(since)
     address = f"{url.rstrip('/')}/api/v1/events?{urllib.parse.urlencode(query)}"
@@ -1502,21 +1557,27 @@ def _events_from_daemon(
 
 
 def _events_table(events: list[dict[str, Any]]) -> str:
-    rows = [("TIME", "RESOURCE", "TRANSITION", "EVENT", "REASON")]
+    # an INSTANCE column only when some event's resource came from a bundle
+    bundled = any(e.get("instance") for e in events)
+    rows = [
+        ("TIME", "RESOURCE", *(("INSTANCE",) if bundled else ()), "TRANSITION", "EVENT", "REASON")
+    ]
     for e in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         millis = int(e["at"] * 1000) % 1000
         reason = " ".join((e.get("reason") or "").split())  # one line per event
+        instance = (_printable(str(e.get("instance") or "-")),) if bundled else ()
         rows.append(
             (
                 f"{stamp}.{millis:03d}",
                 _printable(str(e["id"])),
+                *instance,
                 _printable(f"{e['from'] or '-'} -> {e['to']}"),
                 _printable(str(e["event"])),
                 _printable(reason),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True)).rstrip()
         + "\n"
