@@ -248,6 +248,19 @@ def write(path: Path, saved: SavedPlan, key: bytes) -> None:
         raise
 
 
+def in_tree(out: Path, config: Path) -> bool:
+    """Whether a plan written to `out` would be a file of the config tree at
+    `config`, and so change the revision it records: a load reads every file of a
+    tree but hidden ones (`.tfplan`, `.plans/x`)."""
+    if not config.is_dir():
+        return False  # a single manifest is its own tree
+    try:
+        inside = Path(os.path.abspath(out)).relative_to(os.path.abspath(config))
+    except ValueError:
+        return False
+    return not any(part.startswith(".") for part in inside.parts)
+
+
 # reading
 
 
