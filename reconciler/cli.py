@@ -424,7 +424,7 @@ def plan(
     fmt = "json" if as_json else fmt or "text"
 
     registry = providers.registry(state_dir)
-    key = None if out is None else _plan_key(state_dir)  # before the load: its spec digests
+    key = None if out is None else _plan_key(state_dir, out, path)  # before the load
     desired = _load(path, registry, state_dir)
     with _store(state_dir, readonly=True) as store:
         engine = _engine(registry, store)
@@ -451,9 +451,17 @@ def plan(
     _exit(2 if any(p.action in CHANGING for p in planned) else 0)
 
 
-def _plan_key(state_dir: Path) -> bytes:
+def _plan_key(state_dir: Path, out: Path, path: Path) -> bytes:
+    """The key of a saved plan's digests, made before the load so that the load
+    digests secrets with it too; refused if the plan would land in the tree."""
     from reconciler import savedplan
 
+    if savedplan.in_tree(out, path):
+        _fail(
+            f"{out} is inside the config tree {path}: saving the plan there would change "
+            "the revision it records; write it outside the tree or as a hidden file "
+            "(such as .tfplan)"
+        )
     key = savedplan.digest_key(state_dir, write=True)
     if key is None:
         _fail(
