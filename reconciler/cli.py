@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
     from reconciler.savedplan import SavedPlan
+    from reconciler.bundles import RemoteFetcher, RemoteTree
     from reconciler.sources.bundles import GitBundles
     from reconciler.store import SqliteStore
 
@@ -116,7 +117,7 @@ def _load(
         cache = Cache(state_dir / "cache", registry.fingerprint(), write=write_cache)
     gc.disable()  # a load allocates many objects and frees few: collections are wasted work
     try:
-        return load(path, registry, cache=cache)
+        return load(path, registry, cache=cache, remote=_RemoteOnDemand(state_dir))
     except ManifestError as exc:
         # one line per issue, each issue's values escaped (str(exc) has the same lines)
         noun = "error" if len(exc.issues) == 1 else "errors"
@@ -131,6 +132,20 @@ def _load(
     finally:
         gc.enable()
         gc.freeze()  # what the load made lives to the end of the run
+
+
+class _RemoteOnDemand:
+    """The remote bundles' fetcher of one load, made when a remote bundle is met:
+    a tree without one never imports git."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.state_dir = state_dir
+        self.session: RemoteFetcher | None = None
+
+    def fetch(self, repo: str, ref: str, path: str) -> RemoteTree:
+        if self.session is None:
+            self.session = _bundle_fetcher(self.state_dir).session()
+        return self.session.fetch(repo, ref, path)
 
 
 def _bundle_fetcher(state_dir: Path | None) -> GitBundles:

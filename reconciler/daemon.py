@@ -50,7 +50,7 @@ from reconciler.store import SqliteStore
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from reconciler.sources.bundles import GitBundles
+    from reconciler.sources.bundles import BundleSession, GitBundles
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -326,6 +326,10 @@ class Daemon:
         except ValueError as exc:  # a bad ref, path or URL: a settings error, not a crash
             raise SettingsError(str(exc)) from None
 
+    def _remote(self) -> BundleSession | None:
+        """The remote bundles' fetcher for one load: each ref resolved once in it."""
+        return None if self.bundles is None else self.bundles.session()
+
     def _make_bundles(self, source: Source) -> GitBundles:
         """Remote bundles are fetched with the main repository's credentials and
         signature policy; in local mode with the ssh key and known hosts settings
@@ -420,6 +424,7 @@ class Daemon:
                     revision=revision.id,
                     cache=cache,
                     memo=self._memo,
+                    remote=self._remote(),
                 )
             )
         except ManifestError as exc:
@@ -451,7 +456,12 @@ class Daemon:
             revision = await asyncio.to_thread(self._kept.revision, rid)
             desired = await asyncio.to_thread(
                 functools.partial(
-                    load, revision.path, self.registry, revision=rid, cache=self._cache
+                    load,
+                    revision.path,
+                    self.registry,
+                    revision=rid,
+                    cache=self._cache,
+                    remote=self._remote(),
                 )
             )
         except (SourceError, ManifestError) as exc:
@@ -497,6 +507,7 @@ class Daemon:
                     revision=current.id,
                     cache=self._cache,
                     memo=self._memo,  # only the files that resolved secrets are parsed
+                    remote=self._remote(),
                 )
             )
         except ManifestError as exc:
