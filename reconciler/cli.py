@@ -29,11 +29,11 @@ from click.core import ParameterSource
 from reconciler import __version__
 
 if TYPE_CHECKING:
+    from reconciler.bundles import RemoteFetcher, RemoteTree
     from reconciler.engine import Engine, Planned, Report, Result
     from reconciler.model import DesiredState, SecretSources
     from reconciler.registry import Registry
     from reconciler.savedplan import SavedPlan
-    from reconciler.bundles import RemoteFetcher, RemoteTree
     from reconciler.sources.bundles import GitBundles
     from reconciler.store import SqliteStore
 
