@@ -66,7 +66,7 @@ def test_events_lists_the_whole_history_oldest_first(sandbox: Sandbox, history: 
     everything = events_json(sandbox)
     assert [e["seq"] for e in everything] == sorted(e["seq"] for e in everything)
     assert {e["id"] for e in everything} == {"Directory/app", "File/app", "File/notes"}
-    assert set(everything[0]) == {"seq", "at", "id", "from", "to", "event", "reason"}
+    assert set(everything[0]) == {"seq", "at", "id", "from", "to", "event", "reason", "instance"}
     first_app = next(e for e in everything if e["id"] == "File/app")
     assert (first_app["from"], first_app["to"], first_app["event"]) == (None, "Pending", "new")
     # the heal of the second apply is in it, with its reason
