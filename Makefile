@@ -4,8 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DEMO_ROOT ?= /tmp/reconciler-demo
-
 DEMO_REPO ?= /tmp/reconciler-demo-repo
+DEMO_CONFIG ?= configs/demo
+DEMO_LISTEN ?= 127.0.0.1:9108
+# `make run HOOKS=1`: the webhooks and POST /api/v1/sync on (secrets made in
+# $(DEMO_HOOKS) on first use), polling only hourly, so a commit arrives when a hook
+# or a sync asks for it.
+HOOKS ?=
+DEMO_HOOKS := $(DEMO_ROOT)/.hooks
+ifeq ($(HOOKS),1)
+RUN_TRIGGERS := --interval 1h --webhook-secret-file $(DEMO_HOOKS)/webhook-secret \
+  --api-token-file $(DEMO_HOOKS)/api-token
+else ifeq ($(HOOKS),)
+RUN_TRIGGERS := --interval 5s
+else
+$(error HOOKS=1 turns the webhooks and the sync API on; found HOOKS=$(HOOKS))
+endif
 
 .PHONY: install demo run test lint typecheck unit bench bench-daemon clean
 
@@ -19,23 +33,31 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Apply the bundled demo config repository into a sandbox, then show that a
-# second plan finds nothing to do.
+# Apply the demo config tree into its sandbox, saying in words what differed there
+# before (drift left by the README walkthrough, commits `make run` applied) and what
+# is left after (drift under policy warn, and how to heal it): scripts/demo.py.
 demo: install
-	$(BIN)/reconciler apply configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state --allow-commands
-	$(BIN)/reconciler plan configs/demo --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state --allow-commands
+	@$(PY) scripts/demo.py $(DEMO_CONFIG) --root $(DEMO_ROOT) --state-dir $(DEMO_ROOT)/.state \
+	  --repo $(DEMO_REPO)
 
 # The daemon on a local git repository made from configs/demo (kept between runs,
 # so your commits survive): managed files under $(DEMO_ROOT), state in
-# $(DEMO_ROOT)/.state, API and webhooks on 127.0.0.1:9108. Ctrl-C stops it.
+# $(DEMO_ROOT)/.state, the API on $(DEMO_LISTEN), polling every 5 s (HOOKS=1:
+# webhooks and the sync API on, polling hourly). Ctrl-C stops it.
 run: install
 	@if [ ! -d $(DEMO_REPO)/.git ]; then \
-	  mkdir -p $(DEMO_REPO) && cp -R configs/demo/. $(DEMO_REPO)/ && \
+	  mkdir -p $(DEMO_REPO) && cp -R $(DEMO_CONFIG)/. $(DEMO_REPO)/ && \
 	  git -C $(DEMO_REPO) init -q -b main && git -C $(DEMO_REPO) add -A && \
 	  git -C $(DEMO_REPO) -c user.name=demo -c user.email=demo@example.invalid \
 	    commit -q -m "demo configuration" && echo "created the demo repository $(DEMO_REPO)"; fi
-	$(BIN)/reconciler run --repo $(DEMO_REPO) --interval 5s --root $(DEMO_ROOT) --allow-commands \
-	  --state-dir $(DEMO_ROOT)/.state
+ifeq ($(HOOKS),1)
+	@umask 077 && mkdir -p $(DEMO_HOOKS) && for f in webhook-secret api-token; do \
+	  [ -s $(DEMO_HOOKS)/$$f ] || $(PY) -c 'import secrets; print(secrets.token_hex(16))' \
+	    > $(DEMO_HOOKS)/$$f; done
+	@echo "webhooks and sync on: secret $(DEMO_HOOKS)/webhook-secret, token $(DEMO_HOOKS)/api-token"
+endif
+	$(BIN)/reconciler run --repo $(DEMO_REPO) $(RUN_TRIGGERS) --root $(DEMO_ROOT) --allow-commands \
+	  --state-dir $(DEMO_ROOT)/.state --listen $(DEMO_LISTEN)
 
 lint: install
 	$(BIN)/ruff check .
