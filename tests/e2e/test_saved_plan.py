@@ -197,3 +197,13 @@ def test_the_ci_docs_saved_plan_commands_as_written(sandbox: Sandbox, tmp_path: 
         assert result.returncode == 0, (command, result.stderr)
     assert "<details>" in (tmp_path / "plan.md").read_text()
     assert (sandbox.root / "d/f.txt").read_text() == "one\n"
+
+
+def test_a_plan_file_in_the_config_tree_must_be_hidden(sandbox: Sandbox) -> None:
+    _tree(sandbox)
+    visible = sandbox.config / "tfplan"
+    refused = sandbox.run("plan", "--out", str(visible), check=1)
+    assert "inside the config tree" in refused.stderr and not visible.exists()
+    hidden = sandbox.config / ".tfplan"  # a load skips hidden files: the revision holds
+    sandbox.run("plan", "--out", str(hidden), check=2)
+    _apply_file(hidden, check=0)

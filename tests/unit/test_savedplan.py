@@ -192,3 +192,15 @@ def test_an_error_now_refuses_the_plan() -> None:
     assert savedplan.refusals(saved, now, _desired(**hashes), KEY) == [
         "File/g: cannot be planned now: gone"
     ]
+
+
+def test_a_plan_file_in_the_tree_is_told(tmp_path: Path) -> None:
+    tree = tmp_path / "cfg"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.yaml").write_text("")
+    assert savedplan.in_tree(tree / "tfplan", tree)
+    assert savedplan.in_tree(tree / "sub/tfplan", tree)
+    assert not savedplan.in_tree(tree / ".tfplan", tree)
+    assert not savedplan.in_tree(tree / ".plans/tfplan", tree)
+    assert not savedplan.in_tree(tmp_path / "tfplan", tree)
+    assert not savedplan.in_tree(tree / "tfplan", tree / "a.yaml")
