@@ -217,3 +217,86 @@ def test_topological_order(edges: dict[str, tuple[str, ...]], expected: list[str
 def test_topological_order_refuses_a_cycle() -> None:
     with pytest.raises(ValueError, match="cycle"):
         graph.topological_order({"a": ("b",), "b": ("a",), "c": ()})
+
+
+# --- grouped by bundle instance -------------------------------------------------
+
+GROUPED_EDGES = {"Directory/d": (), "File/a": ("Directory/d",), "File/b": ("File/a",)}
+GROUPS = graph.Groups(
+    {
+        "Bundle/web": graph.Group("Bundle/web", "bundles/web"),
+        "Bundle/web-db": graph.Group("Bundle/web-db", "git.example/db.git//pg@0123", "Bundle/web"),
+        "Bundle/idle": graph.Group("Bundle/idle", "bundles/none"),  # made nothing: not drawn
+    },
+    {"File/a": "Bundle/web", "File/b": "Bundle/web-db"},
+)
+
+
+def test_to_dot_draws_an_instance_as_a_cluster_nested_as_the_instances() -> None:
+    assert graph.to_dot(GROUPED_EDGES, groups=GROUPS) == (
+        "digraph reconciler {\n"
+        "    rankdir=LR;\n"
+        '    "Directory/d" [label="Directory/d"];\n'
+        '    subgraph "cluster_Bundle/web" { label="Bundle/web\\nbundles/web";\n'
+        '        "File/a" [label="File/a"];\n'
+        '        subgraph "cluster_Bundle/web-db" '
+        '{ label="Bundle/web-db\\ngit.example/db.git//pg@0123";\n'
+        '            "File/b" [label="File/b"];\n'
+        "        }\n"
+        "    }\n"
+        '    "Directory/d" -> "File/a";\n'
+        '    "File/a" -> "File/b";\n'
+        "}\n"
+    )
+
+
+def test_to_mermaid_draws_an_instance_as_a_subgraph() -> None:
+    assert graph.to_mermaid(GROUPED_EDGES, groups=GROUPS) == (
+        "graph LR\n"
+        '    n0["Directory/d"]\n'
+        '    subgraph g1["Bundle/web<br>bundles/web"]\n'
+        '        n1["File/a"]\n'
+        '        subgraph g2["Bundle/web-db<br>git.example/db.git//pg@0123"]\n'
+        '            n2["File/b"]\n'
+        "        end\n"
+        "    end\n"
+        "    n0 --> n1\n"
+        "    n1 --> n2\n"
+    )
+
+
+def test_to_json_names_each_resource_instance_and_each_instance_resources() -> None:
+    import json
+
+    document = json.loads(graph.to_json(GROUPED_EDGES, groups=GROUPS))
+    assert document["resources"] == [
+        {"id": "Directory/d", "instance": None, "dependsOn": []},
+        {"id": "File/a", "instance": "Bundle/web", "dependsOn": ["Directory/d"]},
+        {"id": "File/b", "instance": "Bundle/web-db", "dependsOn": ["File/a"]},
+    ]
+    assert [(i["id"], i["parent"], i["resources"]) for i in document["instances"]] == [
+        ("Bundle/idle", None, []),
+        ("Bundle/web", None, ["File/a"]),
+        ("Bundle/web-db", "Bundle/web", ["File/b"]),
+    ]
+
+
+def test_a_flat_graph_renders_as_before() -> None:
+    edges = {"File/a": (), "File/b": ("File/a",)}
+    assert graph.to_dot(edges, groups=graph.NO_GROUPS) == graph.to_dot(edges)
+    assert "subgraph" not in graph.to_dot(edges) + graph.to_mermaid(edges)
+
+
+def test_instance_groups_of_a_desired_state() -> None:
+    from reconciler.model import DesiredState, Instance, Location
+
+    web = Instance("Bundle/web", "bundles/web", Location("a.yaml", 1), {})
+    remote = Instance(
+        "Bundle/db", "https://git.example/db.git//pg", Location("a.yaml", 9), {}, "", "v1", "f" * 40
+    )
+    desired = DesiredState("rev", {}, {}, {web.id: web, remote.id: remote})
+    groups = graph.instance_groups(desired)
+    assert groups.groups == {
+        "Bundle/web": graph.Group("Bundle/web", "bundles/web"),
+        "Bundle/db": graph.Group("Bundle/db", "https://git.example/db.git//pg@" + "f" * 12),
+    }
