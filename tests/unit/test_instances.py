@@ -6,14 +6,18 @@ the bundle loader sets it (the e2e tests load real Bundle documents)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 
+from reconciler.cli import cli
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.engine import Engine, MassPruneRefused, Planned, Report
 from reconciler.fsm import State
@@ -268,9 +272,26 @@ async def test_the_api_shows_each_resource_instance_and_the_revision_instances(
                 b2 = await response.json()
             async with http.get(f"{base}/events", params={"instance": A}) as response:
                 of_a = (await response.json())["events"]
+        # `reconciler status` on the same server (urllib blocks: run it off the loop)
+        shown = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["status", "--url", f"http://127.0.0.1:{server.port}"]
+        )
     finally:
         await server.stop()
         daemon.store.close()
+    assert shown.exit_code == 0, shown.output
+    header, table = shown.output.split("\n\n", 1)
+    assert (
+        f"instances  2: {B} (bundles/webapp, 1), "
+        f"{inner} (https://***@git.example/db.git//pg@0123abcd0123, 1)"
+    ) in header
+    rows = [line.split() for line in table.splitlines()]
+    assert [row[:3] for row in rows] == [
+        ["INSTANCE", "RESOURCE", "STATE"],
+        *(["-", f"Thing/k{i}", "InSync"] for i in range(4)),  # flat first
+        [B, "Thing/b1", "InSync"],
+        [inner, "Thing/b2", "InSync"],
+    ]
     assert status["instances"] == [
         {
             "id": B,
@@ -301,3 +322,41 @@ async def test_the_api_shows_each_resource_instance_and_the_revision_instances(
     assert {e["id"] for e in of_a} == {"Thing/a1", "Thing/a2"}
     assert {e["instance"] for e in of_a} == {A}
     assert [e["event"] for e in of_a if e["id"] == "Thing/a1"][-2:] == ["remove", "pruned"]
+
+
+# --- reconciler events ------------------------------------------------------------
+
+
+async def test_events_cli_shows_and_filters_by_instance(rig: Rig) -> None:
+    await converge(rig, two_teams(rig))
+    await converge(rig, team_b_only(rig))
+    state = ["events", "--state-dir", str(rig.state), "--limit", "1000"]
+    table = CliRunner().invoke(cli, state)
+    assert table.exit_code == 0, table.output
+    rows = [line.split() for line in table.output.splitlines()]
+    assert rows[0] == ["TIME", "RESOURCE", "INSTANCE", "TRANSITION", "EVENT", "REASON"]
+    by_id = {row[2]: row[3] for row in rows[1:]}
+    assert (by_id["Thing/a1"], by_id["Thing/b1"], by_id["Thing/k0"]) == (A, B, "-")
+    only_a = CliRunner().invoke(cli, [*state, "--instance", A, "--json"])
+    assert only_a.exit_code == 0, only_a.output
+    found = json.loads(only_a.output)["events"]
+    assert {e["id"] for e in found} == {"Thing/a1", "Thing/a2"}
+    assert {e["instance"] for e in found} == {A}
+    assert found[-1]["reason"].endswith(f"instance {A} removed")
+    bad = CliRunner().invoke(cli, [*state, "--instance", "team-a"])
+    assert bad.exit_code == 1
+    assert "--instance: expected Bundle/name such as Bundle/team-a-web, found 'team-a'" in (
+        bad.output
+    )
+
+
+async def test_events_table_of_a_flat_tree_has_no_instance_column(rig: Rig) -> None:
+    await converge(rig, bundled(rig, {}, thing("k0"), instances=()))
+    table = CliRunner().invoke(cli, ["events", "--state-dir", str(rig.state)])
+    assert table.output.splitlines()[0].split() == [
+        "TIME",
+        "RESOURCE",
+        "TRANSITION",
+        "EVENT",
+        "REASON",
+    ]
