@@ -13,6 +13,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -29,6 +31,7 @@ from reconciler.model import Action, Change, Plan
 from reconciler.schemas import PLAN_SCHEMA_VERSIONS, plan_schema
 from tests.conftest import Sandbox, doc, docs
 
+CHECKOUT = Path(__file__).resolve().parents[2]
 SECRET = "canary-" + secrets.token_hex(8)
 HOSTILE = "```\n</details><script>alert(1)</script>\n~~~\n<img src=x onerror=alert(1)>\n"
 _TAGS = {"<details>", "</details>", "<code>", "</code>", "<em>", "</em>"}
@@ -270,3 +273,24 @@ def test_markdown_escapes_values_and_stays_under_the_comment_limit() -> None:
     assert len(markdown) <= MARKDOWN_LIMIT
     assert re.search(r"\.\.\. \d+ more resources not shown", markdown)
     _assert_safe(markdown)
+
+
+def test_the_demo_bundles_show_their_instance_in_a_real_plan(sandbox: Sandbox) -> None:
+    """configs/demo instantiates bundles/site twice (Bundle/docs, Bundle/blog): the
+    engine fills Planned.instance and every format shows it."""
+    shutil.copytree(CHECKOUT / "configs/demo", sandbox.config, dirs_exist_ok=True)
+    for path in sandbox.config.rglob("*"):
+        if path.is_file() and "/tmp/reconciler-demo" in (text := path.read_text("utf-8")):
+            path.write_text(text.replace("/tmp/reconciler-demo", str(sandbox.root)), "utf-8")
+    args = ("plan", "--allow-commands")
+    planned = json.loads(sandbox.run(*args, "--format", "json", check=2).stdout)
+    _validate_plan(planned)
+    instances = {c["id"]: c.get("instance", "") for c in planned["changes"]}
+    assert instances["File/docs-index"] == "Bundle/docs"
+    assert instances["File/blog-index"] == "Bundle/blog"
+    assert instances["File/app-config"] == ""  # written out in the tree: no key
+    text = sandbox.run(*args, check=2).stdout
+    line = next(x for x in text.splitlines() if "File/docs-index" in x)
+    assert line.endswith("(from Bundle/docs)"), line
+    markdown = sandbox.run(*args, "--format", "markdown", check=2).stdout
+    assert "(from <code>Bundle/blog</code>)" in markdown
