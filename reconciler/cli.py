@@ -1655,7 +1655,9 @@ def diff_command(
     secrets = _secret_sources(secret_dir, secret_env)
     registry = _registry(("/",), allow_commands=True, secrets=secrets)
     try:
-        found = revdiff.compare_revisions(revdiff.open_repo(repo), old, new, subpath, registry)
+        found = revdiff.compare_revisions(
+            revdiff.open_repo(repo), old, new, subpath, registry, _RemoteOnDemand(None)
+        )
     except revdiff.RevisionError as exc:
         issues = "".join(f"\n  {_printable(issue)}" for issue in exc.issues)
         click.echo(f"error: {_printable(str(exc))}{':' if issues else ''}{issues}", err=True)

@@ -22,11 +22,12 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import git
 
@@ -40,8 +41,11 @@ from reconciler.diff import (
 )
 from reconciler.logs import printable
 from reconciler.manifests import ManifestError, load
-from reconciler.model import Change, DesiredState, Resource
+from reconciler.model import Change, DesiredState, Instance, Resource
 from reconciler.sources.git import _extract, _normalize_path
+
+if TYPE_CHECKING:
+    from reconciler.bundles import RemoteFetcher
 
 DIFF_SCHEMA_VERSION = 1
 """The `schemaVersion` of `diff --format json` (see docs/cli.md#diff)."""
@@ -86,6 +90,20 @@ class ResourceDiff:
     """For an added resource its spec's fields (before None); for a changed one
     what differs: spec fields as `/pointer`, policy fields as `policy/pointer`,
     labels as `labels/name`; nothing for a removed one."""
+    instance: str = ""
+    """The bundle instance that makes it (in the new revision, or the old one
+    for a removed resource)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDiff:
+    """A bundle instance added, removed or changed: for a changed one, its values
+    as `values/name` and its source, ref and commit, each with old and new."""
+
+    id: str
+    kind: Kind
+    source: str
+    changes: tuple[Change, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +113,11 @@ class RevisionDiff:
     path: str
     resources: tuple[ResourceDiff, ...]
     unchanged: int
+    instances: tuple[InstanceDiff, ...] = ()
 
     @property
     def same(self) -> bool:
-        return not self.resources
+        return not self.resources and not self.instances
 
     def count(self, kind: Kind) -> int:
         return sum(1 for r in self.resources if r.kind == kind)
@@ -167,7 +186,13 @@ def _exists(repo: git.Repo, commit: str, path: str) -> bool:
     return bool(out.strip())
 
 
-def load_revision(repo: git.Repo, rev: str, path: str, registry: Mapping[str, Any]) -> Side:
+def load_revision(
+    repo: git.Repo,
+    rev: str,
+    path: str,
+    registry: Mapping[str, Any],
+    remote: RemoteFetcher | None = None,
+) -> Side:
     """Resolve, export and load one revision; RevisionError naming it on failure."""
     commit = resolve(repo, rev)
     with exported(repo, commit, path) as tree:
@@ -175,7 +200,7 @@ def load_revision(repo: git.Repo, rev: str, path: str, registry: Mapping[str, An
             empty = DesiredState(revision=commit[:12], resources={}, dependencies={})
             return Side(rev, commit, empty, present=False)
         try:
-            state = load(tree, registry, revision=commit[:12])
+            state = load(tree, registry, revision=commit[:12], remote=remote)
         except ManifestError as exc:
             noun = "error" if len(exc.issues) == 1 else "errors"
             raise RevisionError(
@@ -186,14 +211,19 @@ def load_revision(repo: git.Repo, rev: str, path: str, registry: Mapping[str, An
 
 
 def compare_revisions(
-    repo: git.Repo, old: str, new: str, path: str, registry: Mapping[str, Any]
+    repo: git.Repo,
+    old: str,
+    new: str,
+    path: str,
+    registry: Mapping[str, Any],
+    remote: RemoteFetcher | None = None,
 ) -> RevisionDiff:
     try:
         path = _normalize_path(path)
     except ValueError as error:
         raise RevisionError(str(error)) from None
-    before = load_revision(repo, old, path, registry)
-    after = load_revision(repo, new, path, registry)
+    before = load_revision(repo, old, path, registry, remote)
+    after = load_revision(repo, new, path, registry, remote)
     if not before.present and not after.present:
         raise RevisionError(f"path {path!r} exists at neither revision ({old}, {new})")
     return compare(before, after, path, registry)
@@ -209,20 +239,59 @@ def compare(old: Side, new: Side, path: str, registry: Mapping[str, Any]) -> Rev
     unchanged = 0
     for rid, res in after.items():
         was = before.get(rid)
+        describe = _describe(registry, res)
         if was is None:
             fields = tuple(Change(f, None, a) for f, _, a in _leaves(_ABSENT, _spec(res)))
             masked = tuple(_masked(c, absent=True) for c in fields)
-            found.append(ResourceDiff(rid, "added", _describe(registry, res), masked))
+            found.append(ResourceDiff(rid, "added", describe, masked, res.instance))
             continue
         changes = _resource_changes(was, res)
         if changes:
-            found.append(ResourceDiff(rid, "changed", _describe(registry, res), changes))
+            found.append(ResourceDiff(rid, "changed", describe, changes, res.instance))
         else:
             unchanged += 1
     for rid, res in before.items():
         if rid not in after:
-            found.append(ResourceDiff(rid, "removed", _describe(registry, res), ()))
-    return RevisionDiff(old, new, path, tuple(found), unchanged)
+            describe = _describe(registry, res)
+            found.append(ResourceDiff(rid, "removed", describe, (), res.instance))
+    instances = _instance_diffs(old.state.instances, new.state.instances)
+    return RevisionDiff(old, new, path, tuple(found), unchanged, instances)
+
+
+def _instance_fields(inst: Instance) -> dict[str, Any]:
+    return {
+        "values": dict(inst.values),
+        "source": inst.source,
+        "ref": inst.ref or None,
+        "commit": inst.commit or None,
+    }
+
+
+def _instance_diffs(
+    before: Mapping[str, Instance], after: Mapping[str, Instance]
+) -> tuple[InstanceDiff, ...]:
+    """What changed in the bundle instances: the values underneath the resources
+    (a secret parameter's value is a reference, never a secret)."""
+    found: list[InstanceDiff] = []
+    for iid, inst in after.items():
+        was = before.get(iid)
+        new = _instance_fields(inst)
+        if was is None:
+            changes = tuple(Change(f, None, a) for f, _, a in _leaves(_ABSENT, new))
+            found.append(InstanceDiff(iid, "added", inst.source, changes))
+            continue
+        changes = tuple(Change(f, b, a) for f, b, a in _leaves(_instance_fields(was), new))
+        if changes:
+            found.append(InstanceDiff(iid, "changed", inst.source, changes))
+    for iid, inst in before.items():
+        if iid not in after:
+            found.append(InstanceDiff(iid, "removed", inst.source, ()))
+    return tuple(_masked_instance(i) for i in found)
+
+
+def _masked_instance(item: InstanceDiff) -> InstanceDiff:
+    changes = tuple(_masked(c, absent=c.before is None) for c in item.changes)
+    return InstanceDiff(item.id, item.kind, item.source, changes)
 
 
 def _describe(registry: Mapping[str, Any], res: Resource) -> str:
@@ -303,10 +372,15 @@ def _escape(key: Any) -> str:
 
 
 def summary_line(diff: RevisionDiff) -> str:
-    return (
+    line = (
         f"Diff: {diff.count('added')} to add, {diff.count('changed')} to change, "
         f"{diff.count('removed')} to remove, {diff.unchanged} unchanged."
     )
+    if diff.instances:
+        counts: Counter[str] = Counter(i.kind for i in diff.instances)
+        parts = ", ".join(f"{counts[k]} {k}" for k in ("added", "changed", "removed") if counts[k])
+        line += f" Bundle instances: {parts}."
+    return line
 
 
 def _side(side: Side) -> str:
@@ -323,13 +397,23 @@ def render_text(diff: RevisionDiff, *, colour: bool) -> str:
     style = _Style(colour)
     width = max((len(printable(r.id)) for r in diff.resources), default=0)
     out = [printable(title(diff)), ""]
+    if diff.instances:
+        out.append("  Bundle instances:")
+        for inst in diff.instances:
+            symbol, code = _SYMBOL[inst.kind]
+            out.append(f"  {style(code, symbol)} {printable(inst.id)}  {printable(inst.source)}")
+            for change in inst.changes:
+                out.extend(f"      {text}" for text in _change_lines(change, style))
+        out += ["", "  Resources:"] if diff.resources else [""]
     for item in diff.resources:
         symbol, code = _SYMBOL[item.kind]
         line = f"  {style(code, symbol)} {printable(item.id):<{width}}  {printable(item.describe)}"
+        if item.instance:
+            line = f"{line.rstrip()}   (from {printable(item.instance)})"
         out.append(line.rstrip())
         for change in item.changes:
             out.extend(f"      {text}" for text in _change_lines(change, style))
-    if not diff.resources:
+    if diff.same:
         out.append("  No changes. Both revisions declare the same desired state.")
     out += ["", summary_line(diff)]
     return "\n".join(out) + "\n"
@@ -341,11 +425,21 @@ def diff_json(diff: RevisionDiff) -> dict[str, Any]:
         "path": diff.path,
         "from": {"rev": diff.old.rev, "commit": diff.old.commit, "present": diff.old.present},
         "to": {"rev": diff.new.rev, "commit": diff.new.commit, "present": diff.new.present},
+        "instances": [
+            {
+                "id": i.id,
+                "action": i.kind,
+                "source": i.source,
+                "changes": [_change_json(c) for c in i.changes],
+            }
+            for i in diff.instances
+        ],
         "resources": [
             {
                 "id": r.id,
                 "action": r.kind,
                 "describe": r.describe,
+                "instance": r.instance or None,
                 "changes": [_section_json(c) for c in r.changes],
             }
             for r in diff.resources
@@ -383,11 +477,18 @@ def render_markdown(diff: RevisionDiff) -> str:
     if diff.same:
         out.append("No changes. Both revisions declare the same desired state.")
     items = []
+    for inst in diff.instances:
+        symbol, _ = _SYMBOL[inst.kind]
+        summary = f"<code>{symbol} {_inline(inst.id)}</code> {_MD_HEADING[inst.kind]}"
+        summary += f": bundle {_inline(inst.source)}"
+        items.append((summary, [line for c in inst.changes for line in _markdown_change(c)]))
     for item in diff.resources:
         symbol, _ = _SYMBOL[item.kind]
         summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.kind]}"
         if item.describe:
             summary += f": {_inline(item.describe)}"
+        if item.instance:
+            summary += f" (from {_inline(item.instance)})"
         body = [line for change in item.changes for line in _markdown_change(change)]
         items.append((summary, body))
     return markdown_details(out, items, "resources not shown")

@@ -221,3 +221,62 @@ def test_the_ci_docs_diff_step_runs_as_written(repo: Path) -> None:
     assert result.returncode == 0, result.stderr
     posted = (repo / "diff.md").read_text()
     assert "**Diff: 1 to add, 2 to change, 1 to remove, 0 unchanged.**" in posted
+
+
+BUNDLE_DEF = """\
+apiVersion: reconciler/v1
+kind: BundleDefinition
+parameters:
+  port: {type: integer, default: 8080}
+  name: {type: string}
+"""
+BUNDLE_FILE = """\
+apiVersion: reconciler/v1
+kind: File
+metadata: {name: conf}
+spec: {path: "/srv/${{ values.name }}.conf", content: "port ${{ values.port }}\\n"}
+"""
+
+
+def _instance(name: str, values: str) -> str:
+    return (
+        f"apiVersion: reconciler/v1\nkind: Bundle\nmetadata: {{name: {name}}}\n"
+        f"spec: {{source: ./b, namePrefix: {name}-, values: {values}}}\n"
+    )
+
+
+def test_diff_shows_the_bundle_values_that_change_underneath(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    base = {
+        "c/b/bundle.yaml": BUNDLE_DEF,
+        "c/b/conf.yaml": BUNDLE_FILE,
+        "c/sites.yaml": _instance("a", "{name: a}") + "---\n" + _instance("old", "{name: o}"),
+    }
+    _commit(repo, base, "base")
+    sites = _instance("a", "{name: a, port: 9090}") + "---\n" + _instance("new", "{name: n}")
+    _commit(repo, {"c/sites.yaml": sites}, "change")
+    text = _diff(repo, "--from", "HEAD~1", "--to", "HEAD", "--path", "c")
+    assert text.returncode == 2, text.stderr
+    lines = [line.rstrip() for line in text.stdout.splitlines()]
+    assert "  ~ Bundle/a  b" in lines
+    assert "      values.port: 8080 -> 9090" in lines, text.stdout
+    assert "  + Bundle/new  b" in lines and "  - Bundle/old  b" in lines
+    assert any(
+        line.startswith("  ~ File/a-conf") and line.endswith("(from Bundle/a)") for line in lines
+    ), text.stdout
+    assert text.stdout.rstrip().endswith("Bundle instances: 1 added, 1 changed, 1 removed."), (
+        text.stdout
+    )
+    data = json.loads(
+        _diff(repo, "--from", "HEAD~1", "--to", "HEAD", "--path", "c", "--format", "json").stdout
+    )
+    (changed,) = [i for i in data["instances"] if i["action"] == "changed"]
+    assert changed["id"] == "Bundle/a" and changed["changes"][0]["field"] == "/values/port"
+    conf = next(r for r in data["resources"] if r["id"] == "File/a-conf")
+    assert conf["instance"] == "Bundle/a"
+    markdown = _diff(
+        repo, "--from", "HEAD~1", "--to", "HEAD", "--path", "c", "--format", "markdown"
+    )
+    assert "<code>~ Bundle/a</code> change: bundle b" in markdown.stdout
