@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
 
-from reconciler.model import API_VERSION, Policy
+from reconciler.bundles import BundleSpec
+from reconciler.model import API_VERSION, BUNDLE_KIND, Policy
 from reconciler.registry import Registry
 
 PLAN_SCHEMA_VERSIONS = (1, 2)
@@ -65,17 +66,18 @@ class _Lenient(GenerateJsonSchema):
 
 
 def _spec_models(registry: Registry, kinds: Iterable[str]) -> dict[str, type[BaseModel]]:
-    return {kind: registry[kind].Spec for kind in kinds}
+    return {kind: BundleSpec if kind == BUNDLE_KIND else registry[kind].Spec for kind in kinds}
 
 
 def manifest_schema(registry: Registry, kinds: Iterable[str] | None = None) -> dict[str, Any]:
     """The JSON Schema (draft 7) of one manifest document: `apiVersion`, `kind`,
-    `metadata`, the spec of its kind (each installed kind, or only `kinds`) and
-    `policy`. Unknown fields are errors, as in the loader."""
-    chosen = sorted(registry) if kinds is None else list(kinds)
+    `metadata`, the spec of its kind (each installed kind and Bundle, or only
+    `kinds`) and `policy`. Unknown fields are errors, as in the loader."""
+    known = sorted([*registry, BUNDLE_KIND])
+    chosen = known if kinds is None else list(kinds)
     for kind in chosen:
-        if kind not in registry:
-            raise KeyError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(registry))}")
+        if kind not in known:
+            raise KeyError(f"unknown kind {kind!r}; known kinds: {', '.join(known)}")
     specs = _spec_models(registry, chosen)
     inputs = [(model, "validation") for model in (*specs.values(), Policy)]
     refs, defs = models_json_schema(
