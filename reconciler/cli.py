@@ -373,7 +373,8 @@ class _Reconciler(click.Group):
         formatter.write_paragraph()
         formatter.write_text(
             f"Installed kinds: {', '.join(kinds) or 'none'} "
-            "('reconciler providers' for their fields)."
+            "('reconciler providers' for their fields); and Bundle, which instantiates "
+            "a directory of manifests with values (docs/bundles.md)."
         )
 
 
