@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Sandbox, doc, docs
+from tests.e2e.daemon_harness import Daemons, run_cli, wait_until
+from tests.gitservers import GitDaemon, WorkClone
 
 BUNDLE = """
 apiVersion: reconciler/v1
@@ -125,3 +127,54 @@ def test_removing_instances_over_the_prune_share_is_refused(two_sites: Sandbox) 
     assert "would prune 4 of 5 managed resources" in refused.stdout + refused.stderr
     assert (two_sites.root / "a" / "index.html").is_file()
     assert (two_sites.root / "b" / "index.html").is_file()
+
+
+def test_the_daemon_shows_instances_and_prunes_a_removed_one(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    """The real daemon following a git repository: `/api/v1/status` lists the
+    revision's instances, each resource names its instance, `reconciler status`
+    groups them, and a commit removing a `Bundle` prunes its resources with
+    events that name it."""
+    motd = doc("File", "motd", {"path": str(root / "motd"), "content": "hi\n"})
+    tree = {
+        "bundles/web/bundle.yaml": BUNDLE.lstrip(),
+        "bundles/web/site.yaml": SITE.lstrip(),
+        "sites.yaml": docs(motd, site("a", root), site("b", root)),
+    }
+    first = work.commit("two sites", tree)
+    work.push()
+    daemon = daemons.start(git_server.url(), root=root)
+    daemon.wait_revision(first)
+    daemon.settle()
+    status = daemon.status()
+    assert [(i["id"], i["source"], i["resources"]) for i in status["instances"]] == [
+        ("Bundle/a", "bundles/web", 2),
+        ("Bundle/b", "bundles/web", 2),
+    ]
+    resource = json.loads(daemon.request("GET", "/api/v1/resources/File/a-index").body)
+    assert resource["instance"] == "Bundle/a"
+    shown = run_cli("status", "--url", daemon.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "instances  2: Bundle/a (bundles/web, 2), Bundle/b (bundles/web, 2)" in shown.stdout
+    rows = [line.split()[:2] for line in shown.stdout.split("\n\n", 1)[1].splitlines()]
+    assert rows[:3] == [
+        ["INSTANCE", "RESOURCE"],
+        ["-", "File/motd"],
+        ["Bundle/a", "Directory/a-dir"],
+    ]
+
+    second = work.commit("retire site a", {"sites.yaml": docs(motd, site("b", root))})
+    work.push()
+    assert daemon.sync().status == 202
+    daemon.wait_revision(second)
+    wait_until(lambda: not (root / "a").exists(), "site a pruned")
+    daemon.settle()
+    assert (root / "b" / "index.html").is_file()
+    assert [i["id"] for i in daemon.status()["instances"]] == ["Bundle/b"]
+    pruned = daemon.events(instance="Bundle/a", limit=1000)
+    assert sorted(e["id"] for e in pruned if e["event"] == "pruned") == [
+        "Directory/a-dir",
+        "File/a-index",
+    ]
+    daemon.stop()
