@@ -44,7 +44,7 @@ _NOTE = {
 CHANGING = frozenset({"create", "update", "drift", "delete", "release"})
 
 
-class _Style:
+class Style:
     def __init__(self, colour: bool) -> None:
         self.colour = colour
 
@@ -68,7 +68,7 @@ def _text_lines(text: str) -> list[str]:
     return lines
 
 
-def _change_lines(change: Change, style: _Style) -> list[str]:
+def change_lines(change: Change, style: Style) -> list[str]:
     name = printable(change.field.lstrip("/").replace("/", "."))
     if change.sensitive:  # the values are masked in the plan itself (Change.masked)
         return [f"{name}: (sensitive value{'' if change.before is None else ' changed'})"]
@@ -125,7 +125,7 @@ def _origin(item: Planned) -> str:
 
 
 def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str:
-    style = _Style(colour)
+    style = Style(colour)
     shown = [p for p in planned if p.action in _SYMBOL]
     width = max((len(printable(p.id)) for p in shown), default=0)
     out = [printable(header), ""]
@@ -145,14 +145,14 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
                 out.append("      missing: removed out of band")
         elif item.plan is not None:
             for change in item.plan.changes:
-                out.extend(f"      {text}" for text in _change_lines(change, style))
+                out.extend(f"      {text}" for text in change_lines(change, style))
     if not shown:
         out.append("  No changes. The system matches the desired state.")
     out += ["", summary_line(planned)]
     return "\n".join(out) + "\n"
 
 
-def _change_json(change: Change, old: str = "before", new: str = "after") -> dict[str, Any]:
+def change_json(change: Change, old: str = "before", new: str = "after") -> dict[str, Any]:
     """A change as JSON, its two values named `old` and `new`: a plan compares the
     system with the tree (`observed`/`desired`), `diff` two revisions
     (`before`/`after`). A secret change carries `sensitive: true` and no value."""
@@ -179,7 +179,7 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
                 "action": p.action,
                 "describe": p.describe,
                 **({"instance": p.instance} if p.instance else {}),
-                "changes": [_change_json(c, "observed", "desired") for c in p.plan.changes]
+                "changes": [change_json(c, "observed", "desired") for c in p.plan.changes]
                 if p.plan
                 else [],
                 **({"error": p.error} if p.error else {}),
@@ -205,7 +205,7 @@ _MD_HEADING = {
 _INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>&|~#!]")
 
 
-def _inline(text: str) -> str:
+def inline(text: str) -> str:
     """`text` (from a repository) safe inside HTML and Markdown inline text: control
     characters escaped, then every character Markdown or HTML gives a meaning as a
     numeric reference, so a resource named `</summary><img ...>` or `**x**` is shown,
@@ -222,7 +222,7 @@ def _fenced(lines: list[str], language: str = "diff") -> list[str]:
     return [f"{fence}{language}", *lines, fence]
 
 
-def _markdown_change(change: Change) -> list[str]:
+def markdown_change(change: Change) -> list[str]:
     name = printable(change.field.lstrip("/").replace("/", "."))
     if change.sensitive:  # masked in the plan itself (Change.masked): no value to show
         return [f"~ {name}: (sensitive value{'' if change.before is None else ' changed'})"]
@@ -252,20 +252,20 @@ def _markdown_body(item: Planned) -> list[str]:
         return []
     if item.plan.action is Action.CREATE and item.action != "create":
         return ["# missing: removed out of band"]
-    return [line for change in item.plan.changes for line in _markdown_change(change)]
+    return [line for change in item.plan.changes for line in markdown_change(change)]
 
 
 def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: str) -> str:
     """The plan as a pull-request comment: a heading with the revision, the summary
     counts, and one collapsible `<details>` per resource that would change, its
     diff in a fenced block. Secrets are masked as in every rendering (Change.masked);
-    every value from the repository is escaped (`_inline`, `_fenced`). Past
+    every value from the repository is escaped (`inline`, `_fenced`). Past
     MARKDOWN_LIMIT characters the remaining resources are counted, not shown."""
     shown = [p for p in planned if p.action in _SYMBOL]
     out = [
-        f"### {_inline(title)}",
+        f"### {inline(title)}",
         "",
-        f"Revision <code>{_inline(revision)}</code>: **{_inline(summary_line(planned))}**",
+        f"Revision <code>{inline(revision)}</code>: **{inline(summary_line(planned))}**",
         "",
     ]
     if not shown:
@@ -274,13 +274,13 @@ def render_plan_markdown(planned: Sequence[Planned], *, title: str, revision: st
     for item in shown:
         symbol, _ = _SYMBOL[item.action]
         note = item.note or _NOTE.get(item.action, "")
-        summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.action]}"
+        summary = f"<code>{symbol} {inline(item.id)}</code> {_MD_HEADING[item.action]}"
         if item.describe:
-            summary += f": {_inline(item.describe)}"
+            summary += f": {inline(item.describe)}"
         if item.instance:
-            summary += f" (from <code>{_inline(item.instance)}</code>)"
+            summary += f" (from <code>{inline(item.instance)}</code>)"
         if note:
-            summary += f" <em>{_inline(note)}</em>"
+            summary += f" <em>{inline(note)}</em>"
         items.append((summary, _markdown_body(item)))
     return markdown_details(out, items, "resources not shown (see the job log)")
 
@@ -319,7 +319,7 @@ REPORT_ORDER = (
 
 
 def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
-    style = _Style(colour)
+    style = Style(colour)
     out = []
     for result in report.results.values():
         rid, error = printable(result.id), printable(str(result.error))

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import git
 
 from reconciler.diff import (
-    _change_json,
-    _change_lines,
-    _inline,
-    _markdown_change,
-    _Style,
+    Style,
+    change_json,
+    change_lines,
+    inline,
+    markdown_change,
     markdown_details,
 )
 from reconciler.logs import printable
 from reconciler.manifests import ManifestError, load
 from reconciler.model import Change, DesiredState, Instance, Resource
-from reconciler.sources.git import _extract, _normalize_path
+from reconciler.sources.git import extract_tar, normalize_path
 
 if TYPE_CHECKING:
     from reconciler.bundles import RemoteFetcher
@@ -170,7 +170,7 @@ def exported(repo: git.Repo, commit: str, path: str) -> Iterator[Path | None]:
             tree.mkdir()
             try:
                 with tarfile.open(fileobj=archive, mode="r:") as tar:
-                    _extract(tar, tree)
+                    extract_tar(tar, tree)
             except (OSError, tarfile.TarError) as error:
                 raise RevisionError(f"commit {commit} could not be exported: {error}") from None
         target = tree / path if path else tree
@@ -219,7 +219,7 @@ def compare_revisions(
     remote: RemoteFetcher | None = None,
 ) -> RevisionDiff:
     try:
-        path = _normalize_path(path)
+        path = normalize_path(path)
     except ValueError as error:
         raise RevisionError(str(error)) from None
     before = load_revision(repo, old, path, registry, remote)
@@ -394,7 +394,7 @@ def title(diff: RevisionDiff) -> str:
 
 
 def render_text(diff: RevisionDiff, *, colour: bool) -> str:
-    style = _Style(colour)
+    style = Style(colour)
     width = max((len(printable(r.id)) for r in diff.resources), default=0)
     out = [printable(title(diff)), ""]
     if diff.instances:
@@ -403,7 +403,7 @@ def render_text(diff: RevisionDiff, *, colour: bool) -> str:
             symbol, code = _SYMBOL[inst.kind]
             out.append(f"  {style(code, symbol)} {printable(inst.id)}  {printable(inst.source)}")
             for change in inst.changes:
-                out.extend(f"      {text}" for text in _change_lines(change, style))
+                out.extend(f"      {text}" for text in change_lines(change, style))
         out += ["", "  Resources:"] if diff.resources else [""]
     for item in diff.resources:
         symbol, code = _SYMBOL[item.kind]
@@ -412,7 +412,7 @@ def render_text(diff: RevisionDiff, *, colour: bool) -> str:
             line = f"{line.rstrip()}   (from {printable(item.instance)})"
         out.append(line.rstrip())
         for change in item.changes:
-            out.extend(f"      {text}" for text in _change_lines(change, style))
+            out.extend(f"      {text}" for text in change_lines(change, style))
     if diff.same:
         out.append("  No changes. Both revisions declare the same desired state.")
     out += ["", summary_line(diff)]
@@ -430,7 +430,7 @@ def diff_json(diff: RevisionDiff) -> dict[str, Any]:
                 "id": i.id,
                 "action": i.kind,
                 "source": i.source,
-                "changes": [_change_json(c) for c in i.changes],
+                "changes": [change_json(c) for c in i.changes],
             }
             for i in diff.instances
         ],
@@ -458,8 +458,8 @@ def _section_json(change: Change) -> dict[str, Any]:
     JSON pointer into that part."""
     section, _, rest = change.field.partition("/")
     if section not in ("policy", "labels"):
-        return {"in": "spec", **_change_json(change)}
-    return {"in": section, **_change_json(change), "field": f"/{rest}"}
+        return {"in": "spec", **change_json(change)}
+    return {"in": section, **change_json(change), "field": f"/{rest}"}
 
 
 def render_json(diff: RevisionDiff) -> str:
@@ -473,22 +473,27 @@ def render_markdown(diff: RevisionDiff) -> str:
     """As diff.render_plan_markdown: a heading, the counts, one collapsible
     `<details>` per resource with its fields in a fenced block; past
     MARKDOWN_LIMIT characters the rest are counted, not shown."""
-    out = [f"### {_inline(title(diff))}", "", f"**{_inline(summary_line(diff))}**", ""]
+    out = [
+        f"### {inline(title(diff))}",
+        "",
+        f"**{inline(summary_line(diff))}**",
+        "",
+    ]
     if diff.same:
         out.append("No changes. Both revisions declare the same desired state.")
     items = []
     for inst in diff.instances:
         symbol, _ = _SYMBOL[inst.kind]
-        summary = f"<code>{symbol} {_inline(inst.id)}</code> {_MD_HEADING[inst.kind]}"
-        summary += f": bundle {_inline(inst.source)}"
-        items.append((summary, [line for c in inst.changes for line in _markdown_change(c)]))
+        summary = f"<code>{symbol} {inline(inst.id)}</code> {_MD_HEADING[inst.kind]}"
+        summary += f": bundle {inline(inst.source)}"
+        items.append((summary, [line for c in inst.changes for line in markdown_change(c)]))
     for item in diff.resources:
         symbol, _ = _SYMBOL[item.kind]
-        summary = f"<code>{symbol} {_inline(item.id)}</code> {_MD_HEADING[item.kind]}"
+        summary = f"<code>{symbol} {inline(item.id)}</code> {_MD_HEADING[item.kind]}"
         if item.describe:
-            summary += f": {_inline(item.describe)}"
+            summary += f": {inline(item.describe)}"
         if item.instance:
-            summary += f" (from {_inline(item.instance)})"
-        body = [line for change in item.changes for line in _markdown_change(change)]
+            summary += f" (from {inline(item.instance)})"
+        body = [line for change in item.changes for line in markdown_change(change)]
         items.append((summary, body))
     return markdown_details(out, items, "resources not shown")

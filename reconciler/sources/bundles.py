@@ -45,9 +45,9 @@ from reconciler.bundles import BundleSourceError, RemoteTree
 from reconciler.sources.base import SourceError, redact
 from reconciler.sources.git import (
     GitSource,
-    _normalize_path,
     _normalize_ref,
     _split_credentials,
+    normalize_path,
 )
 from reconciler.sources.signatures import SignaturePolicy, UntrustedRevision, Verifier
 
@@ -200,7 +200,7 @@ class GitBundles:
         except ValueError as error:
             raise BundleSourceError(f"{error} for repo {shown}") from None
         try:
-            normal_path = _normalize_path(path)
+            normal_path = normalize_path(path)
         except ValueError:
             raise BundleSourceError(
                 f"bundle path {path!r} of {shown} must be relative and stay inside the repository"

@@ -109,7 +109,7 @@ class GitSource:
         self._basic_credentials = basic
         self.url = redact(url)
         self.ref = _normalize_ref(ref)
-        self.path = _normalize_path(path)
+        self.path = normalize_path(path)
         self.cache_dir = cache_dir
         self.ssh_key = ssh_key
         self.known_hosts = known_hosts
@@ -437,7 +437,7 @@ class GitSource:
                 )
                 archive.seek(0)
                 with tarfile.open(fileobj=archive, mode="r:") as tar:
-                    _extract(tar, tmp)
+                    extract_tar(tar, tmp)
             (tmp / self.path).mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
             if final.exists():
@@ -634,7 +634,7 @@ def _normalize_ref(ref: str | None) -> str | None:
     return ref
 
 
-def _normalize_path(path: str) -> str:
+def normalize_path(path: str) -> str:
     """A relative POSIX path inside the repository; "" for the whole tree."""
     pure = PurePosixPath(path.strip() or ".")
     if pure.is_absolute() or ".." in pure.parts:
@@ -672,7 +672,7 @@ _CLEARED_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat
 """Mode bits tarfile's `data` filter clears, and so does the fallback."""
 
 
-def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+def extract_tar(tar: tarfile.TarFile, dest: Path) -> None:
     """Extract `git archive` output through tarfile's `data` filter. Pythons
     without extraction filters (before 3.11.4; Debian 12 ships 3.11.2) get the
     same rules by hand: members and link targets stay inside `dest`, only files,
