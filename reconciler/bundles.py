@@ -347,7 +347,9 @@ class BundleSpec(BaseModel):
 
 # ---------------------------------------------------------------- substitution
 
-_EXPRESSION = re.compile(r"(\$?)\$\{\{\s*(.*?)\s*\}\}", re.DOTALL)
+_EXPRESSION = re.compile(r"(\$?)\$\{\{\s*((?:(?!\}\}).)*?)\s*\}\}", re.DOTALL)
+"""`${{ expression }}` (group 2), `$${{ ... }}` when group 1 holds the extra `$`;
+an expression never spans a `}}`, so two in one string stay two."""
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d{1,9})\]")
 
 

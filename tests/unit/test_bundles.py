@@ -38,7 +38,7 @@ apiVersion: reconciler/v1
 kind: File
 metadata: {name: conf}
 spec:
-  path: $ROOT/${{ values.site }}/site.conf
+  path: $ROOT/${{ values.site }}/${{ values.site }}.conf
   content: "port ${{ values.port }} debug ${{ values.debug }} $${{ literal }}\\n"
   mode: ${{ values.mode }}
 policy:
@@ -120,7 +120,7 @@ def test_two_instances_get_their_values_prefixes_and_provenance(tree: Tree) -> N
         "File/b-conf",
     ]
     a_conf, b_conf = desired.resources["File/a-conf"], desired.resources["File/b-conf"]
-    assert a_conf.spec.path == f"{tree.root}/alpha/site.conf"  # type: ignore[attr-defined]
+    assert a_conf.spec.path == f"{tree.root}/alpha/alpha.conf"  # two in one string  # type: ignore[attr-defined]
     assert a_conf.spec.content == "port 8081 debug false ${{ literal }}\n"  # type: ignore[attr-defined]
     assert b_conf.spec.content == "port 8080 debug true ${{ literal }}\n"  # type: ignore[attr-defined]
     assert b_conf.spec.mode == "0600"  # type: ignore[attr-defined]
@@ -205,7 +205,7 @@ def test_nested_bundles_add_prefixes_and_record_their_parent(tree: Tree) -> None
     tree.write("top.yaml", instance("team", "{name: teamsite}", source="./outer"))
     desired = tree.load()
     conf = desired.resources["File/team-web-conf"]
-    assert conf.spec.path == f"{tree.root}/teamsite/site.conf"  # type: ignore[attr-defined]
+    assert conf.spec.path == f"{tree.root}/teamsite/teamsite.conf"  # type: ignore[attr-defined]
     assert conf.instance == "Bundle/team-web"
     inner = desired.instances["Bundle/team-web"]
     assert (inner.parent, inner.source, str(inner.location)) == (
