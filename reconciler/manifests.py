@@ -662,18 +662,20 @@ class _Documents:
             )
             directory = fetched.root
         else:
-            directory = Path(os.path.normpath(ctx.manifest.parent / source))
-            if not directory.is_relative_to(frame.root):
+            # absolute before comparing: Path("../x").is_relative_to(".") is true
+            top = Path(os.path.abspath(frame.root))
+            directory = Path(os.path.abspath(ctx.manifest.parent / source))
+            if not directory.is_relative_to(top):
                 self._issue(file, node, where, f"{source} leads outside the config tree")
                 return None
-            relative = str(directory.relative_to(frame.root))
-            real, real_root = os.path.realpath(directory), os.path.realpath(frame.root)
+            relative = str(directory.relative_to(top))
+            real, real_root = os.path.realpath(directory), os.path.realpath(top)
             if real != real_root and not real.startswith(real_root + os.sep):
                 message = f"{source} is a symbolic link to outside the config tree"
                 self._issue(file, node, where, message)
                 return None
             shown = frame.shown + relative
-            tree = _Tree(frame.root, frame.tree, frame.shown, shown, "", "")
+            tree = _Tree(top, frame.tree, frame.shown, shown, "", "")
         if not (directory / bundles.DEFINITION_FILE).is_file():
             what = "no such directory" if not directory.is_dir() else "no bundle.yaml in it"
             self._issue(file, node, where, f"{tree.source}: {what}")

@@ -479,3 +479,21 @@ def test_a_remote_bundle_is_expanded_from_the_fetched_tree(tree: Tree, tmp_path:
 def test_issue_str_names_the_instance() -> None:
     issue = Issue("b/f.yaml", 3, "spec.mode", "bad", "Bundle/x at i.yaml:1")
     assert str(issue) == "b/f.yaml:3: spec.mode: bad (in Bundle/x at i.yaml:1)"
+
+
+def test_a_relative_config_path_does_not_let_a_source_out(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "bundle.yaml").write_text(SITE_BUNDLE)
+    tree.write("sites.yaml", instance("a", "{site: a}", source="../outside"))
+    monkeypatch.chdir(tree.config)
+    with pytest.raises(ManifestError) as info:
+        load(Path("."), tree.registry)
+    assert [str(i) for i in info.value.issues] == [
+        "sites.yaml:5: spec.source: ../outside leads outside the config tree"
+    ]
+    tree.site_bundle()
+    tree.write("sites.yaml", instance("a", "{site: alpha}"))
+    assert "File/a-conf" in load(Path("."), tree.registry).resources
