@@ -17,6 +17,7 @@ value holds can run, loop or grow past the size of its values.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -361,14 +362,44 @@ class SubstitutionError(Exception):
         self.path = path
 
 
-def fill(data: Any, scope: Mapping[str, Mapping[str, Any]], secrets: frozenset[str]) -> Any:
+def fill(
+    data: Any,
+    scope: Mapping[str, Mapping[str, Any]],
+    secrets: frozenset[str],
+    budget: int = 16 * 1024 * 1024,
+) -> Any:
     """A copy of a parsed document with each `${{ values.x }}` replaced (`scope`:
     `values` and `bundle`). `secrets` are the secret parameters, which may only
-    stand alone (their reference is a mapping). Raises SubstitutionError."""
+    stand alone (their reference is a mapping). What the substitutions add to the
+    document may not pass `budget` characters (a large value used in many fields
+    would otherwise multiply). Raises SubstitutionError."""
+    sizes: dict[int, int] = {}
+    spent = 0
+
+    def size(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if not isinstance(value, dict | list):
+            return 8
+        known = sizes.get(id(value))
+        if known is None:
+            known = sizes[id(value)] = len(json.dumps(value, default=str))
+        return known
 
     def walk(value: Any, path: tuple[str | int, ...]) -> Any:
+        nonlocal spent
         if isinstance(value, str):
-            return _fill_text(value, path, scope, secrets) if "${{" in value else value
+            if "${{" not in value:
+                return value
+            filled = _fill_text(value, path, scope, secrets)
+            spent += size(filled)
+            if spent > budget:
+                raise SubstitutionError(
+                    path,
+                    f"the values filled into this document are over {budget} characters "
+                    "(max_expanded_bytes)",
+                )
+            return filled
         if isinstance(value, dict):
             return {k: walk(v, (*path, str(k))) for k, v in value.items()}
         if isinstance(value, list):

@@ -113,6 +113,9 @@ class Limits:
     """Bundles instantiated by bundles, counted from a manifest of the tree."""
     max_bundle_instances: int = 10_000
     """Bundle instances in a revision."""
+    max_remote_bundles: int = 100
+    """Distinct remote bundle sources (repo, ref, path) in a revision: each is a
+    fetch over the network."""
 
 
 _MAX_ISSUES = 1000
@@ -215,6 +218,8 @@ class _Documents:
         """Each instance's `Issue.via`."""
         self.bundles: dict[tuple[str, str], _Bundle | None] = {}
         """Bundles read in this load, by (tree, directory); None: invalid (reported)."""
+        self.fetched: set[tuple[str, str, str]] = set()
+        """The remote sources asked for in this load (`max_remote_bundles`)."""
         self.floating = False
         """Whether a remote bundle follows a branch or tag: the tree is then never
         cached, as the same manifests can give another revision."""
@@ -593,7 +598,7 @@ class _Documents:
         filled: list[Any] = []
         for doc in bundle.documents:
             try:
-                filled.append(bundles.fill(doc.data, scope, secret))
+                filled.append(bundles.fill(doc.data, scope, secret, limits.max_expanded_bytes))
             except bundles.SubstitutionError as exc:
                 self._issue(doc.shown, doc.node, exc.path, str(exc), via)
         if len(filled) != len(bundle.documents):
@@ -644,6 +649,16 @@ class _Documents:
             if subdir.startswith("..") or "\0" in source.path:
                 self._issue(file, node, (*where, "path"), "the path leads outside the repository")
                 return None
+            asked = (source.repo, source.ref, subdir)
+            if asked not in self.fetched:
+                if len(self.fetched) >= self.limits.max_remote_bundles:
+                    limit = self.limits.max_remote_bundles
+                    message = (
+                        f"over the limit of {limit} remote bundle sources (max_remote_bundles)"
+                    )
+                    self._issue(file, node, where, message)
+                    return None
+                self.fetched.add(asked)
             try:
                 fetched = self.remote.fetch(source.repo, source.ref, subdir)
             except bundles.BundleSourceError as exc:

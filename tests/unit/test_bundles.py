@@ -497,3 +497,49 @@ def test_a_relative_config_path_does_not_let_a_source_out(
     tree.site_bundle()
     tree.write("sites.yaml", instance("a", "{site: alpha}"))
     assert "File/a-conf" in load(Path("."), tree.registry).resources
+
+
+def test_values_filled_into_a_document_are_bounded(tree: Tree) -> None:
+    tree.write(
+        "b/bundle.yaml",
+        "apiVersion: reconciler/v1\nkind: BundleDefinition\nparameters: {big: {type: string}}\n",
+    )
+    fields = "\n".join(f"  k{i}: ${{{{ values.big }}}}" for i in range(20))
+    tree.write(
+        "b/f.yaml",
+        "apiVersion: reconciler/v1\nkind: File\nmetadata: {name: f}\n"
+        f"spec:\n  path: $ROOT/f\n  content: x\n{fields}\n",
+    )
+    tree.write("i.yaml", instance("i", "{big: " + "x" * 1000 + "}", source="./b"))
+    issues = tree.issues(Limits(max_expanded_bytes=10_000))
+    assert issues == [
+        "b/f.yaml:17: spec.k10: the values filled into this document are over 10000 "
+        "characters (max_expanded_bytes) (in Bundle/i at i.yaml:1)"
+    ]
+
+
+def test_remote_bundle_sources_are_bounded(tree: Tree, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    for name in ("a", "b", "c"):
+        (remote / name).mkdir(parents=True)
+        (remote / name / "bundle.yaml").write_text(
+            "apiVersion: reconciler/v1\nkind: BundleDefinition\n"
+        )
+        (remote / name / "e.yaml").write_text("# reconciler: empty\n")
+    docs = [
+        instance(
+            f"i{k}{name}",
+            "{}",
+            source=f"{{repo: 'https://git.example/b.git', ref: main, path: {name}}}",
+        )
+        for name in ("a", "b", "c")
+        for k in range(2)
+    ]
+    tree.write("i.yaml", "---\n".join(docs))
+    fetcher = _Fetcher(remote)
+    assert len(tree.load(remote=fetcher).instances) == 6
+    issues = tree.issues(Limits(max_remote_bundles=2), remote=_Fetcher(remote))
+    assert issues == [
+        "i.yaml:37: spec.source: over the limit of 2 remote bundle sources (max_remote_bundles)",
+        "i.yaml:45: spec.source: over the limit of 2 remote bundle sources (max_remote_bundles)",
+    ]
