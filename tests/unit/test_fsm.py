@@ -122,9 +122,83 @@ def test_mermaid_has_an_edge_for_every_row() -> None:
     text = fsm.mermaid()
     lines = text.splitlines()
     assert lines[0] == "stateDiagram-v2"
-    assert f"    [*] --> {S.PENDING}" in lines
+    assert f"    [*] --> {S.PENDING}: {E.NEW}" in lines
     assert f"    {S.GONE} --> [*]" in lines
     edges = [m.groups() for line in lines if (m := _EDGE.match(line))]
     expected = [(str(s), str(t), str(e)) for s, e, t in _rows()]
     assert sorted(edges) == sorted(expected)
     assert len(edges) == len(EXPECTED)
+
+
+# --- the start and action tables ------------------------------------------------
+
+
+def test_every_state_a_resource_can_be_left_in_has_its_start() -> None:
+    assert set(fsm.STARTS) == set(State) - {S.GONE}
+
+
+@pytest.mark.parametrize(("state", "start"), fsm.STARTS.items(), ids=str)
+def test_start_events_are_transitions_of_their_state(state: State, start: fsm.Start) -> None:
+    events = [start.event] if start.event is not None else sorted(fsm.CHECKS)
+    events += [e for e in (start.changed, start.suspend) if e is not None]
+    for event in events:
+        assert fsm.allowed(state, event), (state, event)
+    if start.gated:
+        assert fsm.allowed(state, E.DEPENDENCY_NOT_READY)
+    else:  # started, then blocked from where the start event led
+        for event in events:
+            target = fsm.step(state, event)
+            assert target is S.SUSPENDED or fsm.allowed(target, E.DEPENDENCY_NOT_READY)
+
+
+def test_starts_are_the_designed_ones() -> None:
+    starts = {s: (st.event, st.changed, st.gated, st.suspend) for s, st in fsm.STARTS.items()}
+    assert starts[S.PENDING] == (E.START, None, True, E.SUSPEND)
+    assert starts[S.BLOCKED] == (E.DEPENDENCY_READY, None, True, E.SUSPEND)
+    assert starts[S.IN_SYNC] == starts[S.DRIFTED] == (None, E.SPEC_CHANGED, False, E.SUSPEND)
+    assert starts[S.FAILED] == (E.RETRY, E.SPEC_CHANGED, False, E.SUSPEND)
+    assert fsm.STARTS[S.FAILED].since is fsm.Since.ATTEMPTED
+    assert starts[S.SUSPENDED] == (E.RESUME, None, False, None)
+    for state in _ACTIVE:
+        assert starts[state] == (E.RESTART, None, False, E.SUSPEND)
+
+
+@pytest.mark.parametrize("state", _ALL_BUT_GONE, ids=str)
+def test_pruning_starts_from_every_state(state: State) -> None:
+    assert fsm.PRUNE is E.REMOVE
+    assert fsm.step(state, fsm.PRUNE) is S.PRUNING
+    assert S.PRUNING in fsm.ACTIONS
+    assert fsm.step(S.PRUNING, E.PRUNED) is S.GONE
+
+
+def test_every_active_state_has_an_action() -> None:
+    assert set(fsm.ACTIONS) >= fsm.ACTIVE
+    rests = {s for s in State if s not in fsm.ACTIONS}
+    assert rests == {S.PENDING, S.BLOCKED, S.IN_SYNC, S.FAILED, S.SUSPENDED, S.GONE}
+
+
+@pytest.mark.parametrize(("state", "action"), fsm.ACTIONS.items(), ids=str)
+def test_action_outcomes_are_transitions_of_their_state(state: State, action: fsm.Action) -> None:
+    assert action.outcomes
+    for event in action.outcomes:
+        assert fsm.allowed(state, event), (state, event)
+    assert action.quiet is None or action.quiet in action.outcomes
+    assert action.rests == (state is S.DRIFTED)
+    assert action.retries == (state is not S.PRUNING)
+
+
+@pytest.mark.parametrize("trigger", sorted(fsm.CHECKS), ids=str)
+def test_quiet_check_replays_table_steps(trigger: Event) -> None:
+    path = fsm.quiet_path(S.IN_SYNC, trigger)
+    assert path == (
+        (S.IN_SYNC, trigger, S.DETECTING),
+        (S.DETECTING, E.OBSERVED, S.PLANNING),
+        (S.PLANNING, E.PLAN_EMPTY, S.IN_SYNC),
+    )
+    for source, event, target in path:
+        assert fsm.step(source, event) is target
+    assert fsm.quiet_check(S.IN_SYNC, trigger)
+    # a drifted resource that is clean again leaves Drifted: that is recorded
+    assert fsm.quiet_path(S.DRIFTED, trigger)[-1][2] is S.IN_SYNC
+    assert not fsm.quiet_check(S.DRIFTED, trigger)
+    assert not any(fsm.quiet_check(s, trigger) for s in State if s is not S.IN_SYNC)
