@@ -13,7 +13,6 @@ Side effects (apply, delete, observe batches) share a global concurrency limit.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel
 
 from reconciler import fsm, graph
+from reconciler.backoff import backoff
 from reconciler.fsm import Event, State
 from reconciler.model import (
     PREPARED,
@@ -49,14 +49,6 @@ MAX_APPLY_BATCH = 32
 SATISFIES_DEPENDENTS = frozenset({State.IN_SYNC, State.DRIFTED, State.SUSPENDED})
 """Final states that let dependents proceed. Drifted under warn still exists, and a
 suspended resource was paused on purpose: neither blocks its dependents."""
-
-
-def backoff(
-    attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: Callable[[], float] = random.random
-) -> float:
-    """Exponential backoff with jitter: 1 s, 2 s, 4 s ... up to `cap`, plus up to 50%."""
-    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), 62))
-    return min(cap, delay * (1.0 + 0.5 * rng()))
 
 
 class MassPruneRefused(Exception):

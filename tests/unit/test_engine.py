@@ -529,6 +529,15 @@ def test_backoff_jitter_stays_within_bounds() -> None:
     assert backoff(10, base=0.5, cap=10.0, rng=lambda: 0.5) == 10.0
 
 
+def test_heal_backoff_is_the_same_function_without_jitter() -> None:
+    # the daemon's heal backoff: 2 s, 4 s ... up to 5 min, exactly
+    def never() -> float:
+        raise AssertionError("no jitter asked for, none drawn")
+
+    waits = [backoff(n, base=2.0, jitter=0.0, rng=never) for n in range(1, 12)]
+    assert waits == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+
+
 # --- prune ----------------------------------------------------------------------
 
 
