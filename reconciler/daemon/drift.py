@@ -1,0 +1,280 @@
+"""The daemon's drift scheduler: the work queue, the resync heap, the providers'
+watches and the heal backoff.
+
+Watch events and due resyncs put resource ids on a deduplicated queue; the work
+loop turns each batch into targeted passes (`Engine.converge(only=...)`), one
+at a time under the daemon's pass lock. After every pass (a revision's too)
+`after_pass` schedules each resource the pass touched: at its backoff after a
+failure or a heal, else at its resync period, jittered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from reconciler import logs
+from reconciler.engine import Report
+from reconciler.fsm import Event, State
+from reconciler.model import ResourceId
+
+if TYPE_CHECKING:
+    from reconciler.daemon.lifecycle import Daemon
+
+log = logging.getLogger("reconciler.daemon")
+
+QUIET_AFTER_APPLY = 1.0
+"""Seconds during which watch events of a resource just applied are taken as our own."""
+HEAL_RESET = 900.0
+"""A resource not healed for this long starts its heal backoff again from 2 s."""
+
+
+@dataclass
+class _Heal:
+    count: int = 0
+    last: float = 0.0
+
+
+@dataclass
+class Queue:
+    """Resource ids waiting for a pass, deduplicated, by trigger."""
+
+    items: dict[ResourceId, Event] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, rid: ResourceId, trigger: Event) -> None:
+        self.items.setdefault(rid, trigger)
+        self.wake.set()
+
+    def take(self) -> dict[ResourceId, Event]:
+        items, self.items = self.items, {}
+        self.wake.clear()
+        return items
+
+
+class DriftScheduler:
+    """When each resource is looked at next, and the passes that look."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self.queue = Queue()
+        self.rewatch = asyncio.Event()
+        """Set when the watches must start again (a new desired state, a recreated watch root)."""
+        self._due: dict[ResourceId, float] = {}
+        self._heap: list[tuple[float, ResourceId]] = []
+        self._blocked: set[ResourceId] = set()
+        self._rescheduled = asyncio.Event()
+        self._quiet: dict[ResourceId, float] = {}
+        self._heals: dict[ResourceId, _Heal] = {}
+        self.drift: dict[ResourceId, list[dict[str, Any]]] = {}
+        """The drifted fields of each resource the last pass left Drifted."""
+        self.last_pass: dict[str, Any] | None = None
+        self._unsettled: set[ResourceId] = set()
+        """Resources whose last pass left them failed or blocked."""
+        self.last_converged: float | None = None
+
+    # drift: watch events and periodic resyncs become targeted passes
+
+    async def watch_loop(self) -> None:
+        daemon = self._daemon
+        while True:
+            self.rewatch.clear()
+            tasks = []
+            if daemon.desired is not None and daemon.registry is not None:
+                for kind in daemon.registry:
+                    specs = {  # drift: ignore is never checked, so never watched
+                        rid: res.spec
+                        for rid, res in daemon.desired.resources.items()
+                        if res.kind == kind and res.policy.drift != "ignore"
+                    }
+                    try:
+                        stream = daemon.registry[kind].watch(specs) if specs else None
+                    except Exception as exc:
+                        log.warning("%s watch failed: %s; relying on resync", kind, exc)
+                        stream = None
+                    if stream is not None:
+                        tasks.append(asyncio.create_task(self._drain(stream), name=f"watch {kind}"))
+            try:
+                await self.rewatch.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _drain(self, stream: Any) -> None:
+        try:
+            async for rid in stream:
+                quiet_until = self._quiet.get(rid, 0.0)
+                if time.monotonic() < quiet_until:
+                    # likely our own write: look again when the window closes rather
+                    # than now, so a hand edit made meanwhile is still caught
+                    self._schedule(rid, quiet_until)
+                    continue
+                self.queue.put(rid, Event.WATCH)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a watcher failing must not stop the daemon
+            log.warning("watch stopped: %s; relying on periodic resync", exc)
+
+    async def resync_loop(self) -> None:
+        """Queue each resource when its next look is due. `_due` holds the current
+        time per resource; the heap may hold stale entries, skipped when popped."""
+        while True:
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                at, rid = heapq.heappop(self._heap)
+                if self._due.get(rid) == at:
+                    del self._due[rid]
+                    self.queue.put(rid, Event.RESYNC)
+            wait = self._heap[0][0] - now if self._heap else 1.0
+            self._rescheduled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(max(wait, 0.01), 1.0)):
+                    await self._rescheduled.wait()
+
+    def _schedule(self, rid: ResourceId, at: float) -> None:
+        self._due[rid] = at
+        heapq.heappush(self._heap, (at, rid))
+        if len(self._heap) > 4 * len(self._due) + 1024:  # drop stale entries now and then
+            self._heap = [(t, r) for r, t in self._due.items()]
+            heapq.heapify(self._heap)
+        self._rescheduled.set()
+
+    async def work_loop(self) -> None:
+        daemon = self._daemon
+        while True:
+            await self.queue.wake.wait()
+            await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
+            if daemon.stopping:
+                return
+            batch = self.queue.take()
+            if daemon.desired is None or daemon.engine is None:
+                continue
+            by_trigger: dict[Event, set[ResourceId]] = {}
+            for rid, trigger in batch.items():
+                if rid in daemon.desired.resources:
+                    by_trigger.setdefault(trigger, set()).add(rid)
+            logs.REVISION.set(daemon.desired.revision)  # for what the engine and providers log
+            for trigger, rids in by_trigger.items():
+                async with daemon.pass_lock:
+                    report = await daemon.engine.converge(
+                        daemon.desired, only=rids, trigger=trigger
+                    )
+                    self.after_pass(report)
+                if any(
+                    r.action in ("created", "healed") and r.id.startswith("Directory/")
+                    for r in report.results.values()
+                ):
+                    self.rewatch.set()  # a recreated directory needs its watch again
+
+    def after_pass(self, report: Report, *, resync_all: bool = False) -> None:
+        """Schedule the next look at every resource the pass touched (or, after a
+        start, at all): a failure's backoff, a heal's backoff, or the resync period."""
+        desired = self._daemon.desired
+        assert desired is not None
+        now = time.monotonic()
+        ids = desired.resources if resync_all else report.results
+        for rid in ids:
+            res = desired.resources.get(rid)
+            if res is None:
+                self._due.pop(rid, None)
+                continue
+            result = report.results.get(rid)
+            if result is not None and result.action in ("created", "updated", "healed"):
+                self._quiet[rid] = now + QUIET_AFTER_APPLY
+            if result is not None and result.state is State.DRIFTED and result.plan:
+                # a drift entry names its values for what they are: what the system
+                # holds and what the repository says (a plan's before/after would
+                # read as a history); sensitive values never leave the plan
+                self.drift[rid] = [
+                    {"field": c.field, "observed": c.before, "desired": c.after}
+                    if not c.sensitive
+                    else {"field": c.field, "sensitive": True}
+                    for c in result.plan.changes
+                ]
+            else:
+                self.drift.pop(rid, None)
+            if result is not None and result.retry_in is not None:
+                self._schedule(rid, now + result.retry_in)
+            elif result is not None and result.state is State.FAILED:
+                self._due.pop(rid, None)  # permanent: waits for a new spec
+            elif res.policy.drift == "ignore" and (result is None or result.state is State.IN_SYNC):
+                self._due.pop(rid, None)  # a resync would be a drift check: none under ignore
+            else:
+                self._schedule(rid, now + res.policy.resync * random.uniform(0.9, 1.1))
+        for rid, result in report.results.items():
+            if result.action in ("failed", "blocked") and rid in desired.resources:
+                self._unsettled.add(rid)
+            else:
+                self._unsettled.discard(rid)
+        if not self._unsettled:
+            self.last_converged = time.time()
+        self.last_pass = {
+            "at": time.time(),
+            "seconds": report.seconds,
+            "summary": summary(report),
+        }
+        self._wake_dependents(report)
+        for rid, result in report.results.items():
+            where = {"revision": report.revision, "resource": rid}
+            if result.action == "drifted" and result.retry_in is not None:
+                log.warning(
+                    "%s drifted again; next heal in %.0f s (heal backoff)",
+                    rid,
+                    result.retry_in,
+                    extra=where,
+                )
+            elif result.action == "drifted":
+                fields = ", ".join(c.field for c in result.plan.changes) if result.plan else ""
+                log.warning("%s drifted (%s); policy: not healed now", rid, fields, extra=where)
+            elif result.action in ("failed", "blocked"):
+                log.error("%s %s: %s", rid, result.action, result.error, extra=where)
+            elif result.action not in ("unchanged", "suspended"):
+                log.info("%s %s", rid, result.action, extra=where)
+
+    def _wake_dependents(self, report: Report) -> None:
+        """A resource that came into sync unblocks its Blocked dependents now,
+        not at their next resync."""
+        desired = self._daemon.desired
+        assert desired is not None
+        for rid, result in report.results.items():
+            if result.state is State.BLOCKED:
+                self._blocked.add(rid)
+            else:
+                self._blocked.discard(rid)
+        ready = {rid for rid, r in report.results.items() if r.state is State.IN_SYNC}
+        for rid in list(self._blocked) if ready else ():
+            if any(dep in ready for dep in desired.dependencies.get(rid, ())):
+                self.queue.put(rid, Event.RESYNC)
+
+    def heal_wait(self, rid: ResourceId) -> float:
+        """The engine's heal gate, a backoff against fighting another writer: 0 to
+        heal now, else seconds to wait. Heals of one resource within HEAL_RESET of
+        each other wait 2 s, 4 s, ... up to 5 min."""
+        now = time.monotonic()
+        heal = self._heals.setdefault(rid, _Heal())
+        if heal.count and now - heal.last > HEAL_RESET:
+            heal.count = 0
+        if heal.count:
+            wait = heal.last + min(300.0, 2.0 * 2.0 ** min(heal.count - 1, 16)) - now
+            if wait > 0:
+                return wait
+        heal.count += 1
+        heal.last = now
+        return 0.0
+
+
+def summary(report: Report) -> str:
+    """What a pass did, counted by action: "2 created, 11 unchanged"."""
+    counts: dict[str, int] = {}
+    for result in report.results.values():
+        counts[result.action] = counts.get(result.action, 0) + 1
+    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing to do"

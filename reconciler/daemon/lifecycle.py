@@ -1,0 +1,251 @@
+"""The daemon's wiring and lifecycle: `Daemon` builds its registry, store,
+engine, source, HTTP server and poll job, runs its loops in one task group on
+one asyncio loop, and stops them within the shutdown timeout.
+
+Its parts: `sync` (fetch, load, converge or reject a revision), `drift` (the
+work queue, resync heap, watches and heal backoff) and `views` (what the HTTP
+server and the metrics registry read). Engine passes never overlap
+(`pass_lock`): a new revision's changes, watch events and due resyncs each
+become a targeted pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler import __version__
+from reconciler.daemon.drift import DriftScheduler
+from reconciler.daemon.settings import DaemonSettings, SettingsError, read_secret
+from reconciler.daemon.sync import SourceState, Syncer
+from reconciler.daemon.views import ApiViews
+from reconciler.engine import Engine
+from reconciler.manifests import Cache
+from reconciler.metrics import Metrics
+from reconciler.model import DesiredState, ProviderSettings
+from reconciler.registry import Registry
+from reconciler.sources.base import Source, redact
+from reconciler.sources.signatures import signature_policy
+from reconciler.store import SqliteStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from reconciler.sources.bundles import GitBundles
+
+log = logging.getLogger("reconciler.daemon")
+
+
+class Daemon(ApiViews):
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.started = time.time()
+        self.desired: DesiredState | None = None
+        self.store: SqliteStore | None = None
+        self.registry: Registry | None = None
+        self.engine: Engine | None = None
+        self.source: Source | None = None
+        self.bundles: GitBundles | None = None
+        """Fetcher of remote bundles; a load gets `bundles.session()`."""
+        self.source_state = SourceState(url=redact(settings.repo))
+        self.pass_lock = asyncio.Lock()
+        """Held by every engine pass: passes never overlap."""
+        self._stop = asyncio.Event()
+        self.scheduler = DriftScheduler(self)
+        self.syncer = Syncer(self)
+        self.metrics = Metrics(self.metrics_snapshot, version=__version__)
+
+    # lifecycle
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (or `stop()`); in-flight work finishes first."""
+        from aiohttp import web
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
+        from reconciler import server
+
+        settings = self.settings
+        webhook_secret = read_secret(settings.webhook_secret_file, "webhook secret")
+        api_token = read_secret(settings.api_token_file, "API token")
+        self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
+        try:
+            self.registry = Registry.discover(
+                ProviderSettings(
+                    roots=settings.roots,
+                    state_dir=str(settings.state_dir),
+                    allow_commands=settings.allow_commands,
+                    secret_sources=settings.secret_sources,
+                )
+            )
+            # the providers do not change while the daemon runs: fingerprint them once
+            self.syncer.cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())
+            self.engine = Engine(
+                self.registry,
+                self.store,
+                concurrency=settings.concurrency,
+                allow_mass_prune=settings.allow_mass_prune,
+                max_prune_share=settings.max_prune_share,
+                heal_gate=self.scheduler.heal_wait,
+                telemetry=self.metrics,
+            )
+            self.source = self._make_source()
+            self.bundles = self._make_bundles(self.source)
+            # freshness is the store's: a restart does not make a stale source look fresh
+            self.source_state.last_success = self.store.last_fetched(self.source_state.url)
+            host, port = settings.listen
+            http = await server.start(
+                self,
+                server.ServerSettings(
+                    host=host,
+                    port=port,
+                    webhook_secret=webhook_secret.encode() if webhook_secret else None,
+                    api_token=api_token,
+                    limits=settings.http_limits,
+                ),
+                routes=[web.get("/metrics", self._serve_metrics)],
+            )
+            self.port = http.port
+            scheduler = AsyncIOScheduler()
+            scheduler.add_job(
+                self.request_sync,
+                "interval",
+                seconds=settings.interval,
+                jitter=settings.interval * 0.1,
+                args=["poll"],
+                id="poll",
+            )
+            scheduler.start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            log.info(
+                "started: source %s, listening on %s:%d", self.source_state.url, host, http.port
+            )
+            self.request_sync("start")
+            try:
+                await self._supervise()
+            finally:
+                scheduler.shutdown(wait=False)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                await http.stop()
+        finally:
+            self.store.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called: the loops start nothing new."""
+        return self._stop.is_set()
+
+    async def _supervise(self) -> None:
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("sync loop", self.syncer.loop),
+            ("work loop", self.scheduler.work_loop),
+            ("resync loop", self.scheduler.resync_loop),
+            ("watch loop", self.scheduler.watch_loop),
+        ]
+        if hasattr(self.source, "changes"):
+            loops.append(("local changes loop", self._local_changes_loop))
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(job(), name=name) for name, job in loops]
+            await self._stop.wait()
+            log.info(
+                "stopping: waiting up to %.1f s for work in flight", self.settings.shutdown_timeout
+            )
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout):
+                    await self.pass_lock.acquire()  # held from here on: no new pass starts
+            except TimeoutError:
+                log.warning(
+                    "work still in flight after %.0f s: cancelling it",
+                    self.settings.shutdown_timeout,
+                )
+            for task in tasks:
+                task.cancel()
+
+    def _make_source(self) -> Source:
+        from reconciler.sources.local import LocalSource
+
+        repo = self.settings.repo
+        local = Path(repo)
+        bare = (local / "HEAD").is_file() and (local / "objects").is_dir()
+        if "://" not in repo and local.is_dir() and not (local / ".git").exists() and not bare:
+            if self.settings.verify_commits:
+                raise SettingsError(
+                    f"--verify-commits needs a git repository: {repo} is a plain directory "
+                    "(local mode), which has no commits to verify"
+                )
+            return LocalSource(local / self.settings.path)
+        from reconciler.sources.git import GitSource
+
+        url = repo if "://" in repo or ":" in repo.split("/")[0] else local.resolve().as_uri()
+        try:
+            return GitSource(
+                url,
+                ref=self.settings.ref,
+                path=self.settings.path,
+                cache_dir=self.settings.state_dir / "git",
+                ssh_key=self.settings.ssh_key,
+                known_hosts=self.settings.known_hosts,
+                insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
+                token_file=self.settings.token_file,
+                timeout=120.0,
+                signatures=signature_policy(
+                    self.settings.verify_commits,
+                    self.settings.trusted_keys,
+                    self.settings.allowed_signers,
+                ),
+            )
+        except ValueError as exc:  # a bad ref, path or URL: a settings error, not a crash
+            raise SettingsError(str(exc)) from None
+
+    def _make_bundles(self, source: Source) -> GitBundles:
+        """Remote bundles are fetched with the main repository's credentials and
+        signature policy; in local mode with the ssh key and known hosts settings
+        (an HTTP token needs the main repository's origin: none in local mode)."""
+        from reconciler.sources.bundles import GitBundles
+        from reconciler.sources.git import GitSource
+
+        cache = self.settings.state_dir / "bundles"
+        if isinstance(source, GitSource):
+            return GitBundles.like(source, cache)
+        return GitBundles(
+            cache,
+            ssh_key=self.settings.ssh_key,
+            known_hosts=self.settings.known_hosts,
+            insecure_ignore_host_key=self.settings.insecure_ignore_host_key,
+            timeout=120.0,
+            allow_file=True,
+        )
+
+    # triggers
+
+    def request_sync(self, reason: str) -> None:
+        self.syncer.request(reason)
+
+    async def _local_changes_loop(self) -> None:
+        changes = getattr(self.source, "changes")  # noqa: B009 - only LocalSource has it
+        while True:
+            try:
+                async for _ in changes():
+                    self.request_sync("local change")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the directory does not exist (yet)
+                log.warning("cannot watch %s: %s; polling only", self.source_state.url, exc)
+                await asyncio.sleep(self.settings.interval)
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        body, content_type = await self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,60 @@
+"""The daemon's settings: what `reconciler run` gathers from flags, environment
+and files, as one frozen record, and the error a bad setting raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.httplimits import HttpLimits
+from reconciler.model import SecretSources
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    repo: str
+    state_dir: Path
+    roots: tuple[str, ...]
+    ref: str | None = None
+    path: str = "."
+    interval: float = 60.0
+    listen: tuple[str, int] = ("127.0.0.1", 9108)
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    insecure_ignore_host_key: bool = False
+    token_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    api_token_file: Path | None = None
+    concurrency: int = 16
+    allow_mass_prune: bool = False
+    max_prune_share: float = 0.5
+    shutdown_timeout: float = 30.0
+    verify_commits: str | None = None
+    """None, "gpg" or "ssh": the signature every followed commit (or tag) needs."""
+    allow_commands: bool = False
+    secret_sources: SecretSources | None = None
+    trusted_keys: tuple[Path, ...] = ()
+    allowed_signers: Path | None = None
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    """Timeouts, connection cap and rate limits of the HTTP server."""
+
+
+class SettingsError(Exception):
+    pass
+
+
+def read_secret(path: Path | None, what: str) -> str | None:
+    """The stripped text of a secret file (webhook secret, API token), or None
+    when it is not configured; a missing, unreadable or empty file is a
+    settings error."""
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{what} file {path}: not UTF-8 text") from None
+    if not value:
+        raise SettingsError(f"{what} file {path} is empty")
+    return value

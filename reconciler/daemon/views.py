@@ -1,0 +1,153 @@
+"""The daemon's views: the JSON documents the HTTP server serves (the `Backend`
+of `reconciler.server`: status, resources, events, bundle instances) and the
+snapshot the metrics registry reads at each scrape.
+
+Each view answers from the daemon's memory and the store's inventory and
+history; every store read the API makes is here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from reconciler.metrics import Snapshot
+from reconciler.model import DesiredState
+from reconciler.sources.base import redact
+
+if TYPE_CHECKING:
+    from reconciler.daemon.drift import DriftScheduler
+    from reconciler.daemon.settings import DaemonSettings
+    from reconciler.daemon.sync import SourceState, Syncer
+    from reconciler.store import SqliteStore
+
+
+class ApiViews:
+    """The server's backend, mixed into `Daemon`: what it reads of the daemon is
+    declared here."""
+
+    settings: DaemonSettings
+    started: float
+    store: SqliteStore | None
+    desired: DesiredState | None
+    source_state: SourceState
+    scheduler: DriftScheduler
+    syncer: Syncer
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> tuple[bool, str]:
+        if self.store is None:
+            return False, "state store not open"
+        if self.desired is None:
+            return False, "no revision loaded yet"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        state = self.source_state
+        counts: dict[str, int] = {}
+        if self.store is not None:
+            for record in self.store.inventory().values():
+                counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        return {
+            "source": {"url": state.url, "ref": self.settings.ref, "path": self.settings.path},
+            "revision": None
+            if state.current is None
+            else {"id": state.current.id, "summary": state.current.summary},
+            "lastGoodRevision": None if self.desired is None else self.desired.revision,
+            "lastFetch": {
+                "at": state.last_fetch,
+                "ok": state.last_fetch_ok,
+                "lastSuccess": state.last_success,
+            },
+            "lastError": state.last_error,
+            "rejected": state.rejected,
+            "recovery": self.syncer.recovery,
+            "lastPass": self.scheduler.last_pass,
+            "resources": counts,
+            "instances": _instances_json(self.desired),
+            "queue": len(self.scheduler.queue.items),
+            "startedAt": self.started,
+        }
+
+    def _resource_json(self, record: Any) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "kind": record.kind,
+            "name": record.name,
+            "state": record.state.value,
+            "lastTransition": record.last_transition,
+            "lastError": record.last_error,
+            "attempts": record.attempts,
+            "createdByReconciler": record.created,
+            "drift": self.scheduler.drift.get(record.id),
+            "instance": record.instance or None,
+        }
+
+    def resources(self, kind: str | None) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return [
+            self._resource_json(r)
+            for r in sorted(self.store.inventory().values(), key=lambda r: r.id)
+            if kind is None or r.kind == kind
+        ]
+
+    def resource(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        record = self.store.inventory().get(f"{kind}/{name}")
+        return None if record is None else self._resource_json(record)
+
+    def events(
+        self,
+        *,
+        resource: str | None,
+        kind: str | None,
+        since: float | None,
+        limit: int,
+        instance: str | None,
+    ) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        history = self.store.history(resource, limit, kind=kind, since=since, instance=instance)
+        return [t.to_json() for t in history]
+
+    # metrics
+
+    def metrics_snapshot(self) -> Snapshot:
+        """What the metrics registry reads of the daemon at each scrape."""
+        state = self.source_state
+        inventory = self.store.inventory() if self.store is not None else {}
+        return Snapshot(
+            resources={rid: record.state for rid, record in inventory.items()},
+            revision=None if self.desired is None else self.desired.revision,
+            head_rejected=state.rejected is not None,
+            last_fetch_success=state.last_success,
+            interval=self.settings.interval,
+            last_converged=self.scheduler.last_converged,
+            queue_depth=len(self.scheduler.queue.items),
+        )
+
+
+def _instances_json(desired: DesiredState | None) -> list[dict[str, Any]]:
+    """The bundle instances of the enforced revision, each with how many resources
+    it made itself (not counting those of the instances nested in it)."""
+    if desired is None or not desired.instances:
+        return []
+    made: dict[str, int] = {}
+    for res in desired.resources.values():
+        if res.instance:
+            made[res.instance] = made.get(res.instance, 0) + 1
+    return [
+        {
+            "id": inst.id,
+            "source": redact(inst.source),
+            "location": str(inst.location),
+            "parent": inst.parent or None,
+            "ref": inst.ref or None,
+            "commit": inst.commit or None,
+            "resources": made.get(inst.id, 0),
+        }
+        for inst in sorted(desired.instances.values(), key=lambda inst: inst.id)
+    ]
