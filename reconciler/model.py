@@ -421,6 +421,10 @@ class Provider(abc.ABC, Generic[SpecT]):
     """The `type` of Connection this kind's specs name in `spec.connection`
     (`postgres`, `http`), or None when it uses none. A spec that names one
     depends on it implicitly; the loader checks it exists and is of this type."""
+    restarts_watches: ClassVar[bool] = False
+    """True when creating or healing an object of this kind can give the watches
+    something new to follow (a directory made: file watches follow existing
+    directories only); the daemon then starts every kind's watch again."""
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
