@@ -35,6 +35,7 @@ class DirectoryProvider(Provider[DirectorySpec]):
     kind = "Directory"
     Spec = DirectorySpec
     summary = "A directory (parents created): mode, owner, group."
+    restarts_watches = True  # the watches of what lies in it follow existing directories only
 
     def prepare(self, spec: DirectorySpec, ctx: PrepareContext) -> DirectorySpec:
         _fs.check_path(spec.path, self.settings)
