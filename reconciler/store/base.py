@@ -4,6 +4,13 @@ The store holds the inventory (what reconciler manages and whether it created
 each object), each resource's status, the revisions applied, when each source
 was last fetched and a bounded history of transitions. SQLite implements it
 today; a networked store can implement the same protocol.
+
+Two protocols (decision 0119). `Store` is the synchronous one the one-shot
+commands and the engine use. `AsyncStore` is the daemon's: everything that waits
+for the database is a coroutine, so nothing the daemon asks of the store holds
+its event loop; what only touches memory stays a plain call. `offloop.OffLoopStore`
+gives a `SqliteStore` that shape (its I/O on one thread); the PostgreSQL store
+(issue 13) implements it directly on psycopg's async connection.
 """
 
 from __future__ import annotations
@@ -155,3 +162,95 @@ class Store(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class AsyncStore(Protocol):
+    """The state store as the daemon uses it on its event loop.
+
+    Memory only, never waiting (a plain call): the buffered writes, exactly as in
+    `Store`, and `inventory`, the records as of now, read from the database once
+    by `open`. Everything that may wait for the database is a coroutine: `open`,
+    `flush`, the reads of the history and of what outlives a restart, `close`.
+
+    What an implementation promises:
+
+    - Buffered writes are kept in memory in the order made; `flush` returns once
+      every write made before it was called is durable (committed in one
+      transaction), and flushes complete in the order they were called.
+    - Reads see every write made before them, flushed or not (`history` flushes
+      first).
+    - `inventory` after `open` is a copy the caller may keep; it never waits.
+    - No call blocks the event loop for longer than copying memory: a database
+      client that blocks runs on a thread of its own (SQLite, `OffLoopStore`), an
+      async one is awaited (PostgreSQL with psycopg's `AsyncConnection`; its
+      `flush` is one transaction of `executemany`s, as SQLite's).
+    """
+
+    async def open(self) -> None:
+        """Read the inventory into memory (before the first `inventory` call)."""
+
+    def inventory(self) -> dict[str, Record]: ...
+
+    def transition(
+        self,
+        rid: str,
+        from_state: State | None,
+        to_state: State,
+        event: str,
+        reason: str | None = None,
+        error: str | None = None,
+        *,
+        instance: str | None = None,
+    ) -> float: ...
+
+    def intend(
+        self,
+        rid: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
+    ) -> None: ...
+
+    def converged(
+        self,
+        rid: str,
+        spec_hash: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
+    ) -> None: ...
+
+    def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None: ...
+
+    def forget(self, rid: str) -> None: ...
+
+    def set_revision(self, revision: str) -> None: ...
+
+    def set_fetched(self, source: str, at: float) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def last_revision(self) -> str | None: ...
+
+    async def last_fetched(self, source: str) -> float | None: ...
+
+    async def last_events(self, ids: Collection[str], event: str) -> dict[str, float]: ...
+
+    async def history(
+        self,
+        rid: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+        instance: str | None = None,
+    ) -> list[Transition]: ...
+
+    async def close(self) -> None:
+        """Flush and release the database (and the state directory's lock)."""

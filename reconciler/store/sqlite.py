@@ -5,165 +5,57 @@ engine flushes before every side effect (so intent is durable before a create)
 and at the end of a pass. Losing an unflushed tail in a crash is harmless: it
 holds only transitions of resources that are re-detected on restart anyway.
 A lock file keeps a second process off the same state directory.
+
+Threads (decision 0119): the buffered writes and `inventory` are made on the
+caller's thread (the daemon's event loop) and only touch memory; `flush` and the
+reads that query the database may run on another thread at the same time, which
+is how the daemon keeps SQLite off its loop (`store.offloop`). Two locks make
+that safe: `_buffer` guards the write buffers for the instant a flush swaps them
+out, and `_writing` keeps one thread at a time on the connection, so batches are
+written in the order they were taken. The revision and fetch times last written
+are kept in memory, so the engine's and the daemon's look at them never waits
+for a flush.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.fsm import State
+from reconciler.store._rows import MIGRATIONS, SCHEMA_VERSION, Row, empty
 from reconciler.store.base import Record, StoreError, Transition
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "SqliteStore", "StoreLocked"]
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: inventory, status, history, revisions
-    """
-    CREATE TABLE resources (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        spec_hash TEXT,
-        spec TEXT,
-        policy TEXT,
-        deps TEXT NOT NULL DEFAULT '[]',
-        created INTEGER
-    );
-    CREATE TABLE status (
-        id TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        last_transition REAL NOT NULL,
-        last_error TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt REAL
-    );
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        id TEXT NOT NULL,
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        event TEXT NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX events_by_id ON events (id, seq);
-    CREATE TABLE revisions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        revision TEXT NOT NULL,
-        applied_at REAL NOT NULL
-    );
-    """,
-    # 2: facts about sources that must outlive the process (the last successful fetch)
-    """
-    CREATE TABLE sources (
-        source TEXT PRIMARY KEY,
-        last_success REAL NOT NULL
-    );
-    """,
-    # 3: the bundle instance that made each resource, on its inventory row and on
-    # each event (a pruned resource's row is gone, its events still say where it
-    # came from); '' for a resource written flat. ADD COLUMN with a constant
-    # default rewrites no rows, so upgrading a large database is instant.
-    """
-    ALTER TABLE resources ADD COLUMN instance TEXT NOT NULL DEFAULT '';
-    ALTER TABLE events ADD COLUMN instance TEXT NOT NULL DEFAULT '';
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+_Event = tuple[float, str, State | None, State, str, str | None, str]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The write buffers as one flush took them."""
+
+    status: set[str]
+    resources: set[str]
+    forgotten: set[str]
+    events: list[_Event]
+    revisions: list[tuple[str, float]]
+    fetched: dict[str, float]
 
 
 class StoreLocked(StoreError):
     pass
-
-
-def _empty(rid: str, now: float) -> Record:
-    kind, _, name = rid.partition("/")
-    return Record(
-        rid, kind, name, None, None, None, (), None, State.PENDING, now, None, 0, None, ""
-    )
-
-
-_FIELDS = tuple(field.name for field in dataclasses.fields(Record))
-
-
-@dataclasses.dataclass(slots=True)
-class _Row:
-    """A mutable copy of one Record (same fields, same order), updated in place
-    by buffered writes."""
-
-    id: str
-    kind: str
-    name: str
-    spec_hash: str | None
-    spec: str | None
-    policy: str | None
-    deps: tuple[str, ...]
-    created: bool | None
-    state: State
-    last_transition: float
-    last_error: str | None
-    attempts: int
-    next_attempt: float | None
-    instance: str
-
-    @classmethod
-    def of(cls, record: Record) -> _Row:
-        return cls(*(getattr(record, name) for name in _FIELDS))
-
-    def record(self) -> Record:
-        return Record(
-            self.id,
-            self.kind,
-            self.name,
-            self.spec_hash,
-            self.spec,
-            self.policy,
-            self.deps,
-            self.created,
-            self.state,
-            self.last_transition,
-            self.last_error,
-            self.attempts,
-            self.next_attempt,
-            self.instance,
-        )
-
-    def resource_values(self) -> tuple[object, ...]:
-        created = None if self.created is None else int(self.created)
-        return (
-            self.id,
-            self.kind,
-            self.name,
-            self.spec_hash,
-            self.spec,
-            self.policy,
-            json.dumps(self.deps),
-            created,
-            self.instance,
-        )
-
-    def status_values(self) -> tuple[object, ...]:
-        return (
-            self.id,
-            self.state.value,
-            self.last_transition,
-            self.last_error,
-            self.attempts,
-            self.next_attempt,
-        )
-
-
-if tuple(field.name for field in dataclasses.fields(_Row)) != _FIELDS:
-    raise AssertionError("_Row must have Record's fields in Record's order")
 
 
 class SqliteStore:
@@ -177,15 +69,21 @@ class SqliteStore:
         self._loaded: dict[str, Record] | None = None
         """Records as read from the database, or rebuilt by `inventory` from the
         rows written since (those ids wait in _changed until then)."""
-        self._rows: dict[str, _Row] = {}
+        self._rows: dict[str, Row] = {}
         """Mutable rows of every resource written since the database was read."""
         self._changed: set[str] = set()
         self._dirty_status: set[str] = set()
         self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
-        self._events: list[tuple[float, str, State | None, State, str, str | None, str]] = []
+        self._events: list[_Event] = []
         self._revisions: list[tuple[str, float]] = []
         self._fetched: dict[str, float] = {}
+        self._revision: list[str | None] = []
+        """[the last revision written] once known: read once, then kept."""
+        self._fetched_at: dict[str, float | None] = {}
+        """The last fetch of each source asked about or written: read once, then kept."""
+        self._buffer = threading.Lock()
+        self._writing = threading.RLock()
         self._db: sqlite3.Connection | None
         if readonly:
             self._db = self._open_readonly()
@@ -292,6 +190,10 @@ class SqliteStore:
         return dict(self._loaded)
 
     def _load(self) -> dict[str, Record]:
+        with self._writing:
+            return self._read_all()
+
+    def _read_all(self) -> dict[str, Record]:
         if self._db is None:
             return {}
         rows = self._db.execute(
@@ -336,41 +238,52 @@ class SqliteStore:
         }
 
     def last_revision(self) -> str | None:
-        if self._revisions:
-            return self._revisions[-1][0]
-        if self._db is None:
-            return None
-        row = self._db.execute(
-            "SELECT revision FROM revisions ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else str(row[0])
+        if not self._revision:
+            with self._writing:
+                row = (
+                    None
+                    if self._db is None
+                    else self._db.execute(
+                        "SELECT revision FROM revisions ORDER BY seq DESC LIMIT 1"
+                    ).fetchone()
+                )
+            if not self._revision:  # set_revision on another thread meanwhile wins
+                self._revision.append(None if row is None else str(row[0]))
+        return self._revision[-1]
 
     def last_fetched(self, source: str) -> float | None:
         """When `source` (its redacted URL) was last fetched successfully, in any
         process that used this state directory; None if never."""
-        if source in self._fetched:
-            return self._fetched[source]
-        if self._db is None:
-            return None
-        row = self._db.execute(
-            "SELECT last_success FROM sources WHERE source = ?", (source,)
-        ).fetchone()
-        return None if row is None else float(row[0])
+        if source not in self._fetched_at:
+            with self._writing:
+                row = (
+                    None
+                    if self._db is None
+                    else self._db.execute(
+                        "SELECT last_success FROM sources WHERE source = ?", (source,)
+                    ).fetchone()
+                )
+            self._fetched_at.setdefault(source, None if row is None else float(row[0]))
+        return self._fetched_at[source]
 
     def last_events(self, ids: Collection[str], event: str) -> dict[str, float]:
         """When each of `ids` last had a transition by `event`, from the history
         (an id whose history holds none, or was trimmed away, is missing)."""
         found: dict[str, float] = {}
         wanted = set(ids)
-        if self._db is not None and wanted:
-            for rid in wanted:  # the (id, seq) index: one short range scan per id
-                row = self._db.execute(
-                    "SELECT ts FROM events WHERE id = ? AND event = ? ORDER BY seq DESC LIMIT 1",
-                    (rid, event),
-                ).fetchone()
-                if row is not None:
-                    found[rid] = float(row[0])
-        for ts, rid, _, _, name, _, _ in self._events:  # not flushed yet: newer
+        with self._writing:  # a flush in flight lands first: its events are in the table
+            if self._db is not None and wanted:
+                for rid in wanted:  # the (id, seq) index: one short range scan per id
+                    row = self._db.execute(
+                        "SELECT ts FROM events WHERE id = ? AND event = ? "
+                        "ORDER BY seq DESC LIMIT 1",
+                        (rid, event),
+                    ).fetchone()
+                    if row is not None:
+                        found[rid] = float(row[0])
+            with self._buffer:
+                pending = list(self._events)
+        for ts, rid, _, _, name, _, _ in pending:  # not flushed yet: newer
             if rid in wanted and name == event:
                 found[rid] = ts
         return found
@@ -386,7 +299,18 @@ class SqliteStore:
     ) -> list[Transition]:
         """The newest `limit` transitions, oldest first, optionally of one resource,
         of one kind, of one bundle instance, or after a time (unix seconds)."""
-        self.flush()
+        with self._writing:
+            self.flush()
+            return self._history(rid, limit, kind, since, instance)
+
+    def _history(
+        self,
+        rid: str | None,
+        limit: int,
+        kind: str | None,
+        since: float | None,
+        instance: str | None,
+    ) -> list[Transition]:
         if self._db is None:
             return []
         clauses: list[str] = []
@@ -426,19 +350,25 @@ class SqliteStore:
 
     # writing (buffered)
 
-    def _row(self, rid: str) -> _Row:
-        """The row of `rid`, for the caller to change."""
+    def _ready(self) -> None:
+        """Read the records before a first write (which holds `_buffer`, and must
+        not then wait for `_writing`: flushes take the two the other way round)."""
+        if self._loaded is None:
+            self._loaded = self._load()
+
+    def _row(self, rid: str) -> Row:
+        """The row of `rid`, for the caller to change (holding `_buffer`, after
+        `_ready`)."""
         self._changed.add(rid)
         row = self._rows.get(rid)
         if row is not None:
             return row
-        if self._loaded is None:
-            self._loaded = self._load()
+        assert self._loaded is not None
         loaded = self._loaded.get(rid)
         if loaded is not None:
-            row = self._rows[rid] = _Row.of(loaded)
+            row = self._rows[rid] = Row.of(loaded)
         else:
-            row = self._rows[rid] = _Row.of(_empty(rid, time.time()))
+            row = self._rows[rid] = Row.of(empty(rid, time.time()))
             self._forgotten.discard(rid)
             self._dirty_resources.add(rid)
             self._dirty_status.add(rid)
@@ -456,13 +386,15 @@ class SqliteStore:
         instance: str | None = None,
     ) -> float:
         now = time.time()
-        row = self._row(rid)
-        row.state, row.last_transition, row.last_error = to_state, now, error
-        if instance is not None and instance != row.instance:
-            row.instance = instance
-            self._dirty_resources.add(rid)
-        self._dirty_status.add(rid)
-        self._events.append((now, rid, from_state, to_state, event, reason, row.instance))
+        self._ready()
+        with self._buffer:
+            row = self._row(rid)
+            row.state, row.last_transition, row.last_error = to_state, now, error
+            if instance is not None and instance != row.instance:
+                row.instance = instance
+                self._dirty_resources.add(rid)
+            self._dirty_status.add(rid)
+            self._events.append((now, rid, from_state, to_state, event, reason, row.instance))
         return now
 
     def intend(
@@ -475,10 +407,12 @@ class SqliteStore:
         *,
         instance: str = "",
     ) -> None:
-        row = self._row(rid)
-        row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
-        row.instance = instance
-        self._dirty_resources.add(rid)
+        self._ready()
+        with self._buffer:
+            row = self._row(rid)
+            row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
+            row.instance = instance
+            self._dirty_resources.add(rid)
 
     def converged(
         self,
@@ -491,99 +425,148 @@ class SqliteStore:
         *,
         instance: str = "",
     ) -> None:
-        row = self._row(rid)
-        row.spec_hash, row.spec, row.policy, row.deps, row.created, row.instance = (
-            spec_hash,
-            spec,
-            policy,
-            deps,
-            created,
-            instance,
-        )
-        row.attempts, row.next_attempt = 0, None
-        self._dirty_resources.add(rid)
-        self._dirty_status.add(rid)
+        self._ready()
+        with self._buffer:
+            row = self._row(rid)
+            row.spec_hash, row.spec, row.policy, row.deps, row.created, row.instance = (
+                spec_hash,
+                spec,
+                policy,
+                deps,
+                created,
+                instance,
+            )
+            row.attempts, row.next_attempt = 0, None
+            self._dirty_resources.add(rid)
+            self._dirty_status.add(rid)
 
     def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None:
-        row = self._row(rid)
-        row.attempts, row.next_attempt = attempts, next_attempt
-        self._dirty_status.add(rid)
+        self._ready()
+        with self._buffer:
+            row = self._row(rid)
+            row.attempts, row.next_attempt = attempts, next_attempt
+            self._dirty_status.add(rid)
 
     def forget(self, rid: str) -> None:
-        self._rows.pop(rid, None)
-        if self._loaded is not None:
-            self._loaded.pop(rid, None)
-        self._dirty_status.discard(rid)
-        self._dirty_resources.discard(rid)
-        self._forgotten.add(rid)
+        with self._buffer:
+            self._rows.pop(rid, None)
+            if self._loaded is not None:
+                self._loaded.pop(rid, None)
+            self._dirty_status.discard(rid)
+            self._dirty_resources.discard(rid)
+            self._forgotten.add(rid)
 
     def set_revision(self, revision: str) -> None:
-        self._revisions.append((revision, time.time()))
+        with self._buffer:
+            self._revisions.append((revision, time.time()))
+            self._revision.append(revision)
+            del self._revision[:-1]
 
     def set_fetched(self, source: str, at: float) -> None:
-        self._fetched[source] = at
+        with self._buffer:
+            self._fetched[source] = at
+            self._fetched_at[source] = at
 
     def flush(self) -> None:
+        """Commit the buffered writes in one transaction. Safe to call on another
+        thread than the one writing to the buffers: it takes them at once and
+        writes what it took; flushes run one at a time, in the order taken."""
         if self._db is None or self.readonly:
             return
-        if not (
-            self._dirty_status
-            or self._dirty_resources
-            or self._forgotten
-            or self._events
-            or self._revisions
-            or self._fetched
-        ):
-            return
+        with self._writing:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._write(batch)
+            except BaseException:
+                self._put_back(batch)  # written by the next flush, as before the take
+                raise
+
+    def _take(self) -> _Batch | None:
+        with self._buffer:
+            if not (
+                self._dirty_status
+                or self._dirty_resources
+                or self._forgotten
+                or self._events
+                or self._revisions
+                or self._fetched
+            ):
+                return None
+            batch = _Batch(
+                self._dirty_status,
+                self._dirty_resources,
+                self._forgotten,
+                self._events,
+                self._revisions,
+                self._fetched,
+            )
+            self._dirty_status, self._dirty_resources, self._forgotten = set(), set(), set()
+            self._events, self._revisions, self._fetched = [], [], {}
+        return batch
+
+    def _put_back(self, batch: _Batch) -> None:
+        with self._buffer:
+            self._dirty_status |= batch.status
+            self._dirty_resources |= batch.resources
+            # a resource written again since it was forgotten stays
+            self._forgotten |= {rid for rid in batch.forgotten if rid not in self._rows}
+            self._events[:0] = batch.events
+            self._revisions[:0] = batch.revisions
+            self._fetched = {**batch.fetched, **self._fetched}
+
+    def _write(self, batch: _Batch) -> None:
+        # The rows' values are read here, outside `_buffer`, while the caller's
+        # thread may change them: a row changed during the read is marked dirty
+        # again (in the new buffers, after the change), so the next flush writes
+        # its final values; a row forgotten meanwhile is skipped here and deleted
+        # by the next flush.
         rows = self._rows
         db = self._db
+        assert db is not None
         with self._transaction():
             db.execute("BEGIN")
-            if self._dirty_resources:
+            if batch.resources:
                 db.executemany(
                     "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [rows[rid].resource_values() for rid in self._dirty_resources],
+                    [row.resource_values() for row in map(rows.get, batch.resources) if row],
                 )
-            if self._dirty_status:
+            if batch.status:
                 db.executemany(
                     "INSERT OR REPLACE INTO status VALUES (?, ?, ?, ?, ?, ?)",
-                    [rows[rid].status_values() for rid in self._dirty_status],
+                    [row.status_values() for row in map(rows.get, batch.status) if row],
                 )
-            if self._forgotten:
-                gone = [(rid,) for rid in self._forgotten]
+            if batch.forgotten:
+                gone = [(rid,) for rid in batch.forgotten]
                 db.executemany("DELETE FROM resources WHERE id = ?", gone)
                 db.executemany("DELETE FROM status WHERE id = ?", gone)
-            if self._events:
+            if batch.events:
                 db.executemany(
                     "INSERT INTO events (ts, id, from_state, to_state, event, reason, instance) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    self._events,
+                    batch.events,
                 )
                 last = db.execute("SELECT max(seq) FROM events").fetchone()[0]
                 db.execute("DELETE FROM events WHERE seq <= ?", (last - self.history_limit,))
-            if self._revisions:
+            if batch.revisions:
                 db.executemany(
-                    "INSERT INTO revisions (revision, applied_at) VALUES (?, ?)", self._revisions
+                    "INSERT INTO revisions (revision, applied_at) VALUES (?, ?)", batch.revisions
                 )
                 db.execute(
                     "DELETE FROM revisions WHERE seq <= (SELECT max(seq) FROM revisions) - 1000"
                 )
-            if self._fetched:
+            if batch.fetched:
                 db.executemany(
-                    "INSERT OR REPLACE INTO sources VALUES (?, ?)", self._fetched.items()
+                    "INSERT OR REPLACE INTO sources VALUES (?, ?)", batch.fetched.items()
                 )
-        self._dirty_status.clear()
-        self._dirty_resources.clear()
-        self._forgotten.clear()
-        self._events.clear()
-        self._revisions.clear()
-        self._fetched.clear()
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-            self._unlock()
+        with self._writing:
+            try:
+                self.flush()
+            finally:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                self._unlock()

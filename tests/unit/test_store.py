@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.fsm import State
-from reconciler.store import Record, SqliteStore, StoreError, StoreLocked
+from reconciler.store import AsyncStore, OffLoopStore, Record, SqliteStore, StoreError, StoreLocked
 from reconciler.store.sqlite import DB_NAME, SCHEMA_VERSION
 
 S = State
@@ -467,3 +468,144 @@ def test_a_schema_2_database_is_migrated_and_keeps_its_rows(state_dir: Path) -> 
         store.close()
     b = _inventory(state_dir)["File/b"]
     assert b.instance == "Bundle/x"
+
+
+# --- threads: flushes beside the writer (decision 0119) ------------------------------
+
+
+def test_flushes_on_another_thread_while_writes_go_on_lose_nothing(state_dir: Path) -> None:
+    """The daemon writes on its loop while a flush runs on the store's thread:
+    whatever interleaving, the database ends equal to the records in memory."""
+    store = SqliteStore(state_dir)
+    stop = threading.Event()
+    flushes = 0
+
+    def flusher() -> None:
+        nonlocal flushes
+        while not stop.is_set():
+            store.flush()
+            flushes += 1
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    try:
+        for i in range(3000):
+            rid = f"File/f{i % 300}"
+            store.transition(rid, None, S.DETECTING, "start", instance=f"Bundle/b{i % 3}")
+            store.converged(rid, f"h{i}", f'{{"i": {i}}}', "{}", ("Directory/d",), True)
+            store.schedule_retry(rid, i % 4, None)
+            if i % 7 == 0:
+                store.forget(f"File/f{(i + 150) % 300}")
+            if i % 500 == 0:
+                store.set_revision(f"rev{i}")
+    finally:
+        stop.set()
+        thread.join()
+    expected = store.inventory()
+    store.close()
+    assert flushes > 1
+    assert _inventory(state_dir) == expected
+    assert _query(state_dir, "SELECT count(*) FROM events") == [(3000,)]
+    assert _query(state_dir, "SELECT revision FROM revisions ORDER BY seq") == [
+        (f"rev{i}",) for i in range(0, 3000, 500)
+    ]
+
+
+def test_a_flush_that_fails_keeps_its_writes_for_the_next(state_dir: Path) -> None:
+    store = SqliteStore(state_dir)
+    other = sqlite3.connect(state_dir / DB_NAME, isolation_level=None)
+    try:
+        store.converged("File/a", "h", "{}", "{}", (), True)
+        store.transition("File/a", None, S.IN_SYNC, "new")
+        store.set_fetched("git://a/repo.git", 7.0)
+        store.flush()
+        store.forget("File/a")
+        store.transition("File/b", None, S.PENDING, "new")
+        store.set_revision("r1")
+        assert store._db is not None
+        store._db.execute("PRAGMA busy_timeout = 0")  # fail at once, not after 5 s
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.flush()
+        other.execute("ROLLBACK")
+        store.transition("File/b", S.PENDING, S.DETECTING, "start")
+        store.flush()
+    finally:
+        other.close()
+        store.close()
+    assert set(_inventory(state_dir)) == {"File/b"}
+    assert _query(state_dir, "SELECT id, event FROM events ORDER BY seq") == [
+        ("File/a", "new"),
+        ("File/b", "new"),
+        ("File/b", "start"),
+    ]
+    assert _query(state_dir, "SELECT revision FROM revisions") == [("r1",)]
+
+
+def test_last_revision_and_fetch_are_read_once_then_kept(state_dir: Path) -> None:
+    store = SqliteStore(state_dir)
+    store.set_revision("r1")
+    store.set_fetched("git://a/repo.git", 3.0)
+    store.close()
+    store = SqliteStore(state_dir)
+    try:
+        assert store.last_revision() == "r1"
+        assert store.last_fetched("git://a/repo.git") == 3.0
+        assert store.last_fetched("git://b/repo.git") is None
+        store.set_revision("r2")
+        store.set_fetched("git://b/repo.git", 4.0)
+        assert store.last_revision() == "r2"  # before any flush
+        assert store.last_fetched("git://b/repo.git") == 4.0
+    finally:
+        store.close()
+
+
+def _conforms(store: OffLoopStore) -> AsyncStore:
+    return store  # checked by mypy: OffLoopStore implements the protocol
+
+
+async def test_the_off_loop_store_never_runs_sql_on_the_loop(state_dir: Path) -> None:
+    """Every statement the daemon's store runs, from opening to closing, runs on
+    the store's own thread; the loop only writes the buffers and reads memory."""
+    seed = SqliteStore(state_dir)
+    seed.converged("File/old", "h0", "{}", "{}", (), True)
+    seed.transition("File/old", None, S.IN_SYNC, "new")
+    seed.set_revision("r0")
+    seed.set_fetched("git://a/repo.git", 2.0)
+    seed.close()
+
+    store = await OffLoopStore.opening(state_dir)
+    threads: set[str] = set()
+    assert store.sync._db is not None
+    store.sync._db.set_trace_callback(lambda sql: threads.add(threading.current_thread().name))
+    try:
+        assert set(store.inventory()) == {"File/old"}
+        assert await store.last_revision() == "r0"
+        assert await store.last_fetched("git://a/repo.git") == 2.0
+        store.transition("File/a", None, S.PENDING, "new", instance="Bundle/x")
+        store.intend("File/a", "{}", "{}", (), True, instance="Bundle/x")
+        store.transition("File/a", S.PENDING, S.APPLYING, "applied")
+        store.converged("File/a", "h1", "{}", "{}", (), True, instance="Bundle/x")
+        store.schedule_retry("File/a", 0, None)
+        store.forget("File/old")
+        store.set_revision("r1")
+        store.set_fetched("git://a/repo.git", 3.0)
+        assert (await store.last_events(["File/a"], "applied")).keys() == {"File/a"}
+        assert [t.event for t in await store.history("File/a")] == ["new", "applied"]
+        assert [t.id for t in await store.history(instance="Bundle/x")] == ["File/a"] * 2
+        await store.flush()
+        assert set(store.inventory()) == {"File/a"}
+        assert await store.last_revision() == "r1"
+    finally:
+        await store.close()
+    assert threads and all(name.startswith("store") for name in threads), threads
+    assert set(_inventory(state_dir)) == {"File/a"}
+
+
+async def test_opening_a_locked_state_directory_fails_on_the_loop(state_dir: Path) -> None:
+    holder = SqliteStore(state_dir)
+    try:
+        with pytest.raises(StoreLocked):
+            await OffLoopStore.opening(state_dir)
+    finally:
+        holder.close()

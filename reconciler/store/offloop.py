@@ -1,0 +1,151 @@
+"""The SQLite store as an `AsyncStore`: its database work on a thread of its own.
+
+SQLite's client blocks, so the daemon never calls it on its event loop: opening
+(migrations, the state directory's lock), reading the inventory once, flushing
+and every query run on one dedicated thread, the store's, one call after another
+(decision 0119). The buffered writes and `inventory` stay plain calls on the
+loop: they only touch memory, and `SqliteStore` lets a flush on the store's
+thread take its buffers while the loop goes on writing.
+
+The engine keeps the synchronous `Store` (`sync`): its writes are buffered on the
+loop as before, and the daemon's engine flushes through `asyncio.to_thread`,
+which `SqliteStore`'s locks make safe beside this thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from reconciler.fsm import State
+from reconciler.store.base import Record, Transition
+from reconciler.store.sqlite import SqliteStore
+
+__all__ = ["OffLoopStore"]
+
+T = TypeVar("T")
+
+
+class OffLoopStore:
+    """An `AsyncStore` over a `SqliteStore`; `sync` is that store, for the engine."""
+
+    def __init__(self, store: SqliteStore, thread: ThreadPoolExecutor | None = None) -> None:
+        self.sync = store
+        self._thread = thread or ThreadPoolExecutor(1, thread_name_prefix="store")
+
+    @classmethod
+    async def opening(cls, state_dir: Path, *, history_limit: int = 50_000) -> OffLoopStore:
+        """Open a `SqliteStore` on the store's thread (it migrates and takes the
+        state directory's lock) and read its inventory there."""
+        thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+        try:
+            store = await asyncio.get_running_loop().run_in_executor(
+                thread, functools.partial(SqliteStore, state_dir, history_limit=history_limit)
+            )
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        opened = cls(store, thread)
+        await opened.open()
+        return opened
+
+    async def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
+
+    # on the store's thread
+
+    async def open(self) -> None:
+        await self._call(self.sync.inventory)
+
+    async def flush(self) -> None:
+        await self._call(self.sync.flush)
+
+    async def last_revision(self) -> str | None:
+        return await self._call(self.sync.last_revision)
+
+    async def last_fetched(self, source: str) -> float | None:
+        return await self._call(self.sync.last_fetched, source)
+
+    async def last_events(self, ids: Collection[str], event: str) -> dict[str, float]:
+        return await self._call(self.sync.last_events, list(ids), event)
+
+    async def history(
+        self,
+        rid: str | None = None,
+        limit: int = 100,
+        *,
+        kind: str | None = None,
+        since: float | None = None,
+        instance: str | None = None,
+    ) -> list[Transition]:
+        return await self._call(
+            self.sync.history, rid, limit, kind=kind, since=since, instance=instance
+        )
+
+    async def close(self) -> None:
+        try:
+            await self._call(self.sync.close)
+        finally:
+            self._thread.shutdown(wait=False)
+
+    # in memory, on the caller's thread
+
+    def inventory(self) -> dict[str, Record]:
+        return self.sync.inventory()
+
+    def transition(
+        self,
+        rid: str,
+        from_state: State | None,
+        to_state: State,
+        event: str,
+        reason: str | None = None,
+        error: str | None = None,
+        *,
+        instance: str | None = None,
+    ) -> float:
+        return self.sync.transition(
+            rid, from_state, to_state, event, reason, error, instance=instance
+        )
+
+    def intend(
+        self,
+        rid: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
+    ) -> None:
+        self.sync.intend(rid, spec, policy, deps, created, instance=instance)
+
+    def converged(
+        self,
+        rid: str,
+        spec_hash: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        *,
+        instance: str = "",
+    ) -> None:
+        self.sync.converged(rid, spec_hash, spec, policy, deps, created, instance=instance)
+
+    def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None:
+        self.sync.schedule_retry(rid, attempts, next_attempt)
+
+    def forget(self, rid: str) -> None:
+        self.sync.forget(rid)
+
+    def set_revision(self, revision: str) -> None:
+        self.sync.set_revision(revision)
+
+    def set_fetched(self, source: str, at: float) -> None:
+        self.sync.set_fetched(source, at)
