@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,62 @@ def test_log_format_and_level_come_from_flags_env_or_the_settings_file(
     assert any(r["logger"].startswith("apscheduler") for r in records), [
         r["logger"] for r in records
     ]
+
+
+# the client commands' one HTTP client
+
+
+@pytest.fixture
+def not_a_daemon() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 that is not reconciler: /api/v1/status
+    answers HTML, /api/v1/events a JSON object without events, anything else 404."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            if path == "/api/v1/status":
+                body, kind, code = b"<html>hello</html>", "text/html", 200
+            elif path == "/api/v1/events":
+                body, kind, code = b'{"items": []}', "application/json", 200
+            else:
+                body, kind, code = b"nothing here", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="not-a-daemon", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_status_and_events_name_a_server_that_is_not_a_daemon(not_a_daemon: str) -> None:
+    url = not_a_daemon
+    status = run_cli("status", "--url", url)
+    assert (status.returncode, status.stdout) == (1, "")
+    assert status.stderr == (
+        f"error: {url} did not answer like a reconciler daemon (no JSON in its reply)\n"
+    )
+    listed = run_cli("events", "--url", url)
+    assert listed.returncode == 1
+    assert listed.stderr == (
+        f"error: {url} did not answer like a reconciler daemon (no events list in its reply)\n"
+    )
+    elsewhere = run_cli("status", "--url", url + "/base")
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr == (
+        f"error: the daemon at {url}/base refused the query: HTTP 404 Not Found\n"
+    )
