@@ -65,6 +65,9 @@ BUCKETS = (
 )
 """Reconcile latency buckets, 1 ms to 60 s (+Inf above)."""
 
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Event loop lag buckets (reconciler.looplag): 1 ms to 10 s; the target is 50 ms."""
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, which every Prometheus reads (newer prometheus-client
 versions announce 1.0.0 for the same text)."""
@@ -93,6 +96,7 @@ FAMILIES: dict[str, str] = {
     "reconciler_source_interval_seconds": "gauge",
     "reconciler_last_converged_timestamp_seconds": "gauge",
     "reconciler_queue_depth": "gauge",
+    "reconciler_event_loop_lag_seconds": "histogram",
     "reconciler_build_info": "gauge",
 }
 """Every reconciler_* family /metrics exposes, by the name it is exposed under
@@ -180,6 +184,13 @@ class Metrics:
             "Revisions rejected whole (invalid manifests, refused mass prune).",
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "reconciler_event_loop_lag_seconds",
+            "How much later than asked the daemon's event loop ran a 10 ms timer, "
+            "sampled every 10 ms: how long the loop was busy with one thing.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         for result in ("success", "error"):  # present from the start, so rate() works
             self.fetch_total.labels(result)
         self._resources = _Resources(self)
@@ -193,6 +204,7 @@ class Metrics:
             self.prune_total,
             self.fetch_total,
             self.rejected_total,
+            self.loop_lag,
         ):
             self.registry.register(collector)
         for present in (_Present(self), _BuildInfo(version)):

@@ -1,0 +1,147 @@
+"""How late the daemon's event loop runs: a lag monitor and a stall watchdog.
+
+Everything in the daemon shares one asyncio loop, so anything that blocks it (a
+store query, a large copy, a slow callback) delays every pass, watch event and
+HTTP answer at once. `LoopLag.run` is a task that sleeps `interval` (10 ms)
+again and again and measures how much later than asked it wakes: that lag is
+how long the loop was busy with something else. Each lag goes to a histogram
+(`reconciler_event_loop_lag_seconds`), the longest is kept with when it
+happened, and `/api/v1/status` shows it (`eventLoop`), so a test or an operator
+reads the longest stall from outside the process.
+
+A lag says that the loop stalled, not where. A watchdog thread looks at the loop
+every `interval`: once the loop has not ticked for `capture_after` it takes the
+loop thread's stack (`sys._current_frames`), so the longest stall comes with the
+code that held the loop, and a stall over `warn_after` is logged with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LoopLag", "Stall"]
+
+log = logging.getLogger("reconciler.looplag")
+
+INTERVAL = 0.01
+"""Seconds the monitor sleeps between two looks: a stall is measured to within it."""
+CAPTURE_AFTER = 0.025
+"""A loop not ticking for this long has its stack taken (the target is 50 ms)."""
+WARN_AFTER = 0.25
+"""A stall this long is logged with its stack (at most once a minute)."""
+WARN_EVERY = 60.0
+STACK_FRAMES = 12
+"""Innermost frames kept of a stall's stack."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """One stall of the loop: how long, when it ended (unix time), and the loop
+    thread's innermost frames while it lasted (empty when it was too short to
+    catch)."""
+
+    seconds: float
+    at: float
+    where: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 6), "at": self.at, "where": list(self.where)}
+
+
+class LoopLag:
+    """Measures the lag of the loop it runs on; `run` is the task doing it."""
+
+    def __init__(
+        self,
+        observe: Callable[[float], None] | None = None,
+        *,
+        interval: float = INTERVAL,
+        capture_after: float = CAPTURE_AFTER,
+        warn_after: float = WARN_AFTER,
+    ) -> None:
+        self._observe = observe
+        self.interval = interval
+        self.capture_after = capture_after
+        self.warn_after = warn_after
+        self.longest: Stall | None = None
+        """The longest stall since the monitor started."""
+        self.samples = 0
+        self._tick = time.monotonic()
+        """When the loop last ran the monitor (read by the watchdog thread)."""
+        self._caught: tuple[float, tuple[str, ...]] | None = None
+        """(tick, stack) the watchdog took during the stall after that tick."""
+        self._warned = 0.0
+
+    def status(self) -> dict[str, Any]:
+        """The monitor's figures for `/api/v1/status`."""
+        longest = self.longest
+        return {
+            "lagMaxSeconds": 0.0 if longest is None else round(longest.seconds, 6),
+            "longestStall": None if longest is None else longest.to_json(),
+            "samples": self.samples,
+            "intervalSeconds": self.interval,
+        }
+
+    async def run(self) -> None:
+        """Measure until cancelled; the watchdog thread lives as long."""
+        stop = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch,
+            args=(threading.get_ident(), stop),
+            name="loop watchdog",
+            daemon=True,
+        )
+        self._tick = time.monotonic()
+        watchdog.start()
+        try:
+            while True:
+                self._tick = before = time.monotonic()
+                await asyncio.sleep(self.interval)
+                self._measured(max(0.0, time.monotonic() - before - self.interval), before)
+        finally:
+            stop.set()
+            watchdog.join(timeout=1.0)
+
+    def _measured(self, lag: float, before: float) -> None:
+        self.samples += 1
+        if self._observe is not None:
+            self._observe(lag)
+        caught, self._caught = self._caught, None
+        longest = self.longest
+        if longest is not None and lag <= longest.seconds and lag < self.warn_after:
+            return
+        where = caught[1] if caught is not None and caught[0] == before else ()
+        stall = Stall(lag, time.time(), where)
+        if longest is None or lag > longest.seconds:
+            self.longest = stall
+        if lag >= self.warn_after and time.monotonic() - self._warned >= WARN_EVERY:
+            self._warned = time.monotonic()
+            log.warning(
+                "event loop blocked for %.0f ms%s",
+                lag * 1000,
+                ", in:\n  " + "\n  ".join(where) if where else "",
+            )
+
+    def _watch(self, loop_thread: int, stop: threading.Event) -> None:
+        """The watchdog: take the loop thread's stack once per stall, while it lasts."""
+        while not stop.wait(self.interval):
+            tick = self._tick
+            caught = self._caught
+            if time.monotonic() - tick < self.capture_after or (
+                caught is not None and caught[0] == tick
+            ):
+                continue
+            frame = sys._current_frames().get(loop_thread)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)[-STACK_FRAMES:]
+            if self._tick == tick:  # still the same stall
+                self._caught = (tick, tuple(f"{f.filename}:{f.lineno} {f.name}" for f in stack))
