@@ -3,8 +3,9 @@
 Converges a tree for N, then runs apply (no-op by default, or drift repair) in a
 child that wraps the CLI's internal steps with timers and counts the time spent
 in the cyclic garbage collector (gc.callbacks). No profiler overhead, so the
-figures add up to the real wall time. Relies on private names of reconciler/cli.py
-(_registry, _load, _store, _run): a missing one is reported as not measured.
+figures add up to the real wall time. Relies on private names of reconciler.cli
+(_registry, _load, _store, _run; in cli.py or the package's modules): a missing
+one is reported as not measured.
 
     .venv/bin/python bench/phases.py --size 10000 [--scenario drift-repair] [--rev HEAD]
 """
@@ -63,15 +64,25 @@ def timed(name, fn):
 
 from contextlib import contextmanager
 missing = []
+# a helper is looked up in the module of its caller: reconciler/cli.py, or (since
+# the cli is a package) reconciler.cli.common and reconciler.cli.oneshot
+holders = [module for name, module in sorted(sys.modules.items())
+           if name == "reconciler.cli" or name.startswith("reconciler.cli.")]
+
+def replace(name, make):
+    found = [module for module in holders if hasattr(module, name)]
+    if not found:
+        missing.append(name)
+        return
+    wrapped = make(getattr(found[0], name))
+    for module in found:
+        setattr(module, name, wrapped)
+
 for name, label in (("_registry", "registry (entry points)"), ("_load", "load manifests"),
                     ("_run", "engine (asyncio.run)")):
-    if hasattr(cli, name):
-        setattr(cli, name, timed(label, getattr(cli, name)))
-    else:
-        missing.append(name)
-if hasattr(cli, "_store"):
-    original_store = cli._store
+    replace(name, lambda fn, label=label: timed(label, fn))
 
+def timed_store(original_store):
     @contextmanager
     def store(*args, **kwargs):
         t = time.perf_counter()
@@ -84,17 +95,19 @@ if hasattr(cli, "_store"):
             t = time.perf_counter()
             manager.__exit__(*sys.exc_info())
             phases["store close (flush)"] = time.perf_counter() - t
-    cli._store = store
-else:
-    missing.append("_store")
+    return store
+
+replace("_store", timed_store)
 click.echo = timed("output (JSON report)", click.echo)
-cli.json.dumps = timed("output (JSON report)", cli.json.dumps)
+json.dumps = timed("output (JSON report)", json.dumps)
 from reconciler.store import SqliteStore
 SqliteStore.inventory = timed("store inventory", SqliteStore.inventory)
 sys.argv[0] = "reconciler"
 code = 0
 try:
-    cli.main()
+    # the group, not cli.main(): under main() a one-shot command ends its process
+    # with os._exit, before this child could report; here it raises SystemExit
+    cli.cli.main(prog_name="reconciler")
 except SystemExit as exc:
     code = exc.code
 total = time.perf_counter() - T0
