@@ -169,11 +169,21 @@ class DriftScheduler:
                         daemon.desired, only=rids, trigger=trigger
                     )
                     self.after_pass(report)
-                if any(
-                    r.action in ("created", "healed") and r.id.startswith("Directory/")
-                    for r in report.results.values()
-                ):
-                    self.rewatch.set()  # a recreated directory needs its watch again
+                if self._restarts_watches(report):
+                    self.rewatch.set()  # e.g. a recreated directory needs its watch again
+
+    def _restarts_watches(self, report: Report) -> bool:
+        """Whether the pass created or healed an object whose provider declares
+        that this gives the watches something new to follow (`restarts_watches`)."""
+        registry, desired = self._daemon.registry, self._daemon.desired
+        if registry is None or desired is None:
+            return False
+        kinds = {
+            res.kind
+            for rid, r in report.results.items()
+            if r.action in ("created", "healed") and (res := desired.resources.get(rid)) is not None
+        }
+        return any(registry[kind].restarts_watches for kind in kinds)
 
     def after_pass(self, report: Report, *, resync_all: bool = False) -> None:
         """Schedule the next look at every resource the pass touched (or, after a

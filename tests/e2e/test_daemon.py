@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import time
@@ -688,6 +689,34 @@ def test_drift_is_healed_quickly_under_watch(
     link.symlink_to("elsewhere")
     daemon.wait_until(lambda: os.readlink(link) == "app", "the link to be healed", timeout=10)
     assert daemon.status()["resources"] == {"InSync": 4}
+    daemon.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_directory_removed_by_hand_is_watched_again_once_healed(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    """A file's watch follows its existing parent directory only: once a managed
+    directory removed by hand is made again, every watch starts again (Directory
+    declares `restarts_watches`), so a later hand edit of a file in it is healed
+    at once, not at the next resync (5 minutes by default)."""
+    directory = root / "app"
+    conf = directory / "app.conf"
+    manifest = docs(
+        doc("Directory", "app", {"path": str(directory)}),
+        file_doc("conf", conf, "desired\n"),
+    )
+    sha1 = push(work, "first", {"app.yaml": manifest})
+    daemon = daemons.start(git_server.url(), root=root)
+    daemon.wait_revision(sha1)
+    daemon.settle()
+
+    shutil.rmtree(directory)
+    daemon.wait_file(conf, "desired\n", timeout=10)
+    daemon.wait_state("Directory/app", "InSync")
+    daemon.settle()
+    conf.write_text("by hand\n")
+    daemon.wait_file(conf, "desired\n", timeout=10)  # heal backoff: 2 s after the first
     daemon.stop()
 
 
