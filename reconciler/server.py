@@ -104,8 +104,9 @@ class Backend(Protocol):
     """What the server needs from the daemon.
 
     Every method is called on the event loop from a request handler, so each must
-    answer quickly from memory (or a cache) and never block; `request_sync` only
-    records the wish and returns.
+    answer quickly from memory (or a cache) and never block; what needs the store's
+    database (`events`) is a coroutine; `request_sync` only records the wish and
+    returns.
     """
 
     def live(self) -> bool:
@@ -128,7 +129,7 @@ class Backend(Protocol):
         """One resource, or None when there is no `kind/name`."""
         ...
 
-    def events(
+    async def events(
         self,
         *,
         resource: str | None,
@@ -496,7 +497,7 @@ class _Handlers:
             limit = _limit(request)
         except _BadRequest as exc:
             return _error(400, str(exc))
-        events = self._backend.events(
+        events = await self._backend.events(
             resource=resource, kind=kind, since=since, limit=limit, instance=instance
         )
         return web.json_response({"events": events})

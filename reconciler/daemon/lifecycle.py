@@ -25,13 +25,14 @@ from reconciler.daemon.settings import DaemonSettings, SettingsError, read_secre
 from reconciler.daemon.sync import SourceState, Syncer
 from reconciler.daemon.views import ApiViews
 from reconciler.engine import Engine
+from reconciler.looplag import LoopLag
 from reconciler.manifests import Cache
 from reconciler.metrics import Metrics
 from reconciler.model import DesiredState, ProviderSettings
 from reconciler.registry import Registry
 from reconciler.sources.base import Source, redact
 from reconciler.sources.signatures import signature_policy
-from reconciler.store import SqliteStore
+from reconciler.store import OffLoopStore
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -46,7 +47,9 @@ class Daemon(ApiViews):
         self.settings = settings
         self.started = time.time()
         self.desired: DesiredState | None = None
-        self.store: SqliteStore | None = None
+        self.store: OffLoopStore | None = None
+        """The store, its SQLite I/O off the loop (decision 0119); the engine gets
+        `store.sync`."""
         self.registry: Registry | None = None
         self.engine: Engine | None = None
         self.source: Source | None = None
@@ -59,6 +62,8 @@ class Daemon(ApiViews):
         self.scheduler = DriftScheduler(self)
         self.syncer = Syncer(self)
         self.metrics = Metrics(self.metrics_snapshot, version=__version__)
+        self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
+        """The event loop's lag, measured while the daemon serves (decision 0120)."""
 
     # lifecycle
 
@@ -72,7 +77,8 @@ class Daemon(ApiViews):
         settings = self.settings
         webhook_secret = read_secret(settings.webhook_secret_file, "webhook secret")
         api_token = read_secret(settings.api_token_file, "API token")
-        self.store = SqliteStore(settings.state_dir)  # takes the state dir's lock
+        # takes the state dir's lock and reads the inventory, on the store's thread
+        self.store = await OffLoopStore.opening(settings.state_dir)
         try:
             self.registry = Registry.discover(
                 ProviderSettings(
@@ -86,7 +92,7 @@ class Daemon(ApiViews):
             self.syncer.cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())
             self.engine = Engine(
                 self.registry,
-                self.store,
+                self.store.sync,
                 concurrency=settings.concurrency,
                 allow_mass_prune=settings.allow_mass_prune,
                 max_prune_share=settings.max_prune_share,
@@ -96,7 +102,7 @@ class Daemon(ApiViews):
             self.source = self._make_source()
             self.bundles = self._make_bundles(self.source)
             # freshness is the store's: a restart does not make a stale source look fresh
-            self.source_state.last_success = self.store.last_fetched(self.source_state.url)
+            self.source_state.last_success = await self.store.last_fetched(self.source_state.url)
             host, port = settings.listen
             http = await server.start(
                 self,
@@ -135,7 +141,7 @@ class Daemon(ApiViews):
                     loop.remove_signal_handler(sig)
                 await http.stop()
         finally:
-            self.store.close()
+            await self.store.close()
             log.info("stopped")
 
     def stop(self) -> None:
@@ -152,6 +158,7 @@ class Daemon(ApiViews):
             ("work loop", self.scheduler.work_loop),
             ("resync loop", self.scheduler.resync_loop),
             ("watch loop", self.scheduler.watch_loop),
+            ("loop lag", self.loop_lag.run),
         ]
         if hasattr(self.source, "changes"):
             loops.append(("local changes loop", self._local_changes_loop))

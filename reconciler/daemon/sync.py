@@ -100,7 +100,7 @@ class Syncer:
             if state.last_success != fetched and daemon.store is not None:
                 assert state.last_success is not None
                 daemon.store.set_fetched(state.url, state.last_success)
-                daemon.store.flush()
+                await daemon.store.flush()
             if daemon.desired is None:
                 await self._recover()
             elif daemon.desired is enforced:
@@ -167,7 +167,7 @@ class Syncer:
         if self._recovery_tried or daemon.store is None or daemon.registry is None:
             return
         self._recovery_tried = True
-        rid = daemon.store.last_revision()
+        rid = await daemon.store.last_revision()
         if rid is None:
             error = "no revision was applied before from this state directory"
             self.recovery = {"revision": None, "at": time.time(), "ok": False, "error": error}
@@ -335,13 +335,14 @@ class Syncer:
         assert store is not None
         local = revision.id.startswith("dir-")
         try:
+            last = await store.last_revision()
             return await asyncio.to_thread(
                 functools.partial(
                     self._kept.keep,
                     revision,
                     immutable=not local,
                     expected=revision.id.removeprefix("dir-") if local else None,
-                    keep=store.last_revision(),
+                    keep=last,
                 )
             )
         except asyncio.CancelledError:

@@ -3,7 +3,9 @@ of `reconciler.server`: status, resources, events, bundle instances) and the
 snapshot the metrics registry reads at each scrape.
 
 Each view answers from the daemon's memory and the store's inventory and
-history; every store read the API makes is here.
+history; every store read the API makes is here. The inventory is memory; the
+history is read on the store's thread (`events` is a coroutine), so no view
+waits for SQLite on the event loop (decision 0119).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ if TYPE_CHECKING:
     from reconciler.daemon.drift import DriftScheduler
     from reconciler.daemon.settings import DaemonSettings
     from reconciler.daemon.sync import SourceState, Syncer
-    from reconciler.store import SqliteStore
+    from reconciler.looplag import LoopLag
+    from reconciler.store import OffLoopStore
 
 
 class ApiViews:
@@ -27,7 +30,8 @@ class ApiViews:
 
     settings: DaemonSettings
     started: float
-    store: SqliteStore | None
+    store: OffLoopStore | None
+    loop_lag: LoopLag
     desired: DesiredState | None
     source_state: SourceState
     scheduler: DriftScheduler
@@ -68,6 +72,7 @@ class ApiViews:
             "instances": _instances_json(self.desired),
             "queue": len(self.scheduler.queue.items),
             "startedAt": self.started,
+            "eventLoop": self.loop_lag.status(),
         }
 
     def _resource_json(self, record: Any) -> dict[str, Any]:
@@ -99,7 +104,7 @@ class ApiViews:
         record = self.store.inventory().get(f"{kind}/{name}")
         return None if record is None else self._resource_json(record)
 
-    def events(
+    async def events(
         self,
         *,
         resource: str | None,
@@ -110,7 +115,9 @@ class ApiViews:
     ) -> list[dict[str, Any]]:
         if self.store is None:
             return []
-        history = self.store.history(resource, limit, kind=kind, since=since, instance=instance)
+        history = await self.store.history(
+            resource, limit, kind=kind, since=since, instance=instance
+        )
         return [t.to_json() for t in history]
 
     # metrics

@@ -63,7 +63,7 @@ class MemoryBackend:
                 return item
         return None
 
-    def events(
+    async def events(
         self,
         *,
         resource: str | None,
