@@ -13,8 +13,9 @@ alias bomb is refused instead of expanded. Everything a revision may hold is
 bounded (`Limits`): no input can make a load exhaust memory or recurse without end.
 
 The package, by role: `tree` reads a tree and digests it, `loader` is `load`
-and its cache glue, `documents` validates documents, `expand` expands Bundle
-documents, `collect` holds the state of one load and reports issues; `limits` and `issues` are the records
+and its cache glue, `documents` validates documents (their envelope through
+`envelope`'s pydantic models), `expand` expands Bundle documents, `collect` holds
+the state of one load and reports issues; `limits` and `issues` are the records
 they share. Everything a caller needs is imported from here.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from reconciler.cache import Cache
 from reconciler.manifests.collect import ParseMemo
-from reconciler.manifests.documents import _NAME as _NAME  # the schema's test compares it
+from reconciler.manifests.envelope import _NAME as _NAME  # the schema's test compares it
 from reconciler.manifests.issues import EMPTY_MARK, Issue, ManifestError
 from reconciler.manifests.limits import Limits
 from reconciler.manifests.loader import load

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, RootModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from reconciler.manifests.issues import _MAX_ISSUES, Issue, _field, _Stop
 from reconciler.manifests.limits import Limits
@@ -126,10 +127,13 @@ class _Collector:
         node: Node,
         prefix: tuple[str, ...],
         model: type[BaseModel],
-        exc: ValidationError,
+        exc: ValidationError | Sequence[ErrorDetails],
         via: str | None = None,
     ) -> None:
-        for error in exc.errors(include_url=False):
+        """Report each error of a pydantic validation (or these errors of one) at
+        its field of the document, `prefix` being where `model`'s data is."""
+        errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else exc
+        for error in errors:
             owner, loc = _model_at(model, tuple(error["loc"]))
             path = prefix + loc
             message = str(error["msg"]).removeprefix("Value error, ")

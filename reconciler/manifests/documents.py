@@ -6,15 +6,16 @@ documents: references, dependencies, paths and cycles."""
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import ErrorDetails, PydanticSerializationError
 
 from reconciler import graph
+from reconciler.manifests import envelope as _envelope
+from reconciler.manifests.envelope import Envelope
 from reconciler.manifests.expand import _Expansion
 from reconciler.manifests.issues import (
     _EMPTY_FILE,
@@ -24,11 +25,8 @@ from reconciler.manifests.issues import (
     _Reparse,
 )
 from reconciler.model import (
-    API_VERSION,
     BUNDLE_KIND,
-    DEFAULT_POLICY,
     Location,
-    Policy,
     PrepareContext,
     Provider,
     Resource,
@@ -41,9 +39,7 @@ from reconciler.model import (
 if TYPE_CHECKING:
     from yaml.nodes import Node
 
-_ENVELOPE = ("apiVersion", "kind", "metadata", "spec", "policy")
-_METADATA = ("name", "labels", "annotations")
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
+_BODY = tuple((field,) for field in _envelope.BODY)
 
 
 class _Documents(_Expansion):
@@ -133,46 +129,18 @@ class _Documents(_Expansion):
     def _add_document(self, file: str, node: Node, data: Any, ctx: PrepareContext) -> None:
         if data is None:
             return
-        if not isinstance(data, dict):
-            self._issue(file, node, (), "expected a mapping with apiVersion, kind, metadata, spec")
-            return
-        ok = True
-        for key in data:
-            if key not in _ENVELOPE:
-                self._issue(
-                    file,
-                    node,
-                    (str(key),),
-                    f"unknown field; expected one of {', '.join(_ENVELOPE)}",
-                )
-                ok = False
-        if data.get("apiVersion") != API_VERSION:
-            found = data.get("apiVersion")
-            self._issue(
-                file,
-                node,
-                ("apiVersion",),
-                f"expected {API_VERSION!r}, found {found!r}"
-                if found is not None
-                else f"required field is missing (expected {API_VERSION!r})",
+        try:
+            envelope: Envelope | None = Envelope.model_validate(
+                data, context={"kinds": self.registry}
             )
-            ok = False
-        kind = data.get("kind")
-        provider = self.registry.get(kind) if isinstance(kind, str) else None
-        if provider is None and kind != BUNDLE_KIND:
-            known = ", ".join(sorted([*self.registry, BUNDLE_KIND]))
-            self._issue(
-                file,
-                node,
-                ("kind",),
-                f"unknown kind {kind!r}; known kinds: {known}"
-                if kind is not None
-                else f"required field is missing; one of {known}",
-            )
-            ok = False
-        name = self._metadata(file, node, data.get("metadata"))
-        if name is None:
-            return
+            found: list[ErrorDetails] = []
+        except ValidationError as exc:
+            envelope, found = None, _envelope.errors(exc)
+        head = [e for e in found if e["loc"][:1] not in _BODY]
+        self._validation(file, node, (), Envelope, head)
+        if not isinstance(data, dict) or any(e["loc"][:1] == ("metadata",) for e in head):
+            return  # no id to go on with
+        kind, name = data.get("kind"), data["metadata"]["name"]
         rid = resource_id(str(kind), name)
         location = Location(file, int(node.start_mark.line) + 1)
         if rid in self.seen_ids:
@@ -187,31 +155,12 @@ class _Documents(_Expansion):
             return
         self.seen_ids.add(rid)
         if kind == BUNDLE_KIND:
-            if ok:
+            if not head:  # its spec and policy are the bundle's to check
                 self._instantiate(file, node, data, ctx, name, location)
             return
+        self._validation(file, node, (), Envelope, [e for e in found if e["loc"][:1] in _BODY])
+        provider = self.registry.get(kind) if isinstance(kind, str) else None
         spec_data = data.get("spec")
-        if not isinstance(spec_data, dict):
-            self._issue(
-                file,
-                node,
-                ("spec",),
-                "expected a mapping" if spec_data is not None else "required field is missing",
-            )
-            ok = False
-        policy_data = data.get("policy") or {}
-        policy: Policy | None = DEFAULT_POLICY if policy_data == {} else None
-        if policy is not None:
-            pass
-        elif not isinstance(policy_data, dict):
-            self._issue(file, node, ("policy",), "expected a mapping")
-            ok = False
-        else:
-            try:
-                policy = Policy.model_validate(policy_data)
-            except ValidationError as exc:
-                self._validation(file, node, ("policy",), Policy, exc)
-                ok = False
         if provider is None or not isinstance(spec_data, dict):
             return
         try:
@@ -223,7 +172,7 @@ class _Documents(_Expansion):
         except SpecError as exc:
             self._issue(file, node, ("spec", *exc.path), ctx.mask(str(exc)))
             return
-        if not ok or policy is None:
+        if envelope is None:
             return
         try:
             dumped = spec.model_dump_json().encode()
@@ -233,51 +182,17 @@ class _Documents(_Expansion):
             return
         self._count(file, location.line, len(dumped))
         spec_hash = hashlib.sha256(dumped).hexdigest()[:32]
-        labels = data["metadata"].get("labels") or {}
+        metadata = envelope.metadata
         self.resources[rid] = Resource(
-            str(kind), name, spec, policy, spec_hash, location, labels, self.frame.instance
+            envelope.kind,
+            name,
+            spec,
+            envelope.policy,
+            spec_hash,
+            location,
+            metadata.labels,
+            self.frame.instance,
         )
-
-    def _metadata(self, file: str, node: Node, metadata: Any) -> str | None:
-        if not isinstance(metadata, dict):
-            self._issue(
-                file,
-                node,
-                ("metadata",),
-                "expected a mapping with name"
-                if metadata is not None
-                else "required field is missing",
-            )
-            return None
-        valid = True
-        for key in metadata:
-            if key not in _METADATA:
-                self._issue(
-                    file,
-                    node,
-                    ("metadata", str(key)),
-                    f"unknown field; expected one of {', '.join(_METADATA)}",
-                )
-                valid = False
-        labels = metadata.get("labels")
-        if labels is not None and not (
-            isinstance(labels, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
-        ):
-            self._issue(file, node, ("metadata", "labels"), "expected a mapping of strings")
-            valid = False
-        name = metadata.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            self._issue(
-                file,
-                node,
-                ("metadata", "name"),
-                "required field is missing"
-                if name is None
-                else f"expected letters, digits, '-', '_' or '.', found {name!r}",
-            )
-            return None
-        return name if valid else None
 
     def _via(self, res: Resource) -> str:
         return self.via_of.get(res.instance, "")

@@ -454,6 +454,26 @@ CASES: list[Case] = [
         [("a.yaml", 5, "metadata.namespace", r"expected one of name, labels, annotations")],
     ),
     Case(
+        "a top-level key that is not text",
+        {"a.yaml": file_doc("a", "$ROOT/a") + "1: x\n"},
+        [("a.yaml", 8, "1", r"^unknown field; expected one of apiVersion, kind, metadata, ")],
+    ),
+    Case(
+        "envelope errors in the order of the checks: unknown fields, then field by field",
+        {
+            "a.yaml": "apiVersion: v0\nkind: File\nmetadata:\n  name: 'bad name!'\n"
+            "  team: x\n  7: y\n  labels: {a: 1}\nspec: {}\nextra: 1\n"
+        },
+        [
+            ("a.yaml", 9, "extra", r"^unknown field; expected one of apiVersion, kind, "),
+            ("a.yaml", 1, "apiVersion", r"^expected 'reconciler/v1', found 'v0'$"),
+            ("a.yaml", 5, "metadata.team", r"^unknown field; expected one of name, labels, "),
+            ("a.yaml", 6, "metadata.7", r"^unknown field; expected one of name, labels, "),
+            ("a.yaml", 7, "metadata.labels", r"^expected a mapping of strings$"),
+            ("a.yaml", 4, "metadata.name", r"found 'bad name!'$"),
+        ],
+    ),
+    Case(
         "labels not strings",
         {"a.yaml": file_doc("a", "$ROOT/a").replace("  name: a\n", "  name: a\n  labels: [x]\n")},
         [("a.yaml", 5, "metadata.labels", r"expected a mapping of strings")],
