@@ -142,19 +142,25 @@ class Start:
     """The event when the policy suspends the resource; None: it rests as it is."""
     reason: str | None = None
     """Recorded with the start event."""
+    unchecked: Event | None = None
+    """The event when `policy.drift: ignore` leaves a resource whose spec converged
+    unchecked (not observed); None: it rests as it is."""
 
 
 STARTS: dict[State, Start] = {
     S.PENDING: Start(E.START, gated=True),
     S.BLOCKED: Start(E.DEPENDENCY_READY, gated=True),
     S.IN_SYNC: Start(None, changed=E.SPEC_CHANGED),
-    S.DRIFTED: Start(None, changed=E.SPEC_CHANGED),
+    S.DRIFTED: Start(None, changed=E.SPEC_CHANGED, unchecked=E.DRIFT_IGNORED),
     S.FAILED: Start(E.RETRY, changed=E.SPEC_CHANGED, since=Since.ATTEMPTED),
     S.SUSPENDED: Start(E.RESUME, suspend=None),
     **{s: Start(E.RESTART, reason="resumed after a stop") for s in sorted(ACTIVE)},
 }
 """The event that starts a pass, for every state a resource can be left in (all
 but Gone). Active states are found only after a stop: they resume from Detecting."""
+
+CHECKED = frozenset(state for state, start in STARTS.items() if start.event is None)
+"""States a pass starts with a drift check (the trigger) when the spec is unchanged."""
 
 PRUNE = Event.REMOVE
 """The event that starts the pass of a resource removed from the desired state,
@@ -225,8 +231,9 @@ def quiet_path(state: State, event: Event) -> tuple[tuple[State, Event, State], 
 def quiet_check(state: State, trigger: Event) -> bool:
     """Whether a drift check of a resource left in `state` comes back to it when
     nothing differs (InSync): such a check is a no-op, recorded nowhere."""
-    start = STARTS.get(state)
-    return start is not None and start.event is None and quiet_path(state, trigger)[-1][2] is state
+    if state not in CHECKED or not allowed(state, trigger):
+        return False
+    return quiet_path(state, trigger)[-1][2] is state
 
 
 def mermaid() -> str:
@@ -258,7 +265,8 @@ def document() -> str:
         changed = f"{entry.changed} (against the last {entry.since})" if entry.changed else ""
         gated = "dependency-not-ready instead" if entry.gated else "start, then block"
         suspend = str(entry.suspend) if entry.suspend is not None else "rests"
-        return f"| {state} | {event} | {changed} | {gated} | {suspend} |"
+        unchecked = str(entry.unchecked) if entry.unchecked is not None else ""
+        return f"| {state} | {event} | {changed} | {gated} | {suspend} | {unchecked} |"
 
     starts = "\n".join(start(s, e) for s, e in STARTS.items())
 
@@ -284,8 +292,9 @@ def document() -> str:
         "## How a pass starts\n\n"
         "The event that starts a pass for a resource left in each state (`STARTS`). "
         f"A resource removed from the desired state starts on `{PRUNE}` from any state.\n\n"
-        "| state | event | when the spec is new | dependencies not in sync | policy suspend |\n"
-        "|---|---|---|---|---|\n"
+        "| state | event | when the spec is new | dependencies not in sync | policy suspend "
+        "| drift: ignore, not checked |\n"
+        "|---|---|---|---|---|---|\n"
         f"{starts}\n\n"
         "## Actions\n\n"
         "What runs in each working state (`ACTIONS`); an error from an active state "

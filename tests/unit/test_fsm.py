@@ -137,12 +137,14 @@ def test_every_state_a_resource_can_be_left_in_has_its_start() -> None:
     assert set(fsm.STARTS) == set(State) - {S.GONE}
 
 
-@pytest.mark.parametrize(("state", "start"), fsm.STARTS.items(), ids=str)
+@pytest.mark.parametrize(("state", "start"), fsm.STARTS.items(), ids=lambda v: str(v)[:12])
 def test_start_events_are_transitions_of_their_state(state: State, start: fsm.Start) -> None:
     events = [start.event] if start.event is not None else sorted(fsm.CHECKS)
     events += [e for e in (start.changed, start.suspend) if e is not None]
     for event in events:
         assert fsm.allowed(state, event), (state, event)
+    if start.unchecked is not None:  # settled without a pass: no action follows
+        assert fsm.step(state, start.unchecked) not in fsm.ACTIONS
     if start.gated:
         assert fsm.allowed(state, E.DEPENDENCY_NOT_READY)
     else:  # started, then blocked from where the start event led
@@ -159,6 +161,9 @@ def test_starts_are_the_designed_ones() -> None:
     assert starts[S.FAILED] == (E.RETRY, E.SPEC_CHANGED, False, E.SUSPEND)
     assert fsm.STARTS[S.FAILED].since is fsm.Since.ATTEMPTED
     assert starts[S.SUSPENDED] == (E.RESUME, None, False, None)
+    assert fsm.STARTS[S.DRIFTED].unchecked is E.DRIFT_IGNORED
+    assert all(st.unchecked is None for s, st in fsm.STARTS.items() if s is not S.DRIFTED)
+    assert frozenset({S.IN_SYNC, S.DRIFTED}) == fsm.CHECKED
     for state in _ACTIVE:
         assert starts[state] == (E.RESTART, None, False, E.SUSPEND)
 
@@ -177,7 +182,7 @@ def test_every_active_state_has_an_action() -> None:
     assert rests == {S.PENDING, S.BLOCKED, S.IN_SYNC, S.FAILED, S.SUSPENDED, S.GONE}
 
 
-@pytest.mark.parametrize(("state", "action"), fsm.ACTIONS.items(), ids=str)
+@pytest.mark.parametrize(("state", "action"), fsm.ACTIONS.items(), ids=lambda v: str(v)[:12])
 def test_action_outcomes_are_transitions_of_their_state(state: State, action: fsm.Action) -> None:
     assert action.outcomes
     for event in action.outcomes:
