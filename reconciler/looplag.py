@@ -10,9 +10,13 @@ happened, and `/api/v1/status` shows it (`eventLoop`), so a test or an operator
 reads the longest stall from outside the process.
 
 A lag says that the loop stalled, not where. A watchdog thread looks at the loop
-every `interval`: once the loop has not ticked for `capture_after` it takes the
-loop thread's stack (`sys._current_frames`), so the longest stall comes with the
-code that held the loop, and a stall over `warn_after` is logged with it.
+every `interval`: once the loop has not ticked for `capture_after` it samples the
+loop thread's stack (`sys._current_frames`) every `interval` while the stall
+lasts, so the longest stall comes with the code that held the loop most (the
+stack sampled most often: a long stall is often many callbacks in one loop
+iteration), and a stall over `warn_after` is logged with it. A stall inside C
+code that keeps the GIL (a garbage collection, a large `json.dumps`) cannot be
+sampled: its `where` is empty or shows what ran around it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +45,8 @@ WARN_AFTER = 0.25
 WARN_EVERY = 60.0
 STACK_FRAMES = 12
 """Innermost frames kept of a stall's stack."""
+MAX_SAMPLES = 200
+"""Stack samples kept of one stall (2 s of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +83,8 @@ class LoopLag:
         self.samples = 0
         self._tick = time.monotonic()
         """When the loop last ran the monitor (read by the watchdog thread)."""
-        self._caught: tuple[float, tuple[str, ...]] | None = None
-        """(tick, stack) the watchdog took during the stall after that tick."""
+        self._caught: tuple[float, list[tuple[str, ...]]] | None = None
+        """(tick, stacks) the watchdog sampled during the stall after that tick."""
         self._warned = 0.0
 
     def status(self) -> dict[str, Any]:
@@ -118,7 +125,9 @@ class LoopLag:
         longest = self.longest
         if longest is not None and lag <= longest.seconds and lag < self.warn_after:
             return
-        where = caught[1] if caught is not None and caught[0] == before else ()
+        where: tuple[str, ...] = ()
+        if caught is not None and caught[0] == before and caught[1]:
+            where = Counter(caught[1]).most_common(1)[0][0]
         stall = Stall(lag, time.time(), where)
         if longest is None or lag > longest.seconds:
             self.longest = stall
@@ -131,17 +140,22 @@ class LoopLag:
             )
 
     def _watch(self, loop_thread: int, stop: threading.Event) -> None:
-        """The watchdog: take the loop thread's stack once per stall, while it lasts."""
+        """The watchdog: sample the loop thread's stack while a stall lasts."""
         while not stop.wait(self.interval):
             tick = self._tick
-            caught = self._caught
-            if time.monotonic() - tick < self.capture_after or (
-                caught is not None and caught[0] == tick
-            ):
+            if time.monotonic() - tick < self.capture_after:
                 continue
             frame = sys._current_frames().get(loop_thread)
             if frame is None:
                 continue
-            stack = traceback.extract_stack(frame)[-STACK_FRAMES:]
-            if self._tick == tick:  # still the same stall
-                self._caught = (tick, tuple(f"{f.filename}:{f.lineno} {f.name}" for f in stack))
+            stack = tuple(
+                f"{f.filename}:{f.lineno} {f.name}"
+                for f in traceback.extract_stack(frame)[-STACK_FRAMES:]
+            )
+            caught = self._caught
+            if self._tick != tick:
+                continue  # the stall ended meanwhile
+            if caught is None or caught[0] != tick:
+                self._caught = (tick, [stack])
+            elif len(caught[1]) < MAX_SAMPLES:
+                caught[1].append(stack)
