@@ -20,28 +20,28 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler.engine import Planned, Report
+from reconciler.engine import CHANGING as CHANGING
+from reconciler.engine import Outcome, PlanAction, Planned, Report
 from reconciler.logs import printable
 from reconciler.model import Action, Change
 
 MAX_DIFF_LINES = 20
 
 _SYMBOL = {
-    "create": ("+", "32"),
-    "update": ("~", "33"),
-    "drift": ("~", "33"),
-    "drift-warn": ("~", "35"),
-    "delete": ("-", "31"),
-    "release": ("-", "36"),
-    "error": ("!", "31;1"),
+    PlanAction.CREATE: ("+", "32"),
+    PlanAction.UPDATE: ("~", "33"),
+    PlanAction.DRIFT: ("~", "33"),
+    PlanAction.DRIFT_WARN: ("~", "35"),
+    PlanAction.DELETE: ("-", "31"),
+    PlanAction.RELEASE: ("-", "36"),
+    PlanAction.ERROR: ("!", "31;1"),
 }
 _NOTE = {
-    "drift": "(drifted: will heal)",
-    "drift-warn": "(drifted; policy warn: reported, not healed)",
-    "delete": "(created by reconciler: will delete)",
-    "release": "(adopted or prune: false: will release, object kept)",
+    PlanAction.DRIFT: "(drifted: will heal)",
+    PlanAction.DRIFT_WARN: "(drifted; policy warn: reported, not healed)",
+    PlanAction.DELETE: "(created by reconciler: will delete)",
+    PlanAction.RELEASE: "(adopted or prune: false: will release, object kept)",
 }
-CHANGING = frozenset({"create", "update", "drift", "delete", "release"})
 
 
 class Style:
@@ -101,20 +101,20 @@ def summary_line(planned: Sequence[Planned]) -> str:
     """`Plan: 1 to create, ... 11 unchanged.`, with what cannot be applied in brackets."""
     counts = summary_counts(planned)
     parts = [
-        f"{counts['create']} to create",
-        f"{counts['update'] + counts['drift']} to change",
-        f"{counts['delete']} to delete",
+        f"{counts[PlanAction.CREATE]} to create",
+        f"{counts[PlanAction.UPDATE] + counts[PlanAction.DRIFT]} to change",
+        f"{counts[PlanAction.DELETE]} to delete",
     ]
-    if counts["release"]:
-        parts.append(f"{counts['release']} to release")
-    parts.append(f"{counts['none']} unchanged")
+    if counts[PlanAction.RELEASE]:
+        parts.append(f"{counts[PlanAction.RELEASE]} to release")
+    parts.append(f"{counts[PlanAction.NONE]} unchanged")
     extra = []
-    if counts["drift-warn"]:
-        extra.append(f"{counts['drift-warn']} drifted (warn only)")
-    if counts["suspended"]:
-        extra.append(f"{counts['suspended']} suspended")
-    if counts["error"]:
-        extra.append(f"{counts['error']} could not be observed")
+    if counts[PlanAction.DRIFT_WARN]:
+        extra.append(f"{counts[PlanAction.DRIFT_WARN]} drifted (warn only)")
+    if counts[PlanAction.SUSPENDED]:
+        extra.append(f"{counts[PlanAction.SUSPENDED]} suspended")
+    if counts[PlanAction.ERROR]:
+        extra.append(f"{counts[PlanAction.ERROR]} could not be observed")
     tail = f" ({', '.join(extra)})" if extra else ""
     return f"Plan: {', '.join(parts)}.{tail}"
 
@@ -138,10 +138,10 @@ def render_plan(planned: Sequence[Planned], *, header: str, colour: bool) -> str
         if note:
             line += f"   {note}"
         out.append(line.rstrip())
-        if item.action == "error":
+        if item.action == PlanAction.ERROR:
             out.append(f"      {style('31', printable(item.error or ''))}")
         elif item.plan is not None and item.plan.action is Action.CREATE:
-            if item.action != "create":
+            if item.action != PlanAction.CREATE:
                 out.append("      missing: removed out of band")
         elif item.plan is not None:
             for change in item.plan.changes:
@@ -185,7 +185,7 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
                 **({"error": p.error} if p.error else {}),
             }
             for p in planned
-            if p.action != "none"
+            if p.action != PlanAction.NONE
         ],
         "summary": dict(summary_counts(planned)),
     }
@@ -194,13 +194,13 @@ def plan_json(planned: Sequence[Planned], revision: str) -> dict[str, Any]:
 MARKDOWN_LIMIT = 60_000
 """Characters of Markdown at most: GitHub refuses a comment over 65,536."""
 _MD_HEADING = {
-    "create": "create",
-    "update": "change",
-    "drift": "heal drift",
-    "drift-warn": "drifted (warn only)",
-    "delete": "delete",
-    "release": "release",
-    "error": "could not be observed",
+    PlanAction.CREATE: "create",
+    PlanAction.UPDATE: "change",
+    PlanAction.DRIFT: "heal drift",
+    PlanAction.DRIFT_WARN: "drifted (warn only)",
+    PlanAction.DELETE: "delete",
+    PlanAction.RELEASE: "release",
+    PlanAction.ERROR: "could not be observed",
 }
 _INLINE_SPECIAL = re.compile(r"[\\`*_\[\]<>&|~#!]")
 
@@ -246,11 +246,11 @@ def markdown_change(change: Change) -> list[str]:
 
 
 def _markdown_body(item: Planned) -> list[str]:
-    if item.action == "error":
+    if item.action == PlanAction.ERROR:
         return [f"! {printable(item.error or '')}"]
     if item.plan is None:
         return []
-    if item.plan.action is Action.CREATE and item.action != "create":
+    if item.plan.action is Action.CREATE and item.action != PlanAction.CREATE:
         return ["# missing: removed out of band"]
     return [line for change in item.plan.changes for line in markdown_change(change)]
 
@@ -305,16 +305,16 @@ def markdown_details(out: list[str], items: Sequence[tuple[str, list[str]]], omi
 
 
 REPORT_ORDER = (
-    "created",
-    "updated",
-    "healed",
-    "deleted",
-    "released",
-    "unchanged",
-    "drifted",
-    "suspended",
-    "failed",
-    "blocked",
+    Outcome.CREATED,
+    Outcome.UPDATED,
+    Outcome.HEALED,
+    Outcome.DELETED,
+    Outcome.RELEASED,
+    Outcome.UNCHANGED,
+    Outcome.DRIFTED,
+    Outcome.SUSPENDED,
+    Outcome.FAILED,
+    Outcome.BLOCKED,
 )
 
 
@@ -323,11 +323,11 @@ def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
     out = []
     for result in report.results.values():
         rid, error = printable(result.id), printable(str(result.error))
-        if result.action == "failed":
+        if result.action == Outcome.FAILED:
             out.append(f"{style('31;1', 'failed ')} {rid}: {error}")
-        elif result.action == "blocked":
+        elif result.action == Outcome.BLOCKED:
             out.append(f"{style('33', 'blocked')} {rid}: {error}")
-        elif result.action == "drifted":
+        elif result.action == Outcome.DRIFTED:
             out.append(f"{style('35', 'drifted')} {rid}: policy warn, not healed")
     counts = ", ".join(f"{report.count(a)} {a}" for a in REPORT_ORDER)
     status = style("32", "Apply complete") if report.ok else style("31;1", "Apply incomplete")
@@ -352,6 +352,6 @@ def report_json(report: Report, *, load_seconds: float) -> dict[str, Any]:
                 **({"error": r.error} if r.error else {}),
             }
             for r in report.results.values()
-            if r.action != "unchanged"
+            if r.action != Outcome.UNCHANGED
         ],
     }
