@@ -34,7 +34,7 @@ from typing import Any
 from reconciler import __version__
 from reconciler.cache import Cache, state_key
 from reconciler.diff import plan_json
-from reconciler.engine import Planned
+from reconciler.engine import PlanAction, Planned
 from reconciler.model import DesiredState, Observed, ResourceId
 
 FORMAT = "reconciler-plan"
@@ -94,7 +94,11 @@ class SavedPlan:
     def targets(self) -> set[ResourceId]:
         """The resources an apply of this plan drives: every line that changes
         something or reports drift. Unchanged lines are left as they are."""
-        return {line.id for line in self.lines if line.action not in ("none", "suspended")}
+        return {
+            line.id
+            for line in self.lines
+            if line.action not in (PlanAction.NONE, PlanAction.SUSPENDED)
+        }
 
 
 # keys
@@ -177,7 +181,7 @@ def build(
     """The saved plan of a preview. Every line must be plannable (no `error`)."""
     lines = []
     for p in planned:
-        if p.action == "error":
+        if p.action == PlanAction.ERROR:
             raise ValueError(f"{p.id} could not be planned: a plan with errors is not saved")
         res = desired.resources.get(p.id)
         observed = observation_digest(key, p.observed) if p.plan is not None else None
@@ -381,7 +385,7 @@ def refusals(
             assert line is not None
             found.append(f"{rid}: planned to {line.action}, now not in the plan")
             continue
-        if p.action == "error":
+        if p.action == PlanAction.ERROR:
             found.append(f"{rid}: cannot be planned now: {p.error}")
             continue
         if line is None:
