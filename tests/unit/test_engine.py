@@ -17,7 +17,15 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from reconciler.engine import Engine, MassPruneRefused, Report, Result, backoff
+from reconciler.engine import (
+    Engine,
+    MassPruneRefused,
+    Outcome,
+    PlanAction,
+    Report,
+    Result,
+    backoff,
+)
 from reconciler.fsm import Event, State
 from reconciler.manifests import load
 from reconciler.model import (
@@ -1064,3 +1072,85 @@ async def test_preview_has_no_side_effects(rig: Rig) -> None:
     }
     assert rig.things.applied == ["a", "b", "c"]
     assert rig.history() == history
+
+
+# --- the tables own the behaviour -------------------------------------------------
+
+
+async def test_every_event_the_store_records_is_an_event_of_the_machine(rig: Rig) -> None:
+    # new, start, a block, a failure and its retry, drift, heal, warn, suspend and
+    # resume, a spec change and prunes (delete, release, a failed delete)
+    rig.things.apply_errors["bad"] = [PermanentError("bad is broken")]
+    await rig.converge(
+        thing("a"),
+        thing("bad"),
+        thing("after", dependsOn=["Thing/bad"]),
+        thing("w", drift="warn"),
+        thing("s"),
+        thing("gone"),
+        thing("kept", prune=False),
+        thing("stuck"),
+        thing("x1"),
+        thing("x2"),
+        thing("x3"),
+    )
+    rig.things.target["a"]["value"] = "by hand"
+    rig.things.target["w"]["value"] = "by hand"
+    rig.things.delete_errors["stuck"] = [RuntimeError("stuck")]
+    report = await rig.converge(
+        thing("a"),
+        thing("bad", "fixed"),
+        thing("after", dependsOn=["Thing/bad"]),
+        thing("w", drift="warn"),
+        thing("s", suspend=True),
+        thing("x1"),
+        thing("x2"),
+        thing("x3"),
+    )
+    assert report.results["Thing/stuck"].action == "failed"
+    assert report.results["Thing/gone"].action == "deleted"
+    assert report.results["Thing/kept"].action == "released"
+    await rig.converge(
+        thing("a"),
+        thing("bad", "fixed"),
+        thing("w", drift="warn"),
+        thing("s"),
+        allow_mass_prune=True,
+    )
+    recorded = {t.event for t in rig.history()}
+    members = {str(e) for e in Event}
+    assert recorded <= members, recorded - members
+    assert {"new", "start", "dependency-not-ready", "heal", "drift", "suspend", "resume"} <= (
+        recorded
+    )
+    assert {"spec-changed", "remove", "pruned", "error", "applied"} <= recorded
+
+
+async def test_a_failed_prune_is_not_scheduled_for_a_retry(rig: Rig) -> None:
+    # Pruning's action retries: False (fsm.ACTIONS): the next pass tries again
+    await rig.converge(thing("a"), thing("b"), thing("c"))
+    rig.things.delete_errors["c"] = [RuntimeError("disk on fire")]
+    report = await rig.converge(thing("a"), thing("b"), retries=3)
+    result = report.results["Thing/c"]
+    assert (result.state, result.action, result.retry_in) == (S.FAILED, "failed", None)
+    assert result.error == "RuntimeError: disk on fire"
+    assert rig.things.deleted == ["c"]
+    record = rig.inventory()["Thing/c"]
+    assert (record.attempts, record.next_attempt) == (0, None)
+    assert [t.event for t in rig.history("Thing/c")][-2:] == [Event.REMOVE, Event.ERROR]
+    report = await rig.converge(thing("a"), thing("b"))
+    assert report.results["Thing/c"].action == "deleted"
+    assert "Thing/c" not in rig.inventory()
+
+
+async def test_result_and_plan_actions_are_the_enums(rig: Rig) -> None:
+    report = await rig.converge(thing("a"))
+    assert report.results["Thing/a"].action is Outcome.CREATED
+    assert json.dumps({"action": report.results["Thing/a"].action}) == '{"action": "created"}'
+    store = SqliteStore(rig.state)
+    try:
+        planned = await Engine(rig.registry, store).preview(rig.desired(thing("a", "b")))
+    finally:
+        store.close()
+    assert [p.action for p in planned] == [PlanAction.UPDATE]
+    assert f"{planned[0].action}" == "update"
