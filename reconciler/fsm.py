@@ -181,7 +181,8 @@ class Action:
     rests: bool = False
     """The action may end with no event: the resource rests in this state."""
     retries: bool = True
-    """A failure may be retried within the pass; False: it waits for the next pass."""
+    """A failure is scheduled for a retry with backoff (and retried within the pass
+    when the engine allows); False: it waits for the next pass, unscheduled."""
 
 
 ACTIONS: dict[State, Action] = {
