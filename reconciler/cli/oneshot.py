@@ -90,6 +90,7 @@ def plan(
     """Show what apply would change; touches nothing (but --out FILE and the state
     directory's digest key it needs). Exit 0 none, 2 changes, 1 error."""
     from reconciler.diff import CHANGING, plan_json, render_plan, render_plan_markdown
+    from reconciler.engine import PlanAction
 
     if as_json and fmt not in (None, "json"):
         raise click.UsageError(f"--json and --format {fmt} contradict each other")
@@ -118,7 +119,7 @@ def plan(
         click.echo(f"warning: apply would refuse: {_printable(str(refusal))}", err=True)
     if out is not None and key is not None:
         _save_plan(out, key, planned, desired, path, state_dir, providers)
-    if any(p.action == "error" for p in planned):
+    if any(p.action == PlanAction.ERROR for p in planned):
         sys.exit(1)
     _exit(2 if any(p.action in CHANGING for p in planned) else 0)
 
@@ -154,8 +155,9 @@ def _save_plan(
 ) -> None:
     """Write the plan to `out` (savedplan), unless a resource could not be planned."""
     from reconciler import savedplan
+    from reconciler.engine import PlanAction
 
-    errors = [p.id for p in planned if p.action == "error"]
+    errors = [p.id for p in planned if p.action == PlanAction.ERROR]
     if errors:
         click.echo(
             f"error: plan not saved to {_printable(str(out))}: "
