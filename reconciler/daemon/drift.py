@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler import logs
-from reconciler.engine import Report
+from reconciler.engine import Report, Result
 from reconciler.fsm import Event, State
 from reconciler.model import ResourceId
 
@@ -185,6 +185,23 @@ class DriftScheduler:
         }
         return any(registry[kind].restarts_watches for kind in kinds)
 
+    def settled(self, result: Result) -> None:
+        """Keep a resource's drift entry as it settles (the engine's on_settled),
+        so the API never shows Drifted without the fields that drifted."""
+        rid = result.id
+        if result.state is State.DRIFTED and result.plan:
+            # a drift entry names its values for what they are: what the system
+            # holds and what the repository says (a plan's before/after would
+            # read as a history); sensitive values never leave the plan
+            self.drift[rid] = [
+                {"field": c.field, "observed": c.before, "desired": c.after}
+                if not c.sensitive
+                else {"field": c.field, "sensitive": True}
+                for c in result.plan.changes
+            ]
+        else:
+            self.drift.pop(rid, None)
+
     def after_pass(self, report: Report, *, resync_all: bool = False) -> None:
         """Schedule the next look at every resource the pass touched (or, after a
         start, at all): a failure's backoff, a heal's backoff, or the resync period."""
@@ -200,16 +217,8 @@ class DriftScheduler:
             result = report.results.get(rid)
             if result is not None and result.action in ("created", "updated", "healed"):
                 self._quiet[rid] = now + QUIET_AFTER_APPLY
-            if result is not None and result.state is State.DRIFTED and result.plan:
-                # a drift entry names its values for what they are: what the system
-                # holds and what the repository says (a plan's before/after would
-                # read as a history); sensitive values never leave the plan
-                self.drift[rid] = [
-                    {"field": c.field, "observed": c.before, "desired": c.after}
-                    if not c.sensitive
-                    else {"field": c.field, "sensitive": True}
-                    for c in result.plan.changes
-                ]
+            if result is not None:
+                self.settled(result)
             else:
                 self.drift.pop(rid, None)
             if result is not None and result.retry_in is not None:

@@ -98,6 +98,7 @@ class Daemon(ApiViews):
                 max_prune_share=settings.max_prune_share,
                 heal_gate=self.scheduler.heal_wait,
                 telemetry=self.metrics,
+                on_settled=self.scheduler.settled,
             )
             self.source = self._make_source()
             self.bundles = self._make_bundles(self.source)
