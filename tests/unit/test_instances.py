@@ -23,7 +23,7 @@ from reconciler.engine import Engine, MassPruneRefused, Planned, Report
 from reconciler.fsm import State
 from reconciler.model import DesiredState, Instance, Location, Policy, Resource
 from reconciler.server import ServerSettings, start
-from reconciler.store import SqliteStore
+from reconciler.store import OffLoopStore, SqliteStore
 from tests.unit.test_engine import Doc, Rig, ThingSpec, actions, rig, thing
 
 __all__ = ["rig"]  # the fixture, imported for pytest
@@ -258,7 +258,7 @@ async def test_the_api_shows_each_resource_instance_and_the_revision_instances(
     )
     await converge(rig, desired)
     daemon = Daemon(DaemonSettings(repo=str(rig.config), state_dir=rig.state, roots=()))
-    daemon.store = SqliteStore(rig.state)
+    daemon.store = OffLoopStore(SqliteStore(rig.state))
     daemon.desired = desired
     server = await start(daemon, ServerSettings(port=0))
     base = f"http://127.0.0.1:{server.port}/api/v1"
@@ -278,7 +278,7 @@ async def test_the_api_shows_each_resource_instance_and_the_revision_instances(
         )
     finally:
         await server.stop()
-        daemon.store.close()
+        await daemon.store.close()
     assert shown.exit_code == 0, shown.output
     header, table = shown.output.split("\n\n", 1)
     assert (
