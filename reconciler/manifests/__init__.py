@@ -21,9 +21,11 @@ they share. Everything a caller needs is imported from here.
 
 from __future__ import annotations
 
+import re
+
 from reconciler.cache import Cache
 from reconciler.manifests.collect import ParseMemo
-from reconciler.manifests.envelope import _NAME as _NAME  # the schema's test compares it
+from reconciler.manifests.envelope import NAME_PATTERN as _NAME_PATTERN
 from reconciler.manifests.issues import EMPTY_MARK, Issue, ManifestError
 from reconciler.manifests.limits import Limits
 from reconciler.manifests.loader import load
@@ -41,3 +43,6 @@ __all__ = [
     "tree_digest",
     "tree_files",
 ]
+
+_NAME = re.compile(_NAME_PATTERN)
+"""What a resource name must match; reconciler.schemas says the same (a test compares them)."""

@@ -190,7 +190,7 @@ class _Documents(_Expansion):
             envelope.policy,
             spec_hash,
             location,
-            metadata.labels,
+            metadata.labels or {},
             self.frame.instance,
         )
 

@@ -3,35 +3,26 @@ as pydantic models, with the messages a reader sees in an error.
 
 `Envelope` checks the shape around a spec: the spec itself is validated by its
 provider's model. Errors go out through the loader's one translation of pydantic
-errors to `file:line: field: message` (`_Collector._validation`): unknown fields
-list the model's fields, the other messages are the validators' own. The kinds a
-document may name are the registry's, given as the validation context
-(`{"kinds": registry}`).
+errors to `file:line: field: message` (`_Collector._validation`), which lists the
+model's fields for an unknown one; `errors` first puts them in reading order and
+words the envelope's own (`_MESSAGES`). The kinds a document may name are the
+registry's, given as the validation context (`{"kinds": registry}`).
 
-Most validators are plain: each checks its field's type itself, so pydantic does not
-check it a second time (every document of a tree the cache misses comes through here).
+The types are pydantic's own, strict (text is text, not bytes), and only `kind` and
+`policy` call Python: every document of a tree the cache misses comes through here.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
 from reconciler.model import API_VERSION, BUNDLE_KIND, DEFAULT_POLICY, Policy
 
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
+NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
 """A resource name (reconciler.schemas says the same; a test compares them)."""
 
 _MISSING = "required field is missing"
@@ -40,97 +31,44 @@ _MISSING = "required field is missing"
 class Metadata(BaseModel):
     """`metadata:` of a document."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str = Field(default=None, validate_default=True)
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(pattern=NAME_PATTERN)
+    labels: dict[str, str] | None = None
     annotations: Any = None
-
-    @field_validator("name", mode="plain")
-    @classmethod
-    def _name(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError(_MISSING)
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise ValueError(f"expected letters, digits, '-', '_' or '.', found {value!r}")
-        return value
-
-    @field_validator("labels", mode="plain")
-    @classmethod
-    def _labels(cls, value: Any) -> Any:
-        if value is None:
-            return {}
-        # one error for the whole mapping, not one per bad entry
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise ValueError("expected a mapping of strings")
-        return value
 
 
 class Envelope(BaseModel):
     """One document of a manifest: the resource's kind, name and labels, its spec
     (only checked to be a mapping here) and its policy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    api_version: str = Field(default=None, alias="apiVersion", validate_default=True)
-    kind: str = Field(default=None, validate_default=True)
-    metadata: Metadata = Field(default=None, validate_default=True)
-    spec: dict[Any, Any] = Field(default=None, validate_default=True)
+    api_version: Literal["reconciler/v1"] = Field(alias="apiVersion")
+    kind: str = Field(default=None, validate_default=True)  # its validator words a missing kind
+    metadata: Metadata
+    spec: dict[Any, Any]
     policy: Policy = DEFAULT_POLICY
-
-    @model_validator(mode="before")
-    @classmethod
-    def _mapping(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError("expected a mapping with apiVersion, kind, metadata, spec")
-        return data
-
-    @field_validator("api_version", mode="plain")
-    @classmethod
-    def _api_version(cls, value: Any) -> Any:
-        if value != API_VERSION:
-            raise ValueError(
-                f"expected {API_VERSION!r}, found {value!r}"
-                if value is not None
-                else f"{_MISSING} (expected {API_VERSION!r})"
-            )
-        return value
 
     @field_validator("kind", mode="plain")
     @classmethod
     def _kind(cls, value: Any, info: ValidationInfo) -> Any:
         kinds = info.context.get("kinds") if isinstance(info.context, Mapping) else None
-        if kinds is None:
-            return value  # no registry to check against: any kind
-        if value == BUNDLE_KIND or (isinstance(value, str) and kinds.get(value) is not None):
+        if value == BUNDLE_KIND or (
+            isinstance(value, str) and (kinds is None or kinds.get(value) is not None)
+        ):
             return value
-        known = ", ".join(sorted([*kinds, BUNDLE_KIND]))
+        known = ", ".join(sorted([*(kinds or ()), BUNDLE_KIND]))
         raise ValueError(
             f"unknown kind {value!r}; known kinds: {known}"
             if value is not None
             else f"{_MISSING}; one of {known}"
         )
 
-    @field_validator("metadata", mode="before")
-    @classmethod
-    def _metadata(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping with name" if value is not None else _MISSING)
-        return value
-
-    @field_validator("spec", mode="plain")
-    @classmethod
-    def _spec(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping" if value is not None else _MISSING)
-        return value
-
     @field_validator("policy", mode="before")
     @classmethod
     def _policy(cls, value: Any) -> Any:
-        if not value:  # absent, null or empty: the defaults, one shared instance
+        if not value:  # null or empty: the defaults, one shared instance
             return DEFAULT_POLICY
         if not isinstance(value, dict):
             raise ValueError("expected a mapping")
@@ -140,6 +78,30 @@ class Envelope(BaseModel):
 BODY = ("spec", "policy")
 """The envelope fields whose errors are reported after the checks of the
 resource's id (a duplicate id is reported alone; a Bundle checks its own)."""
+
+
+def _found(expected: str) -> Callable[[Any], str]:
+    return lambda found: expected if found is not None else _MISSING
+
+
+_MESSAGES: dict[tuple[str | int, ...], Callable[[Any], str]] = {
+    (): lambda _: "expected a mapping with apiVersion, kind, metadata, spec",
+    ("apiVersion",): lambda found: (
+        f"expected {API_VERSION!r}, found {found!r}"
+        if found is not None
+        else f"{_MISSING} (expected {API_VERSION!r})"
+    ),
+    ("metadata",): _found("expected a mapping with name"),
+    ("metadata", "name"): lambda found: (
+        f"expected letters, digits, '-', '_' or '.', found {found!r}"
+        if found is not None
+        else _MISSING
+    ),
+    ("metadata", "labels"): lambda _: "expected a mapping of strings",
+    ("spec",): _found("expected a mapping"),
+}
+"""The message of any error at these fields, from the value found there (None when
+it is missing or null)."""
 
 _ORDER: dict[tuple[str | int, ...], int] = {
     (): 0,
@@ -154,24 +116,31 @@ _ORDER: dict[tuple[str | int, ...], int] = {
 
 
 def errors(exc: ValidationError) -> list[ErrorDetails]:
-    """The errors of a failed `Envelope` validation, in the order a reader meets
-    them: the document's unknown fields first, then its fields from apiVersion to
-    policy; in metadata, unknown fields, labels, then name. A key that is not a
-    string is an unknown field named by its text, as any other."""
+    """The errors of a failed `Envelope` validation, each worded for the envelope,
+    in the order a reader meets them: the document's unknown fields first, then its
+    fields from apiVersion to policy; in metadata, unknown fields, labels, then
+    name. A key that is not a string is an unknown field named by its text, as
+    any other; a bad labels mapping is one error, however many entries are bad."""
     found: list[tuple[int, ErrorDetails]] = []
     for error in exc.errors(include_url=False):
-        loc = error["loc"]
-        if error["type"] == "invalid_key" and (len(loc) == 1 or loc[:-1] == ("metadata",)):
+        loc, kind = error["loc"], error["type"]
+        if kind == "invalid_key" and (len(loc) == 1 or loc[:-1] == ("metadata",)):
             error = error.copy()  # `1: x` in YAML: a key that is not text
             error["type"] = "extra_forbidden"
             error["loc"] = loc = (*loc[:-1], str(error["input"]))  # the key (True, not 1)
-        elif loc[:1] == ("api_version",) and error["type"] != "extra_forbidden":
-            error = error.copy()  # the error of a default names the field, not its key
-            error["loc"] = loc = ("apiVersion", *loc[1:])
-        if error["type"] == "extra_forbidden" and len(loc) == 1:
-            rank = 1
-        elif error["type"] == "extra_forbidden" and loc[0] == "metadata":
-            rank = 5
+        elif kind != "extra_forbidden":
+            if loc[:2] == ("metadata", "labels"):
+                if any(e["loc"] == loc[:2] for _, e in found):
+                    continue
+                loc = loc[:2]
+            message = _MESSAGES.get(loc)
+            if message is not None:
+                error = error.copy()
+                error["type"] = "value_error"
+                error["loc"] = loc
+                error["msg"] = message(None if kind == "missing" else error["input"])
+        if error["type"] == "extra_forbidden":
+            rank = 1 if len(loc) == 1 else 5 if loc[0] == "metadata" else _ORDER[loc[:1]]
         else:
             rank = _ORDER.get(loc[:2], _ORDER.get(loc[:1], 9))
         found.append((rank, error))

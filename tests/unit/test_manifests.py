@@ -484,6 +484,11 @@ CASES: list[Case] = [
         [("a.yaml", 4, "metadata.name", r"letters, digits.*found 'bad name!'")],
     ),
     Case(
+        "name ending in a line break (a Python regex's $ let it through)",
+        {"a.yaml": file_doc('"a\\n"', "$ROOT/a")},
+        [("a.yaml", 4, "metadata.name", r"found 'a\\n'$")],
+    ),
+    Case(
         "name with a slash",
         {"a.yaml": file_doc("a/b", "$ROOT/a")},
         [("a.yaml", 4, "metadata.name", r"found 'a/b'")],
