@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconciler import logs
-from reconciler.engine import Report, Result
+from reconciler.backoff import backoff
+from reconciler.engine import APPLIED, UNSETTLED, Outcome, Report, Result
 from reconciler.fsm import Event, State
 from reconciler.model import ResourceId
 
@@ -181,7 +182,8 @@ class DriftScheduler:
         kinds = {
             res.kind
             for rid, r in report.results.items()
-            if r.action in ("created", "healed") and (res := desired.resources.get(rid)) is not None
+            if r.action in (Outcome.CREATED, Outcome.HEALED)
+            and (res := desired.resources.get(rid)) is not None
         }
         return any(registry[kind].restarts_watches for kind in kinds)
 
@@ -215,7 +217,7 @@ class DriftScheduler:
                 self._due.pop(rid, None)
                 continue
             result = report.results.get(rid)
-            if result is not None and result.action in ("created", "updated", "healed"):
+            if result is not None and result.action in APPLIED:
                 self._quiet[rid] = now + QUIET_AFTER_APPLY
             if result is not None:
                 self.settled(result)
@@ -230,7 +232,7 @@ class DriftScheduler:
             else:
                 self._schedule(rid, now + res.policy.resync * random.uniform(0.9, 1.1))
         for rid, result in report.results.items():
-            if result.action in ("failed", "blocked") and rid in desired.resources:
+            if result.action in UNSETTLED and rid in desired.resources:
                 self._unsettled.add(rid)
             else:
                 self._unsettled.discard(rid)
@@ -244,19 +246,19 @@ class DriftScheduler:
         self._wake_dependents(report)
         for rid, result in report.results.items():
             where = {"revision": report.revision, "resource": rid}
-            if result.action == "drifted" and result.retry_in is not None:
+            if result.action == Outcome.DRIFTED and result.retry_in is not None:
                 log.warning(
                     "%s drifted again; next heal in %.0f s (heal backoff)",
                     rid,
                     result.retry_in,
                     extra=where,
                 )
-            elif result.action == "drifted":
+            elif result.action == Outcome.DRIFTED:
                 fields = ", ".join(c.field for c in result.plan.changes) if result.plan else ""
                 log.warning("%s drifted (%s); policy: not healed now", rid, fields, extra=where)
-            elif result.action in ("failed", "blocked"):
+            elif result.action in UNSETTLED:
                 log.error("%s %s: %s", rid, result.action, result.error, extra=where)
-            elif result.action not in ("unchanged", "suspended"):
+            elif result.action not in (Outcome.UNCHANGED, Outcome.SUSPENDED):
                 log.info("%s %s", rid, result.action, extra=where)
 
     def _wake_dependents(self, report: Report) -> None:
@@ -283,7 +285,7 @@ class DriftScheduler:
         if heal.count and now - heal.last > HEAL_RESET:
             heal.count = 0
         if heal.count:
-            wait = heal.last + min(300.0, 2.0 * 2.0 ** min(heal.count - 1, 16)) - now
+            wait = heal.last + backoff(heal.count, base=2.0, jitter=0.0) - now
             if wait > 0:
                 return wait
         heal.count += 1
