@@ -5,6 +5,7 @@ documents: references, dependencies, paths and cycles."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,11 @@ _BODY = tuple((field,) for field in _envelope.BODY)
 
 class _Documents(_Expansion):
     """Collects resources and issues while walking the files of one revision."""
+
+    @functools.cached_property
+    def _kinds(self) -> dict[str, Any]:
+        """The envelope's validation context: the kinds a document may name."""
+        return {"kinds": self.registry}
 
     def _node(self, rid: ResourceId) -> Node:
         """The YAML node of a resource's document, parsed again from its file."""
@@ -130,16 +136,15 @@ class _Documents(_Expansion):
         if data is None:
             return
         try:
-            envelope: Envelope | None = Envelope.model_validate(
-                data, context={"kinds": self.registry}
-            )
+            envelope: Envelope | None = Envelope.model_validate(data, context=self._kinds)
             found: list[ErrorDetails] = []
+            head = found
         except ValidationError as exc:
             envelope, found = None, _envelope.errors(exc)
-        head = [e for e in found if e["loc"][:1] not in _BODY]
-        self._validation(file, node, (), Envelope, head)
-        if not isinstance(data, dict) or any(e["loc"][:1] == ("metadata",) for e in head):
-            return  # no id to go on with
+            head = [e for e in found if e["loc"][:1] not in _BODY]
+            self._validation(file, node, (), Envelope, head)
+            if not isinstance(data, dict) or any(e["loc"][:1] == ("metadata",) for e in head):
+                return  # no id to go on with
         kind, name = data.get("kind"), data["metadata"]["name"]
         rid = resource_id(str(kind), name)
         location = Location(file, int(node.start_mark.line) + 1)
@@ -158,7 +163,8 @@ class _Documents(_Expansion):
             if not head:  # its spec and policy are the bundle's to check
                 self._instantiate(file, node, data, ctx, name, location)
             return
-        self._validation(file, node, (), Envelope, [e for e in found if e["loc"][:1] in _BODY])
+        if found:
+            self._validation(file, node, (), Envelope, [e for e in found if e["loc"][:1] in _BODY])
         provider = self.registry.get(kind) if isinstance(kind, str) else None
         spec_data = data.get("spec")
         if provider is None or not isinstance(spec_data, dict):
