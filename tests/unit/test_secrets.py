@@ -522,3 +522,41 @@ async def test_apply_writes_the_secret_privately_and_stores_none_of_it(
         store.close()
     for path, data in tree.state_bytes().items():
         assert SECRET.encode() not in data, f"secret in {path}"
+
+
+def test_the_model_re_exports_the_secrets_and_errors_modules() -> None:
+    """`reconciler.secrets` and `reconciler.errors` sit below the model (decision 0125);
+    the model, and so the SDK, hands out the very same objects."""
+    from reconciler import errors, model, sdk, secrets
+
+    for name in ("Sensitive", "SensitiveStr", "SecretSources", "SENSITIVE", "mask"):
+        assert getattr(model, name) is getattr(secrets, name)
+    for name in ("ProviderError", "TemporaryError", "PermanentError", "SpecError"):
+        assert getattr(model, name) is getattr(errors, name) is getattr(sdk, name)
+    assert sdk.Sensitive is secrets.Sensitive
+    assert issubclass(errors.SpecError, ValueError)
+
+
+def test_read_secret_reads_a_reference_under_the_allow_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.secrets import UNREAD_SECRET, SecretSources, keyed, read_secret
+
+    secret = tmp_path / "db"
+    secret.write_text(SECRET + "\n")
+    allowed = SecretSources(dirs=(str(tmp_path),), env=("RECONCILER_TEST_*",))
+    assert read_secret({"valueFrom": {"file": str(secret)}}, ("p",), allowed) == SECRET
+    whole = read_secret({"valueFrom": {"file": str(secret)}}, ("p",), allowed, whole_file=True)
+    assert whole == SECRET + "\n"
+    monkeypatch.setenv(ENV, ROTATED)
+    assert read_secret({"valueFrom": {"env": ENV}}, ("p",), allowed) == ROTATED
+    form_only = SecretSources(form_only=True)
+    assert read_secret({"valueFrom": {"env": "NOT_SET_ANYWHERE"}}, ("p",), form_only) == (
+        UNREAD_SECRET
+    )
+    with pytest.raises(SpecError, match="outside the secret directories") as info:
+        read_secret({"valueFrom": {"file": "/etc/hostname"}}, ("spec", "p"), allowed)
+    assert info.value.path == ("spec", "p", "valueFrom", "file")
+    sealed = keyed(SECRET, b"k" * 32)
+    assert sealed == SECRET and repr(sealed) == repr(SENSITIVE)
+    assert sealed.marker == keyed(SECRET, b"k" * 32).marker != keyed(SECRET, b"j" * 32).marker
