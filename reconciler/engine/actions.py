@@ -226,22 +226,17 @@ class Actions:
 
     async def _durable(self) -> None:
         """Commit buffered intent before a side effect. Every resource that reaches
-        this point in the same loop iteration shares one commit (group commit)."""
+        this point in the same loop iteration shares one commit (group commit),
+        written on a thread so the loop goes on (flushes run one at a time, in
+        order: a later commit returns only after the earlier one is written)."""
         if self._commit is None:
-            loop = asyncio.get_running_loop()
-            self._commit = loop.create_future()
-            loop.call_soon(self._commit_now)
+            self._commit = asyncio.ensure_future(self._commit_now())
         await asyncio.shield(self._commit)
 
-    def _commit_now(self) -> None:
-        commit, self._commit = self._commit, None
-        assert commit is not None
-        try:
-            self.store.flush()
-        except Exception as exc:
-            commit.set_exception(exc)
-        else:
-            commit.set_result(None)
+    async def _commit_now(self) -> None:
+        # runs an iteration after the first _durable: all who reached it share it
+        self._commit = None
+        await asyncio.to_thread(self.store.flush)
 
 
 ActionFn = Callable[[Actions, Any], Awaitable[Step | None]]

@@ -5,6 +5,7 @@ queries (`preview`, `prune_refusal`, `changed`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -144,7 +145,7 @@ class Engine:
         try:
             await pass_.run(removed)
         finally:
-            self.store.flush()
+            await asyncio.to_thread(self.store.flush)  # off the loop
             self.telemetry.transitions(pass_.transitions)
         results = pass_.results
         refresh = self._to_refresh(desired, results)
@@ -154,7 +155,7 @@ class Engine:
             try:
                 await again.run([])
             finally:
-                self.store.flush()
+                await asyncio.to_thread(self.store.flush)
                 self.telemetry.transitions(again.transitions)
             results = {**results, **again.results}
         return Report(desired.revision, results, time.perf_counter() - started)
