@@ -36,6 +36,10 @@ HEAL_RESET = 900.0
 """A resource not healed for this long starts its heal backoff again from 2 s."""
 
 
+_LOG_SLICE = 256
+"""Result lines logged per loop iteration."""
+
+
 @dataclass
 class _Heal:
     count: int = 0
@@ -170,6 +174,7 @@ class DriftScheduler:
                         daemon.desired, only=rids, trigger=trigger
                     )
                     self.after_pass(report)
+                    await self.log_results(report)
                 if self._restarts_watches(report):
                     self.rewatch.set()  # e.g. a recreated directory needs its watch again
 
@@ -244,7 +249,13 @@ class DriftScheduler:
             "summary": summary(report),
         }
         self._wake_dependents(report)
-        for rid, result in report.results.items():
+
+    async def log_results(self, report: Report) -> None:
+        """One line per resource the pass acted on, a slice per loop iteration: a
+        pass of 12,000 creations logged in one call would hold the loop."""
+        for i, (rid, result) in enumerate(report.results.items()):
+            if i % _LOG_SLICE == _LOG_SLICE - 1:
+                await asyncio.sleep(0)
             where = {"revision": report.revision, "resource": rid}
             if result.action == Outcome.DRIFTED and result.retry_in is not None:
                 log.warning(

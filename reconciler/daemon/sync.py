@@ -252,6 +252,7 @@ class Syncer:
             report = await engine.converge(desired, only=changed)
             daemon.desired = desired
             daemon.scheduler.after_pass(report)
+            await daemon.scheduler.log_results(report)
         daemon.scheduler.rewatch.set()
         log.info(
             "secrets of revision %s changed: %s",
@@ -315,6 +316,7 @@ class Syncer:
                 daemon.source_state.rejected = None
                 daemon.source_state.last_error = None
             daemon.scheduler.after_pass(report, resync_all=first)
+            await daemon.scheduler.log_results(report)
         self._kept_path = revision.path if recovered else (await kept if kept else None)
         self._secrets = await asyncio.to_thread(_holds_secrets, desired)
         self._secret_errors = None

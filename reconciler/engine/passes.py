@@ -54,6 +54,11 @@ def _kind(rid: ResourceId) -> str:
     return rid.partition("/")[0]
 
 
+_START_SLICE = 256
+"""Resources started per loop iteration: starting 12,000 in one would hold the
+loop (the API, watches, heals) until each had run to its first wait."""
+
+
 class Pass(Actions):
     """One `converge` call: the resource tasks, their shared observer and limit;
     the actions themselves are in `Actions`."""
@@ -120,12 +125,16 @@ class Pass(Actions):
                 self._leave_alone(rid)
         checks = await self._observe_quiet()
         async with asyncio.TaskGroup() as group:
+            started = 0
             for rid in graph.topological_order(self.desired.dependencies):
                 if rid not in self.targets:
                     continue
                 if rid in checks and self._clean_check(rid, checks[rid]):
                     continue
                 group.create_task(self.drive(rid), name=f"reconcile {rid}")
+                started += 1
+                if started % _START_SLICE == 0:
+                    await asyncio.sleep(0)  # the started ones run: the loop serves others
             removed_set = set(removed)
             dependents: dict[ResourceId, list[ResourceId]] = {rid: [] for rid in removed}
             for rid in removed:
