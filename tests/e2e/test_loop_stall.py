@@ -32,12 +32,14 @@ PATHS = ("/api/v1/status", "/api/v1/resources", "/api/v1/events?limit=1000", "/m
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 PENDING = (  # what still holds the loop; "" once fixed, and the assertion holds
-    "the loop still stalls 0.4-1.5 s: the engine flushes on the loop (its group commit and "
-    "end-of-pass flush; asyncio.to_thread(store.flush) takes the longest stall from 1.5 s to "
-    "0.4 s), then starts all 12,000 resources in one loop iteration (engine passes drive), "
-    "and the daemon logs every result of the pass in one call (daemon drift after_pass); "
-    "gen-2 garbage collections add 0.1 s each (issue 11, decision 0120)"
+    "the loop still stalls 70-100 ms on this machine (was 1.0-1.5 s): flushes, a pass's "
+    "starts, its result logs and long API lists now go a slice per loop iteration or on a "
+    "thread, and the collector runs a tenth as often; what is left is the first steps of "
+    "the resources started in one slice and the remaining gen-2 collections (issue 11, "
+    "decision 0120)"
 )
+REACHED = 0.3
+"""What the loop's longest stall stays under today: a regression past it fails."""
 
 
 def _workload() -> ModuleType:
@@ -90,6 +92,7 @@ def test_the_loop_never_stalls_50_ms_in_a_12000_resource_pass_under_50_api_calls
         f"{slowest:.2f} s; the loop was in:\n  {where}"
     )
     daemon.stop()
+    assert loop["lagMaxSeconds"] < REACHED, f"{stalled}\n--- log ---\n{daemon.log_tail()}"
     if loop["lagMaxSeconds"] >= LAG_LIMIT and PENDING:
         pytest.xfail(f"{PENDING}; this run: {stalled}")
     assert loop["lagMaxSeconds"] < LAG_LIMIT, f"{stalled}\n--- log ---\n{daemon.log_tail()}"
