@@ -3,7 +3,7 @@
 Providers depend on this module alone, the loader produces its records, the
 engine consumes them. Everything that crosses a layer boundary is immutable. It
 imports only the two modules below it, `errors` (the error taxonomy) and
-`secrets` (Sensitive, SecretSources, reading references), and re-exports their
+`secrets` (Sensitive, SecretSources, SecretRef, reading references), and re-exports their
 names, so `from reconciler.model import Sensitive` keeps working.
 """
 
@@ -21,10 +21,8 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
 )
 
@@ -35,14 +33,17 @@ from reconciler.errors import ProviderError as ProviderError
 from reconciler.errors import SpecError as SpecError
 from reconciler.errors import TemporaryError as TemporaryError
 from reconciler.secrets import MAX_SECRET_FILE as MAX_SECRET_FILE
+from reconciler.secrets import PREPARED as PREPARED
 from reconciler.secrets import PROCESS_DIGEST_KEY as PROCESS_DIGEST_KEY
 from reconciler.secrets import SECRET_PIECE as SECRET_PIECE
 from reconciler.secrets import SENSITIVE as SENSITIVE
 from reconciler.secrets import UNREAD_SECRET as UNREAD_SECRET
 from reconciler.secrets import WITHHELD_MESSAGE as WITHHELD_MESSAGE
+from reconciler.secrets import SecretRef as SecretRef
 from reconciler.secrets import SecretSources as SecretSources
 from reconciler.secrets import Sensitive as Sensitive
 from reconciler.secrets import SensitiveStr as SensitiveStr
+from reconciler.secrets import is_prepared as is_prepared
 from reconciler.secrets import is_secret_ref as is_secret_ref
 from reconciler.secrets import keyed, read_secret
 from reconciler.secrets import mask as mask
@@ -373,33 +374,6 @@ class PrepareContext:
             return text  # nothing read: the placeholder is no secret to hide
         text = mask(text, self.resolved)
         return WITHHELD_MESSAGE if quotes_a_secret(text, self.resolved) else text
-
-
-def _secret_ref(value: Any, info: ValidationInfo) -> Any:
-    if isinstance(value, Sensitive) or (is_prepared(info) and isinstance(value, str)):
-        return value  # resolved by prepare, or its stored marker read back
-    if is_secret_ref(value):
-        return dict(value)
-    raise ValueError(
-        "expected a secret reference such as {valueFrom: {file: /run/secrets/x}} "
-        "or {valueFrom: {env: NAME}}; secret values are never written inline"
-    )
-
-
-SecretRef = Annotated[SensitiveStr | dict[str, Any], BeforeValidator(_secret_ref)]
-"""A spec field that only takes a secret reference (a password, a token). Resolve
-it in `Provider.prepare` with `ctx.secret(value, path)` and put the `Sensitive`
-result in its place (`spec.model_copy(update=...)`); dumps show its digest."""
-
-
-PREPARED: Mapping[str, Any] = {"prepared": True}
-"""Validation context of a spec read back after `Provider.prepare` (from the state
-store): validators of what only a user writes (such as "exactly one of") skip it."""
-
-
-def is_prepared(info: ValidationInfo) -> bool:
-    context = info.context
-    return isinstance(context, Mapping) and bool(context.get("prepared"))
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)

@@ -1,6 +1,8 @@
 """Secret values and references to them: the `Sensitive` type, reading a
 reference (`valueFrom: {env: NAME}` or `{file: /path}`) under the operator's
-allow-list (`SecretSources`), and masking secrets out of messages.
+allow-list (`SecretSources`), the spec field that takes only a reference
+(`SecretRef`, and `PREPARED`, the validation context of a spec read back after
+prepare), and masking secrets out of messages.
 
 A manifest never holds a secret value, only a reference to one, resolved in
 `Provider.prepare` through `PrepareContext.secret` (reconciler.model). What is
@@ -23,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
-from pydantic import PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, ValidationInfo
 
 from reconciler.errors import SpecError
 
@@ -81,6 +83,33 @@ stored spec, the spec hash) show its marker instead of the text."""
 def is_secret_ref(value: Any) -> bool:
     """Whether `value` is meant as a secret reference: a mapping with `valueFrom`."""
     return isinstance(value, Mapping) and "valueFrom" in value
+
+
+PREPARED: Mapping[str, Any] = {"prepared": True}
+"""Validation context of a spec read back after `Provider.prepare` (from the state
+store): validators of what only a user writes (such as "exactly one of") skip it."""
+
+
+def is_prepared(info: ValidationInfo) -> bool:
+    context = info.context
+    return isinstance(context, Mapping) and bool(context.get("prepared"))
+
+
+def _secret_ref(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, Sensitive) or (is_prepared(info) and isinstance(value, str)):
+        return value  # resolved by prepare, or its stored marker read back
+    if is_secret_ref(value):
+        return dict(value)
+    raise ValueError(
+        "expected a secret reference such as {valueFrom: {file: /run/secrets/x}} "
+        "or {valueFrom: {env: NAME}}; secret values are never written inline"
+    )
+
+
+SecretRef = Annotated[SensitiveStr | dict[str, Any], BeforeValidator(_secret_ref)]
+"""A spec field that only takes a secret reference (a password, a token). Resolve
+it in `Provider.prepare` with `ctx.secret(value, path)` and put the `Sensitive`
+result in its place (`spec.model_copy(update=...)`); dumps show its digest."""
 
 
 def mask(text: str, values: Sequence[str]) -> str:
