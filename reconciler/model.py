@@ -2,9 +2,10 @@
 
 Providers depend on this module alone, the loader produces its records, the
 engine consumes them. Everything that crosses a layer boundary is immutable. It
-imports only the two modules below it, `errors` (the error taxonomy) and
-`secrets` (Sensitive, SecretSources, SecretRef, reading references), and re-exports their
-names, so `from reconciler.model import Sensitive` keeps working.
+imports only the modules below it, `errors` (the error taxonomy), `secrets`
+(Sensitive, SecretSources, SecretRef, reading references) and `shared` (the
+Connections and Changes tables of ProviderSettings), and re-exports their names,
+so `from reconciler.model import Sensitive` keeps working.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-# The errors and the secrets live in their own modules below this one; their
+# The errors, the secrets and the shared tables live in modules below this one; their
 # names are re-exported here, where providers have always found them.
 from reconciler.errors import PermanentError as PermanentError
 from reconciler.errors import ProviderError as ProviderError
@@ -48,6 +49,9 @@ from reconciler.secrets import is_secret_ref as is_secret_ref
 from reconciler.secrets import keyed, read_secret
 from reconciler.secrets import mask as mask
 from reconciler.secrets import quotes_a_secret as quotes_a_secret
+from reconciler.shared import Changes as Changes
+from reconciler.shared import Connections as Connections
+from reconciler.shared import ConnectionT as ConnectionT
 
 API_VERSION = "reconciler/v1"
 CONNECTION_KIND = "Connection"
@@ -250,61 +254,6 @@ class Plan:
 
 
 NO_CHANGES = Plan(Action.NONE)
-
-
-ConnectionT = TypeVar("ConnectionT", bound=BaseModel)
-
-
-class Connections:
-    """The `Connection` resources of the desired state being enforced, by name:
-    how providers of remote objects reach their server. One table per registry,
-    shared by every provider through `ProviderSettings.connections`; the
-    Connection provider fills it (`Provider.bind`) before each pass over a new
-    desired state, so a rejected revision never changes it."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, BaseModel] = {}
-
-    def install(self, by_name: Mapping[str, BaseModel]) -> None:
-        self._by_name = dict(by_name)
-
-    def get(self, name: str, expected: type[ConnectionT]) -> ConnectionT:
-        """The connection `name`, which must be an `expected`; PermanentError if it
-        is not declared in the enforced revision (a prune after the Connection was
-        removed with its resources) or is of another type."""
-        found = self._by_name.get(name)
-        if found is None:
-            raise PermanentError(
-                f"connection {name!r} is not declared in this revision "
-                f"(add a Connection named {name!r}, or keep it until its resources are gone)"
-            )
-        if not isinstance(found, expected):
-            raise PermanentError(f"connection {name!r} is not a {expected.__name__}")
-        return found
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-
-class Changes:
-    """When resources last changed, for providers whose objects must act on a
-    change of another resource (a Command's `refreshOn`: restart a service after
-    its config file was rewritten). `token(rid)` is an opaque text that changes
-    each time `rid` is applied (created, updated, healed) and None while it is
-    not in sync; the engine fills it, from the store, before each pass, for the
-    resources some provider `refreshes` on."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[ResourceId, str] = {}
-
-    def install(self, tokens: Mapping[ResourceId, str]) -> None:
-        self._tokens = dict(tokens)
-
-    def set(self, rid: ResourceId, token: str) -> None:
-        self._tokens[rid] = token
-
-    def token(self, rid: ResourceId) -> str | None:
-        return self._tokens.get(rid)
 
 
 @dataclass(frozen=True, slots=True)
