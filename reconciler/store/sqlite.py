@@ -15,22 +15,25 @@ out, and `_writing` keeps one thread at a time on the connection, so batches are
 written in the order they were taken. The revision and fetch times last written
 are kept in memory, so the engine's and the daemon's look at them never waits
 for a flush.
+
+This module holds the buffers, the locks and the connection; the SQL is beside
+it: `_queries` (the reads), `_batches` (the batch a flush writes), `_rows`
+(migrations and rows).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection
 from pathlib import Path
 
 from reconciler.fsm import State
+from reconciler.store import _queries
+from reconciler.store._batches import Batch, Event, transaction, write
 from reconciler.store._rows import MIGRATIONS, SCHEMA_VERSION, Row, empty
 from reconciler.store.base import Record, StoreError, Transition
 
@@ -38,20 +41,6 @@ __all__ = ["DB_NAME", "SCHEMA_VERSION", "SqliteStore", "StoreLocked"]
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
-
-_Event = tuple[float, str, State | None, State, str, str | None, str]
-
-
-@dataclass(slots=True)
-class _Batch:
-    """The write buffers as one flush took them."""
-
-    status: set[str]
-    resources: set[str]
-    forgotten: set[str]
-    events: list[_Event]
-    revisions: list[tuple[str, float]]
-    fetched: dict[str, float]
 
 
 class StoreLocked(StoreError):
@@ -75,7 +64,7 @@ class SqliteStore:
         self._dirty_status: set[str] = set()
         self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
-        self._events: list[_Event] = []
+        self._events: list[Event] = []
         self._revisions: list[tuple[str, float]] = []
         self._fetched: dict[str, float] = {}
         self._revision: list[str | None] = []
@@ -157,22 +146,10 @@ class SqliteStore:
                 f"version's {SCHEMA_VERSION}: upgrade reconciler"
             )
         for number in range(version, SCHEMA_VERSION):
-            with self._transaction():
+            with transaction(self._db):
                 self._db.executescript(
                     "BEGIN;" + MIGRATIONS[number] + f";PRAGMA user_version={number + 1};"
                 )
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        assert self._db is not None
-        try:
-            yield
-            if self._db.in_transaction:
-                self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
 
     # reading
 
@@ -191,64 +168,14 @@ class SqliteStore:
 
     def _load(self) -> dict[str, Record]:
         with self._writing:
-            return self._read_all()
-
-    def _read_all(self) -> dict[str, Record]:
-        if self._db is None:
-            return {}
-        rows = self._db.execute(
-            "SELECT r.id, r.kind, r.name, r.spec_hash, r.spec, r.policy, r.deps, r.created, "
-            "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt, r.instance "
-            "FROM resources r JOIN status s ON s.id = r.id"
-        )
-        states = {state.value: state for state in State}
-        return {
-            rid: Record(
-                rid,
-                kind,
-                name,
-                spec_hash,
-                spec,
-                policy,
-                () if deps == "[]" else tuple(json.loads(deps)),
-                None if created is None else bool(created),
-                states[state],
-                last_transition,
-                last_error,
-                attempts,
-                next_attempt,
-                instance,
-            )
-            for (
-                rid,
-                kind,
-                name,
-                spec_hash,
-                spec,
-                policy,
-                deps,
-                created,
-                state,
-                last_transition,
-                last_error,
-                attempts,
-                next_attempt,
-                instance,
-            ) in rows
-        }
+            return {} if self._db is None else _queries.read_all(self._db)
 
     def last_revision(self) -> str | None:
         if not self._revision:
             with self._writing:
-                row = (
-                    None
-                    if self._db is None
-                    else self._db.execute(
-                        "SELECT revision FROM revisions ORDER BY seq DESC LIMIT 1"
-                    ).fetchone()
-                )
+                newest = None if self._db is None else _queries.newest_revision(self._db)
             if not self._revision:  # set_revision on another thread meanwhile wins
-                self._revision.append(None if row is None else str(row[0]))
+                self._revision.append(newest)
         return self._revision[-1]
 
     def last_fetched(self, source: str) -> float | None:
@@ -256,14 +183,8 @@ class SqliteStore:
         process that used this state directory; None if never."""
         if source not in self._fetched_at:
             with self._writing:
-                row = (
-                    None
-                    if self._db is None
-                    else self._db.execute(
-                        "SELECT last_success FROM sources WHERE source = ?", (source,)
-                    ).fetchone()
-                )
-            self._fetched_at.setdefault(source, None if row is None else float(row[0]))
+                at = None if self._db is None else _queries.last_success(self._db, source)
+            self._fetched_at.setdefault(source, at)
         return self._fetched_at[source]
 
     def last_events(self, ids: Collection[str], event: str) -> dict[str, float]:
@@ -273,14 +194,7 @@ class SqliteStore:
         wanted = set(ids)
         with self._writing:  # a flush in flight lands first: its events are in the table
             if self._db is not None and wanted:
-                for rid in wanted:  # the (id, seq) index: one short range scan per id
-                    row = self._db.execute(
-                        "SELECT ts FROM events WHERE id = ? AND event = ? "
-                        "ORDER BY seq DESC LIMIT 1",
-                        (rid, event),
-                    ).fetchone()
-                    if row is not None:
-                        found[rid] = float(row[0])
+                found = _queries.last_event_times(self._db, wanted, event)
             with self._buffer:
                 pending = list(self._events)
         for ts, rid, _, _, name, _, _ in pending:  # not flushed yet: newer
@@ -301,52 +215,9 @@ class SqliteStore:
         of one kind, of one bundle instance, or after a time (unix seconds)."""
         with self._writing:
             self.flush()
-            return self._history(rid, limit, kind, since, instance)
-
-    def _history(
-        self,
-        rid: str | None,
-        limit: int,
-        kind: str | None,
-        since: float | None,
-        instance: str | None,
-    ) -> list[Transition]:
-        if self._db is None:
-            return []
-        clauses: list[str] = []
-        args: list[object] = []
-        if rid:
-            clauses.append("id = ?")
-            args.append(rid)
-        if kind:
-            clauses.append("id >= ? AND id < ?")  # ids are Kind/name: a range scan
-            args += [f"{kind}/", f"{kind}0"]
-        if since is not None:
-            clauses.append("ts > ?")
-            args.append(since)
-        if instance is not None:
-            clauses.append("instance = ?")
-            args.append(instance)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(
-            "SELECT seq, ts, id, from_state, to_state, event, reason, instance FROM events "
-            f"{where} ORDER BY seq DESC LIMIT ?",
-            [*args, limit],
-        ).fetchall()
-        return [
-            Transition(
-                r[0],
-                r[1],
-                r[2],
-                r[2].partition("/")[0],
-                None if r[3] is None else State(r[3]),
-                State(r[4]),
-                r[5],
-                r[6],
-                r[7],
-            )
-            for r in reversed(rows)
-        ]
+            if self._db is None:
+                return []
+            return _queries.history(self._db, rid, limit, kind, since, instance)
 
     # writing (buffered)
 
@@ -477,13 +348,15 @@ class SqliteStore:
             batch = self._take()
             if batch is None:
                 return
+            db = self._db
+            assert db is not None
             try:
-                self._write(batch)
+                write(db, batch, self._rows, self.history_limit)
             except BaseException:
                 self._put_back(batch)  # written by the next flush, as before the take
                 raise
 
-    def _take(self) -> _Batch | None:
+    def _take(self) -> Batch | None:
         with self._buffer:
             if not (
                 self._dirty_status
@@ -494,7 +367,7 @@ class SqliteStore:
                 or self._fetched
             ):
                 return None
-            batch = _Batch(
+            batch = Batch(
                 self._dirty_status,
                 self._dirty_resources,
                 self._forgotten,
@@ -506,7 +379,7 @@ class SqliteStore:
             self._events, self._revisions, self._fetched = [], [], {}
         return batch
 
-    def _put_back(self, batch: _Batch) -> None:
+    def _put_back(self, batch: Batch) -> None:
         with self._buffer:
             self._dirty_status |= batch.status
             self._dirty_resources |= batch.resources
@@ -515,51 +388,6 @@ class SqliteStore:
             self._events[:0] = batch.events
             self._revisions[:0] = batch.revisions
             self._fetched = {**batch.fetched, **self._fetched}
-
-    def _write(self, batch: _Batch) -> None:
-        # The rows' values are read here, outside `_buffer`, while the caller's
-        # thread may change them: a row changed during the read is marked dirty
-        # again (in the new buffers, after the change), so the next flush writes
-        # its final values; a row forgotten meanwhile is skipped here and deleted
-        # by the next flush.
-        rows = self._rows
-        db = self._db
-        assert db is not None
-        with self._transaction():
-            db.execute("BEGIN")
-            if batch.resources:
-                db.executemany(
-                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [row.resource_values() for row in map(rows.get, batch.resources) if row],
-                )
-            if batch.status:
-                db.executemany(
-                    "INSERT OR REPLACE INTO status VALUES (?, ?, ?, ?, ?, ?)",
-                    [row.status_values() for row in map(rows.get, batch.status) if row],
-                )
-            if batch.forgotten:
-                gone = [(rid,) for rid in batch.forgotten]
-                db.executemany("DELETE FROM resources WHERE id = ?", gone)
-                db.executemany("DELETE FROM status WHERE id = ?", gone)
-            if batch.events:
-                db.executemany(
-                    "INSERT INTO events (ts, id, from_state, to_state, event, reason, instance) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    batch.events,
-                )
-                last = db.execute("SELECT max(seq) FROM events").fetchone()[0]
-                db.execute("DELETE FROM events WHERE seq <= ?", (last - self.history_limit,))
-            if batch.revisions:
-                db.executemany(
-                    "INSERT INTO revisions (revision, applied_at) VALUES (?, ?)", batch.revisions
-                )
-                db.execute(
-                    "DELETE FROM revisions WHERE seq <= (SELECT max(seq) FROM revisions) - 1000"
-                )
-            if batch.fetched:
-                db.executemany(
-                    "INSERT OR REPLACE INTO sources VALUES (?, ?)", batch.fetched.items()
-                )
 
     def close(self) -> None:
         with self._writing:
