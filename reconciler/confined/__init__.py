@@ -26,22 +26,40 @@ crashed run left behind (decision 53).
 Use one `Batch` (`with roots.batch() as fs:`) per provider call: it keeps the
 directory descriptors it opened, so 10,000 files in 100 directories cost about
 100 walks. A batch belongs to one thread; `Roots` may be shared.
+
+The package: this module holds the API (`Roots`, and `Batch` with the file
+operations: read, write through O_TMPFILE and linkat, chmod/chown, delete, the
+sweep); `resolve` the descriptors (openat2, the O_NOFOLLOW walk, the cache a
+batch keeps); `temps` the temporary names; `errors` `ConfinementError`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import io
 import os
-import re
-import secrets
 import stat
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from reconciler.model import PermanentError
+from reconciler.confined.errors import ConfinementError, _link_error, _not_regular
+from reconciler.confined.resolve import (
+    _DIR,
+    _NOT_NAMES,
+    _Descriptors,
+    _open_entry,
+    openat2_available,
+)
+from reconciler.confined.resolve import _MAX_CACHED as _MAX_CACHED  # (tests read it)
+from reconciler.confined.temps import (
+    TEMP_SUFFIX,
+    _claim,
+    _in_flight,
+    _in_flight_lock,
+    _release,
+    _temp_name,
+    is_temp_name,
+)
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -52,106 +70,10 @@ __all__ = [
     "openat2_available",
 ]
 
-TEMP_SUFFIX = ".reconciler.tmp"
-"""The end of every temporary name this module makes (see `is_temp_name`)."""
-
-_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX), re.DOTALL)
-_NAME_MAX = 255
-_TEMP_PREFIX_MAX = _NAME_MAX - len(".." + "0" * 16 + TEMP_SUFFIX)
-
-_NOT_NAMES = frozenset({"", ".", ".."})
-_MAX_CACHED = 128
-"""Directory descriptors a batch keeps open (the oldest is closed beyond that)."""
-
-_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted at the path must not hang the reader
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_READ = 1 << 30
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
-_SYS_OPENAT2 = 437  # the same number on every architecture (new syscalls are unified)
-
-# Temporary names being written by this process right now: a sweep (another
-# batch, another thread) must not remove them. Process-wide on purpose: the
-# File and Symlink providers have their own Roots and write into the same
-# directories concurrently.
-_in_flight: set[str] = set()
-_in_flight_lock = threading.Lock()
-
-
-class ConfinementError(PermanentError):
-    """A path that cannot be reached without following a symlink, or that lies
-    outside every allowed root. `path` is the path asked for; `component` the
-    part of it that is a symlink (or the path itself)."""
-
-    def __init__(self, path: str, component: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.component = component
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether a directory entry's name is one of this module's temporary names."""
-    return _TEMP_NAME.fullmatch(name) is not None
-
-
-def _temp_name(name: str) -> str:
-    prefix = os.fsencode(name)[:_TEMP_PREFIX_MAX]
-    return f".{os.fsdecode(prefix)}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
-
-
-class _Openat2:
-    """openat2(2) of a directory (`_DIR`, beneath, no symlinks) through libc's
-    syscall(); `works` turns False for good the first time the kernel (or a
-    seccomp filter) says it does not have it."""
-
-    def __init__(self) -> None:
-        self.works = True
-        resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
-        self._how = _OpenHow(_DIR, 0, resolve)  # the same for every call: made once
-        self._how_ref = ctypes.byref(self._how)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            self._syscall = libc.syscall
-        except (OSError, AttributeError):
-            self.works = False
-            return
-        self._syscall.restype = ctypes.c_long
-        # integer and pointer arguments pass the same way to a variadic function
-        self._syscall.argtypes = [
-            ctypes.c_long,
-            ctypes.c_int,
-            ctypes.c_char_p,
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-        ]
-
-    def open(self, dir_fd: int, relative: str) -> int:
-        size = ctypes.sizeof(_OpenHow)
-        fd: int = self._syscall(_SYS_OPENAT2, dir_fd, os.fsencode(relative), self._how_ref, size)
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), relative)
-        return fd
-
-
-_openat2 = _Openat2()
-_UNAVAILABLE = {errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG, errno.EOPNOTSUPP}
 _proc_fd = os.path.isdir("/proc/self/fd")
-
-
-def openat2_available() -> bool:
-    """Whether paths are resolved with openat2 here (else by the component walk)."""
-    return _openat2.works
 
 
 class Roots:
@@ -253,7 +175,7 @@ def _check(path: str) -> None:
         )
 
 
-class Batch:
+class Batch(_Descriptors):
     """Calls on paths under the roots that share open directory descriptors.
 
     Absent objects: `lstat` answers None when the path or one of its parents does
@@ -262,9 +184,10 @@ class Batch:
     that would act through it, raises ConfinementError."""
 
     def __init__(self, roots: Roots) -> None:
+        # every attribute here, the descriptors' too: no super() call per batch
         self._roots = roots
-        self._dirs: dict[str, int] = {}  # directory at or under a root -> O_PATH descriptor
-        self._above: dict[str, int] = {}  # the parents of roots (for a root itself)
+        self._dirs = {}
+        self._above = {}
         self._swept: set[str] = set()
 
     def close(self) -> None:
@@ -461,29 +384,6 @@ class Batch:
         self._forget(destination)
         os.rename(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
 
-    # resolution
-
-    def _parent(self, path: str, *, create: bool = False) -> tuple[int, str]:
-        """The descriptor of `path`'s parent directory and `path`'s last component."""
-        head, _, name = path.rpartition("/")
-        fd = self._dirs.get(head)
-        if fd is not None and name not in _NOT_NAMES and "\0" not in name:
-            return fd, name  # a known directory under a root: any entry of it is too
-        root = self._roots.root_of(path)
-        if path == root:
-            # the root itself: trusted, so its parent is opened as it is
-            above, name = os.path.split(os.path.realpath(root))
-            if not name:
-                raise ConfinementError(path, path, "the filesystem root cannot be changed")
-            fd = self._above.get(above)
-            if fd is None:
-                if create:
-                    os.makedirs(above, 0o755, exist_ok=True)
-                fd = os.open(above, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                self._above[above] = fd
-            return fd, name
-        return self._dir(head or "/", create=create, asked=path), name
-
     def _changing(self, path: str, create: bool = False) -> tuple[int, str]:
         """`_parent`, with the parent swept of leftover temporary files first
         (unless `path` is a root: nothing outside the roots is swept)."""
@@ -499,76 +399,6 @@ class Batch:
             os.close(fd)
             raise _not_regular(path)
         return fd
-
-    def _trusted(self, directory: str, create: bool = False, mode: int = 0o755) -> int:
-        fd = self._dirs.get(directory)
-        if fd is None:
-            if create:
-                os.makedirs(directory, mode, exist_ok=True)
-            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._keep(directory, fd)
-        return fd
-
-    def _dir(
-        self, directory: str, *, create: bool = False, mode: int = 0o755, asked: str = ""
-    ) -> int:
-        """The descriptor of a directory under a root, opened without following
-        a symlink; kept for the rest of the batch. `asked`: the path to name in
-        errors (a path in `directory`)."""
-        fd = self._dirs.get(directory)
-        if fd is not None:
-            return fd
-        root = self._roots.root_of(directory)
-        root_fd = self._trusted(root, create, mode)
-        if directory == root:
-            return root_fd
-        relative = directory[len(root.rstrip("/")) + 1 :]
-        if self._roots.use_openat2 and _openat2.works:
-            fd = _by_openat2(root_fd, relative, create)
-            if fd >= 0:
-                self._keep(directory, fd)
-                return fd
-        return self._walk(root, root_fd, asked or directory, relative, create, mode)
-
-    def _walk(
-        self, root: str, root_fd: int, asked: str, relative: str, create: bool, mode: int
-    ) -> int:
-        """One component at a time, each opened O_NOFOLLOW in the one before and
-        kept (siblings share their parents' walk)."""
-        current, shown = root_fd, root.rstrip("/")
-        for part in relative.split("/"):
-            shown = f"{shown}/{part}"
-            cached = self._dirs.get(shown)
-            if cached is None:
-                cached = _step(asked, shown, current, part, create, mode)
-                self._keep(shown, cached)
-            current = cached
-        return current
-
-    @contextmanager
-    def _pinned(self, path: str) -> Iterator[int]:
-        """An O_PATH descriptor of the object at `path` itself, refused when it is
-        a symlink: what it designates is then fixed, whatever is renamed later."""
-        parent, name = self._parent(path)
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        try:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise _link_error(path, path)
-            yield fd
-        finally:
-            os.close(fd)
-
-    def _keep(self, directory: str, fd: int) -> None:
-        if len(self._dirs) >= _MAX_CACHED:
-            # the oldest: never one a walk in progress uses (that one is the newest)
-            os.close(self._dirs.pop(next(iter(self._dirs))))
-        self._dirs[directory] = fd
-
-    def _forget(self, path: str) -> None:
-        """Drop cached descriptors of `path` and below (it is removed or renamed)."""
-        prefix = path.rstrip("/") + "/"
-        for key in [k for k in self._dirs if k == path or k.startswith(prefix)]:
-            os.close(self._dirs.pop(key))
 
     def _sweep(self, directory: str, fd: int) -> None:
         """Remove this module's temporary files left in `directory` by a crash,
@@ -594,53 +424,6 @@ class Batch:
                 pass  # gone already, or a directory of that name: not ours
 
 
-def _by_openat2(root_fd: int, relative: str, create: bool) -> int:
-    """openat2 from the root, or -1 when the walk must answer: to name the
-    symlink in an error, to create what is missing, or openat2 is unavailable."""
-    for _ in range(8):  # EAGAIN: a concurrent rename somewhere; try again
-        try:
-            return _openat2.open(root_fd, relative)
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                continue
-            if exc.errno == errno.ENOENT and not create:
-                raise  # (ENOTDIR may be a symlink at the end: the walk names it)
-            if exc.errno in _UNAVAILABLE:
-                _openat2.works = False
-            return -1
-    return -1
-
-
-def _step(asked: str, shown: str, parent: int, part: str, create: bool, mode: int) -> int:
-    try:
-        return _open_entry(asked, parent, part, _DIR, shown)
-    except FileNotFoundError:
-        if not create:
-            raise
-    try:
-        os.mkdir(part, mode, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return _open_entry(asked, parent, part, _DIR, shown)
-
-
-def _open_entry(path: str, parent: int, name: str, flags: int, shown: str | None = None) -> int:
-    """Open `name` in `parent` with O_NOFOLLOW; a symlink there is a
-    ConfinementError naming it (`shown`, else `path`)."""
-    try:
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-            raise
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except OSError:
-            raise exc from None
-        if stat.S_ISLNK(st.st_mode):
-            raise _link_error(path, shown or path) from None
-        raise
-
-
 def _new_file(parent: int, temp: str) -> tuple[int, bool]:
     """A new file to fill: unnamed (O_TMPFILE: a crash cannot leave it behind)
     where the filesystem has it, else created as `temp`; and whether it is named."""
@@ -659,27 +442,3 @@ def _new_file(parent: int, temp: str) -> tuple[int, bool]:
     except BaseException:
         _release(temp)
         raise
-
-
-def _claim(temp: str) -> None:
-    with _in_flight_lock:
-        _in_flight.add(temp)
-
-
-def _release(temp: str) -> None:
-    with _in_flight_lock:
-        _in_flight.discard(temp)
-
-
-def _not_regular(path: str) -> ConfinementError:
-    return ConfinementError(path, path, f"{path} is not a regular file; not reading it")
-
-
-def _link_error(path: str, component: str) -> ConfinementError:
-    where = "is a symlink" if component == path else f"goes through the symlink {component}"
-    return ConfinementError(
-        path,
-        component,
-        f"{path} {where}; refusing to follow it "
-        "(nothing is read, written or changed through a link)",
-    )
