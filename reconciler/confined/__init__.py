@@ -73,6 +73,8 @@ __all__ = [
 # O_NONBLOCK: a FIFO planted at the path must not hang the reader
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_READ = 1 << 30
+# read at each call by the operations below, which is why they live in this module:
+# tests switch it off on `reconciler.confined` to take the paths without /proc
 _proc_fd = os.path.isdir("/proc/self/fd")
 
 
