@@ -2,8 +2,8 @@
 watches and the heal backoff.
 
 Watch events and due resyncs put resource ids on a deduplicated queue; the work
-loop turns each batch into targeted passes (`Engine.converge(only=...)`), one
-at a time under the daemon's pass lock. After every pass (a revision's too)
+loop turns each batch into targeted passes (`Engine.converge(only=...)`), side
+by side for disjoint resources (`claims`, decision 0126). After every pass (a revision's too)
 `after_pass` schedules each resource the pass touched: at its backoff after a
 failure or a heal, else at its resync period, jittered.
 """
@@ -23,9 +23,10 @@ from reconciler import logs
 from reconciler.backoff import backoff
 from reconciler.engine import APPLIED, UNSETTLED, Outcome, Report, Result
 from reconciler.fsm import Event, State
-from reconciler.model import ResourceId
+from reconciler.model import DesiredState, ResourceId
 
 if TYPE_CHECKING:
+    from reconciler.daemon.claims import Claim
     from reconciler.daemon.lifecycle import Daemon
 
 log = logging.getLogger("reconciler.daemon")
@@ -61,6 +62,17 @@ class Queue:
         items, self.items = self.items, {}
         self.wake.clear()
         return items
+
+    def defer(self, items: dict[ResourceId, Event]) -> None:
+        """Put back ids a pass in flight holds, without waking the work loop: the
+        end of a claim wakes it (`released`)."""
+        for rid, trigger in items.items():
+            self.items.setdefault(rid, trigger)
+
+    def released(self) -> None:
+        """A claim ended: deferred ids may be free now."""
+        if self.items:
+            self.wake.set()
 
 
 class DriftScheduler:
@@ -154,29 +166,65 @@ class DriftScheduler:
         self._rescheduled.set()
 
     async def work_loop(self) -> None:
+        """Turn queued ids into drift passes, side by side (decision 0126): the ids
+        a pass in flight holds (or whose dependencies it holds) wait in the queue
+        until it lets them go; each batch's free ids start a pass at once."""
         daemon = self._daemon
-        while True:
-            await self.queue.wake.wait()
-            await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
-            if daemon.stopping:
-                return
-            batch = self.queue.take()
-            if daemon.desired is None or daemon.engine is None:
-                continue
-            by_trigger: dict[Event, set[ResourceId]] = {}
-            for rid, trigger in batch.items():
-                if rid in daemon.desired.resources:
+        claims = daemon.claims
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await self.queue.wake.wait()
+                await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
+                if daemon.stopping:
+                    return
+                desired = claims.desired or daemon.desired
+                if claims.holding or desired is None or daemon.engine is None:
+                    self.queue.wake.clear()  # looked at again when the revision pass claims
+                    continue
+                batch = self.queue.take()
+                engine = daemon.engine
+                deferred: dict[ResourceId, Event] = {}
+                by_trigger: dict[Event, set[ResourceId]] = {}
+                held: dict[Event, set[ResourceId]] = {}
+                taken: dict[ResourceId, Event] = {}  # what this batch's passes hold, by pass
+                for rid, trigger in batch.items():
+                    if rid not in desired.resources:
+                        continue
+                    deps = desired.dependencies.get(rid, ())
+                    # what the pass may drive in its second pass is held with the id
+                    want = {rid, *engine.refreshers(desired, (rid,))}
+                    if (
+                        not claims.free(rid, deps)
+                        or not all(claims.free(r, ()) for r in want)
+                        or any(taken.get(r, trigger) is not trigger for r in (*want, *deps))
+                    ):
+                        deferred[rid] = trigger
+                        continue
                     by_trigger.setdefault(trigger, set()).add(rid)
-            logs.REVISION.set(daemon.desired.revision)  # for what the engine and providers log
-            for trigger, rids in by_trigger.items():
-                async with daemon.pass_lock:
-                    report = await daemon.engine.converge(
-                        daemon.desired, only=rids, trigger=trigger
+                    held.setdefault(trigger, set()).update(want)
+                    taken.update(dict.fromkeys(want, trigger))
+                for trigger, rids in by_trigger.items():
+                    claim = claims.take(held[trigger])
+                    claims.drift_started(claim)
+                    group.create_task(
+                        self._drift_pass(desired, rids, trigger, claim), name="drift pass"
                     )
-                    self.after_pass(report)
-                    await self.log_results(report)
-                if self._restarts_watches(report):
-                    self.rewatch.set()  # e.g. a recreated directory needs its watch again
+                self.queue.defer(deferred)
+
+    async def _drift_pass(
+        self, desired: DesiredState, rids: set[ResourceId], trigger: Event, claim: Claim
+    ) -> None:
+        daemon = self._daemon
+        assert daemon.engine is not None
+        try:
+            logs.REVISION.set(desired.revision)  # for what the engine and providers log
+            report = await daemon.engine.converge(desired, only=rids, trigger=trigger)
+            self.after_pass(report)
+            await self.log_results(report)
+        finally:
+            daemon.claims.drift_ended(claim)
+        if self._restarts_watches(report):
+            self.rewatch.set()  # e.g. a recreated directory needs its watch again
 
     def _restarts_watches(self, report: Report) -> bool:
         """Whether the pass created or healed an object whose provider declares
@@ -191,6 +239,15 @@ class DriftScheduler:
             and (res := desired.resources.get(rid)) is not None
         }
         return any(registry[kind].restarts_watches for kind in kinds)
+
+    def on_settled(self, result: Result) -> None:
+        """The engine's on_settled: the resource's drift entry, and the end of the
+        claim of the pass that settled it, so another pass may take it up now."""
+        if result.action in APPLIED:
+            # its own write's watch events, arriving before the pass ends
+            self._quiet[result.id] = time.monotonic() + QUIET_AFTER_APPLY
+        self.settled(result)
+        self._daemon.claims.settled(result.id)
 
     def settled(self, result: Result) -> None:
         """Keep a resource's drift entry as it settles (the engine's on_settled),
@@ -212,7 +269,7 @@ class DriftScheduler:
     def after_pass(self, report: Report, *, resync_all: bool = False) -> None:
         """Schedule the next look at every resource the pass touched (or, after a
         start, at all): a failure's backoff, a heal's backoff, or the resync period."""
-        desired = self._daemon.desired
+        desired = self._daemon.claims.desired or self._daemon.desired
         assert desired is not None
         now = time.monotonic()
         ids = desired.resources if resync_all else report.results
@@ -275,7 +332,7 @@ class DriftScheduler:
     def _wake_dependents(self, report: Report) -> None:
         """A resource that came into sync unblocks its Blocked dependents now,
         not at their next resync."""
-        desired = self._daemon.desired
+        desired = self._daemon.claims.desired or self._daemon.desired
         assert desired is not None
         for rid, result in report.results.items():
             if result.state is State.BLOCKED:

@@ -4,9 +4,9 @@ one asyncio loop, and stops them within the shutdown timeout.
 
 Its parts: `sync` (fetch, load, converge or reject a revision), `drift` (the
 work queue, resync heap, watches and heal backoff) and `views` (what the HTTP
-server and the metrics registry read). Engine passes never overlap
-(`pass_lock`): a new revision's changes, watch events and due resyncs each
-become a targeted pass.
+server and the metrics registry read). A new revision's changes, watch events
+and due resyncs each become a targeted pass; passes over disjoint resources run
+side by side, and no resource is in two at once (`claims`, decision 0126).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
+from reconciler.daemon.claims import Claims
 from reconciler.daemon.drift import DriftScheduler
 from reconciler.daemon.settings import DaemonSettings, SettingsError, read_secret
 from reconciler.daemon.sync import SourceState, Syncer
@@ -56,10 +57,10 @@ class Daemon(ApiViews):
         self.bundles: GitBundles | None = None
         """Fetcher of remote bundles; a load gets `bundles.session()`."""
         self.source_state = SourceState(url=redact(settings.repo))
-        self.pass_lock = asyncio.Lock()
-        """Held by every engine pass: passes never overlap."""
         self._stop = asyncio.Event()
         self.scheduler = DriftScheduler(self)
+        self.claims = Claims(self.scheduler.queue.released)
+        """The resources each pass in flight works on (decision 0126)."""
         self.syncer = Syncer(self)
         self.metrics = Metrics(self.metrics_snapshot, version=__version__)
         self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
@@ -98,7 +99,7 @@ class Daemon(ApiViews):
                 max_prune_share=settings.max_prune_share,
                 heal_gate=self.scheduler.heal_wait,
                 telemetry=self.metrics,
-                on_settled=self.scheduler.settled,
+                on_settled=self.scheduler.on_settled,
             )
             self.source = self._make_source()
             self.bundles = self._make_bundles(self.source)
@@ -171,7 +172,7 @@ class Daemon(ApiViews):
             )
             try:
                 async with asyncio.timeout(self.settings.shutdown_timeout):
-                    await self.pass_lock.acquire()  # held from here on: no new pass starts
+                    await self.claims.close()  # no new pass starts from here on
             except TimeoutError:
                 log.warning(
                     "work still in flight after %.0f s: cancelling it",

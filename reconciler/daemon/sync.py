@@ -252,11 +252,15 @@ class Syncer:
             self._secret_errors = errors
             return
         self._secret_errors = None
-        async with daemon.pass_lock:
+        async with daemon.claims.revision():
             changed = engine.changed(desired)
             if not changed or daemon.source_state.current is not current:
                 return  # nothing rotated, or a new revision came meanwhile
-            report = await engine.converge(desired, only=changed)
+            claim = daemon.claims.converging(desired, changed | engine.refreshers(desired, changed))
+            try:
+                report = await engine.converge(desired, only=changed)
+            finally:
+                daemon.claims.end(claim)
             daemon.desired = desired
             daemon.scheduler.after_pass(report)
             await daemon.scheduler.log_results(report)
@@ -303,19 +307,23 @@ class Syncer:
         kept: asyncio.Task[Path | None] | None = None
         if not recovered:  # kept beside the pass, which it does not hold up
             kept = asyncio.create_task(self._keep(revision), name="keep revision")
-        async with daemon.pass_lock:
+        async with daemon.claims.revision():
             first = daemon.desired is None
             # after a start every resource is looked at; later only what changed
             only = None
             if not first:
                 only = daemon.engine.changed(desired)
-            try:
+            ids = set(desired.resources) if only is None else only
+            claim = daemon.claims.converging(desired, ids | daemon.engine.refreshers(desired, ids))
+            try:  # started before the next await: converge refuses before any drift pass
                 report = await daemon.engine.converge(desired, only=only)
             except MassPruneRefused as exc:
                 self._reject(revision, [str(exc)])
                 if kept is not None:
                     await kept
                 return
+            finally:
+                daemon.claims.end(claim)
             daemon.desired = desired
             logs.REVISION.set(revision.id)
             daemon.source_state.current = revision

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -159,6 +159,15 @@ class Engine:
                 self.telemetry.transitions(again.transitions)
             results = {**results, **again.results}
         return Report(desired.revision, results, time.perf_counter() - started)
+
+    def refreshers(self, desired: DesiredState, ids: Iterable[ResourceId]) -> set[ResourceId]:
+        """The resources that refresh on one of `ids`: what a pass over `ids` may
+        drive in its second pass (the daemon claims them with `ids`)."""
+        self.bind(desired)
+        found: set[ResourceId] = set()
+        for rid in ids:
+            found.update(self._refreshers.get(rid, ()))
+        return found
 
     def _to_refresh(
         self, desired: DesiredState, results: Mapping[ResourceId, Result]
