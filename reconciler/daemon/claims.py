@@ -79,8 +79,9 @@ class Claims:
 
     # drift passes (the work loop's)
 
-    def drift_started(self, claim: Claim) -> None:
-        del claim  # taken already; counted so a revision pass can wait for the end
+    def drift_started(self) -> None:
+        """A drift pass (its claim taken) starts: counted, so a revision pass can
+        wait for the drift passes in flight to end."""
         self._drifts += 1
         self._no_drifts.clear()
 

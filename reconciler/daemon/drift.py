@@ -205,7 +205,7 @@ class DriftScheduler:
                     taken.update(dict.fromkeys(want, trigger))
                 for trigger, rids in by_trigger.items():
                     claim = claims.take(held[trigger])
-                    claims.drift_started(claim)
+                    claims.drift_started()
                     group.create_task(
                         self._drift_pass(desired, rids, trigger, claim), name="drift pass"
                     )
