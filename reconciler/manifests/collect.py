@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, RootModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from reconciler.manifests.issues import _MAX_ISSUES, Issue, _field, _Stop
+from reconciler.manifests.issues import (
+    _EMPTY_FILE,
+    _MARKED_BUT_DECLARES,
+    _MAX_ISSUES,
+    EMPTY_MARK,
+    Issue,
+    _field,
+    _Stop,
+)
 from reconciler.manifests.limits import Limits
 from reconciler.model import Instance, PrepareContext, Provider, Resource, ResourceId
 
@@ -85,6 +93,35 @@ class _Collector:
             max_bytes=limits.max_expanded_bytes,
             max_depth=limits.max_depth,
         )
+
+    def _parsed(self, shown: str, text: str, via: str = "") -> Iterator[tuple[Node, Any]]:
+        """Each document of one manifest as (node, data). A YAML error ends the file
+        and is reported where it starts; so is a file that declares nothing without
+        the empty mark, or declares something with it (0094)."""
+        from reconciler import yamlload  # only a tree not found in the cache is parsed
+
+        declared = False
+        try:
+            for node, data in self._documents(text):
+                declared = declared or data is not None
+                yield node, data
+        except yamlload.MarkedYAMLError as exc:
+            line, problem = yamlload.where(exc)
+            self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}", via))
+            return
+        except yamlload.YAMLError as exc:
+            self.add_issue(Issue(shown, None, "", f"invalid YAML: {exc}", via))
+            return
+        except RecursionError:  # past every depth check: still an error, never a crash
+            self.add_issue(Issue(shown, None, "", "invalid YAML: nested too deeply", via))
+            return
+        # an empty file is what a truncated write leaves, and loading it as zero
+        # resources would prune everything the file declared
+        marked = text.partition("\n")[0].strip("\ufeff \t\r") == EMPTY_MARK
+        if not declared and not marked:
+            self.add_issue(Issue(shown, None, "", _EMPTY_FILE, via))
+        elif declared and marked:
+            self.add_issue(Issue(shown, 1, "", _MARKED_BUT_DECLARES, via))
 
     def add_issue(self, issue: Issue) -> None:
         self.issues.append(issue)

@@ -19,9 +19,6 @@ from reconciler.manifests import envelope as _envelope
 from reconciler.manifests.envelope import Envelope
 from reconciler.manifests.expand import _Expansion
 from reconciler.manifests.issues import (
-    _EMPTY_FILE,
-    _MARKED_BUT_DECLARES,
-    EMPTY_MARK,
     Issue,
     _Reparse,
 )
@@ -107,30 +104,11 @@ class _Documents(_Expansion):
         return bool(ctx.resolved)
 
     def _parse_documents(self, shown: str, text: str, ctx: PrepareContext) -> None:
-        from reconciler import yamlload  # only a tree not found in the cache is parsed
-
-        declared = 0
         try:
-            for node, data in self._documents(text):
-                declared += data is not None
+            for node, data in self._parsed(shown, text):
                 self._add_document(shown, node, data, ctx)
-        except yamlload.MarkedYAMLError as exc:
-            line, problem = yamlload.where(exc)
-            self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}"))
-            return
-        except yamlload.YAMLError as exc:
-            self.add_issue(Issue(shown, None, "", f"invalid YAML: {exc}"))
-            return
         except RecursionError:  # past every depth check: still an error, never a crash
             self.add_issue(Issue(shown, None, "", "invalid YAML: nested too deeply"))
-            return
-        # 0094: an empty file is what a truncated write leaves, and loading it as
-        # zero resources would prune everything the file declared
-        marked = text.partition("\n")[0].strip("\ufeff \t\r") == EMPTY_MARK
-        if not declared and not marked:
-            self.add_issue(Issue(shown, None, "", _EMPTY_FILE))
-        elif declared and marked:
-            self.add_issue(Issue(shown, 1, "", _MARKED_BUT_DECLARES))
 
     def _add_document(self, file: str, node: Node, data: Any, ctx: PrepareContext) -> None:
         if data is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from reconciler.manifests.collect import _Collector, _Frame
-from reconciler.manifests.issues import _EMPTY_FILE, EMPTY_MARK, Issue, _Stop
+from reconciler.manifests.issues import Issue, _Stop
 from reconciler.manifests.limits import Limits
 from reconciler.manifests.tree import _read_tree
 from reconciler.model import (
@@ -259,24 +259,10 @@ class _Expansion(_Collector):
         return bundle
 
     def _bundle_file(self, shown: str, text: str, via: str) -> list[tuple[Node, Any]] | None:
-        from reconciler import yamlload
-
-        try:
-            parsed = list(self._documents(text))
-        except yamlload.MarkedYAMLError as exc:
-            line, problem = yamlload.where(exc)
-            self.add_issue(Issue(shown, line, "", f"invalid YAML: {problem}", via))
-            return None
-        except (yamlload.YAMLError, RecursionError) as exc:
-            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            self.add_issue(Issue(shown, None, "", f"invalid YAML: {problem}", via))
-            return None
-        declared = any(d is not None for _, d in parsed)
-        marked = text.partition("\n")[0].strip("\ufeff \t\r") == EMPTY_MARK
-        if not declared and not marked:
-            self.add_issue(Issue(shown, None, "", _EMPTY_FILE, via))
-            return None
-        return parsed
+        """The documents of one file of a bundle; None if it has an error."""
+        before = len(self.issues)
+        parsed = list(self._parsed(shown, text, via))
+        return parsed if len(self.issues) == before else None
 
     def _definition(
         self, shown: str, parsed: list[tuple[Node, Any]], via: str

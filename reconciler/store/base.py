@@ -79,7 +79,10 @@ class Transition:
         }
 
 
-class Store(Protocol):
+class BufferedWrites(Protocol):
+    """What both stores do in memory, never waiting: the records and the
+    buffered writes a flush makes durable."""
+
     def inventory(self) -> dict[str, Record]: ...
 
     def transition(
@@ -133,13 +136,17 @@ class Store(Protocol):
 
     def set_revision(self, revision: str) -> None: ...
 
+    def set_fetched(self, source: str, at: float) -> None:
+        """Record a successful fetch of `source` (a redacted URL) at `at` (buffered)."""
+
+
+class Store(BufferedWrites, Protocol):
+    """The state store as the engine and the one-shot commands use it."""
+
     def last_revision(self) -> str | None:
         """The revision of the last pass started (a revision that loaded and was
         not refused): what the daemon enforces again after a restart whose first
         fetch is rejected."""
-
-    def set_fetched(self, source: str, at: float) -> None:
-        """Record a successful fetch of `source` (a redacted URL) at `at` (buffered)."""
 
     def last_fetched(self, source: str) -> float | None:
         """The time of the last successful fetch of `source`, across restarts."""
@@ -164,7 +171,7 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class AsyncStore(Protocol):
+class AsyncStore(BufferedWrites, Protocol):
     """The state store as the daemon uses it on its event loop.
 
     Memory only, never waiting (a plain call): the buffered writes, exactly as in
@@ -188,51 +195,6 @@ class AsyncStore(Protocol):
 
     async def open(self) -> None:
         """Read the inventory into memory (before the first `inventory` call)."""
-
-    def inventory(self) -> dict[str, Record]: ...
-
-    def transition(
-        self,
-        rid: str,
-        from_state: State | None,
-        to_state: State,
-        event: str,
-        reason: str | None = None,
-        error: str | None = None,
-        *,
-        instance: str | None = None,
-    ) -> float: ...
-
-    def intend(
-        self,
-        rid: str,
-        spec: str,
-        policy: str,
-        deps: tuple[str, ...],
-        created: bool | None,
-        *,
-        instance: str = "",
-    ) -> None: ...
-
-    def converged(
-        self,
-        rid: str,
-        spec_hash: str,
-        spec: str,
-        policy: str,
-        deps: tuple[str, ...],
-        created: bool | None,
-        *,
-        instance: str = "",
-    ) -> None: ...
-
-    def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None: ...
-
-    def forget(self, rid: str) -> None: ...
-
-    def set_revision(self, revision: str) -> None: ...
-
-    def set_fetched(self, source: str, at: float) -> None: ...
 
     async def flush(self) -> None: ...
 

@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from reconciler.fsm import State
-from reconciler.store.base import Record, Transition
+from reconciler.store.base import Transition
 from reconciler.store.sqlite import SqliteStore
 
 __all__ = ["OffLoopStore"]
@@ -36,6 +35,15 @@ class OffLoopStore:
     def __init__(self, store: SqliteStore, thread: ThreadPoolExecutor | None = None) -> None:
         self.sync = store
         self._thread = thread or ThreadPoolExecutor(1, thread_name_prefix="store")
+        # in memory, on the caller's thread: the store's own calls (BufferedWrites)
+        self.inventory = store.inventory
+        self.transition = store.transition
+        self.intend = store.intend
+        self.converged = store.converged
+        self.schedule_retry = store.schedule_retry
+        self.forget = store.forget
+        self.set_revision = store.set_revision
+        self.set_fetched = store.set_fetched
 
     @classmethod
     async def opening(cls, state_dir: Path, *, history_limit: int = 50_000) -> OffLoopStore:
@@ -92,60 +100,3 @@ class OffLoopStore:
             await self._call(self.sync.close)
         finally:
             self._thread.shutdown(wait=False)
-
-    # in memory, on the caller's thread
-
-    def inventory(self) -> dict[str, Record]:
-        return self.sync.inventory()
-
-    def transition(
-        self,
-        rid: str,
-        from_state: State | None,
-        to_state: State,
-        event: str,
-        reason: str | None = None,
-        error: str | None = None,
-        *,
-        instance: str | None = None,
-    ) -> float:
-        return self.sync.transition(
-            rid, from_state, to_state, event, reason, error, instance=instance
-        )
-
-    def intend(
-        self,
-        rid: str,
-        spec: str,
-        policy: str,
-        deps: tuple[str, ...],
-        created: bool | None,
-        *,
-        instance: str = "",
-    ) -> None:
-        self.sync.intend(rid, spec, policy, deps, created, instance=instance)
-
-    def converged(
-        self,
-        rid: str,
-        spec_hash: str,
-        spec: str,
-        policy: str,
-        deps: tuple[str, ...],
-        created: bool | None,
-        *,
-        instance: str = "",
-    ) -> None:
-        self.sync.converged(rid, spec_hash, spec, policy, deps, created, instance=instance)
-
-    def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None:
-        self.sync.schedule_retry(rid, attempts, next_attempt)
-
-    def forget(self, rid: str) -> None:
-        self.sync.forget(rid)
-
-    def set_revision(self, revision: str) -> None:
-        self.sync.set_revision(revision)
-
-    def set_fetched(self, source: str, at: float) -> None:
-        self.sync.set_fetched(source, at)
