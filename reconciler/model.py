@@ -57,6 +57,12 @@ API_VERSION = "reconciler/v1"
 CONNECTION_KIND = "Connection"
 
 ResourceId = str
+
+WATCHING: ResourceId = "\x00watching"
+"""What a `Provider.watch` stream may yield, once, when its watch is in place: the
+daemon keeps the stream it replaces running until then and 0.2 s more, so that a
+change made while a watch restarts is still seen; a stream should report a change
+within 0.1 s (decision 0127)."""
 """`Kind/name`, unique in a desired state."""
 
 Observed = Mapping[str, Any]
@@ -446,5 +452,7 @@ class Provider(abc.ABC, Generic[SpecT]):
     def watch(self, specs: Mapping[ResourceId, SpecT]) -> AsyncIterator[ResourceId] | None:
         """Optional: an endless stream of the ids whose objects changed, for instant
         drift detection (the daemon restarts it when the specs change). None when
-        the provider cannot watch; the daemon then relies on periodic resyncs."""
+        the provider cannot watch; the daemon then relies on periodic resyncs.
+        Yield `WATCHING` once the watch is in place: until then (or for a few
+        seconds) and 0.2 s more the stream it replaces keeps running."""
         return None

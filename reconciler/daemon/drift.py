@@ -16,6 +16,7 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from reconciler import logs
 from reconciler.backoff import backoff
 from reconciler.engine import APPLIED, UNSETTLED, Outcome, Report, Result
 from reconciler.fsm import Event, State
-from reconciler.model import DesiredState, ResourceId
+from reconciler.model import WATCHING, DesiredState, ResourceId
 
 if TYPE_CHECKING:
     from reconciler.daemon.claims import Claim
@@ -33,6 +34,11 @@ log = logging.getLogger("reconciler.daemon")
 
 QUIET_AFTER_APPLY = 1.0
 """Seconds during which watch events of a resource just applied are taken as our own."""
+WATCH_OVERLAP = 5.0
+"""Seconds a replaced watch stream keeps running at most while the new ones start."""
+WATCH_HANDOVER = 0.2
+"""Seconds a replaced watch stream keeps running once the new ones are in place, to
+deliver what it saw before (a watch reports a change within its debounce, 0.1 s)."""
 HEAL_RESET = 900.0
 """A resource not healed for this long starts its heal backoff again from 2 s."""
 
@@ -99,36 +105,57 @@ class DriftScheduler:
     # drift: watch events and periodic resyncs become targeted passes
 
     async def watch_loop(self) -> None:
-        daemon = self._daemon
-        while True:
-            self.rewatch.clear()
-            tasks = []
-            if daemon.desired is not None and daemon.registry is not None:
-                for kind in daemon.registry:
-                    specs = {  # drift: ignore is never checked, so never watched
-                        rid: res.spec
-                        for rid, res in daemon.desired.resources.items()
-                        if res.kind == kind and res.policy.drift != "ignore"
-                    }
-                    try:
-                        stream = daemon.registry[kind].watch(specs) if specs else None
-                    except Exception as exc:
-                        log.warning("%s watch failed: %s; relying on resync", kind, exc)
-                        stream = None
-                    if stream is not None:
-                        tasks.append(asyncio.create_task(self._drain(stream), name=f"watch {kind}"))
-            try:
+        """One watch stream per kind, started again on `rewatch`. The new streams
+        start before the old ones stop, which end once every new one has yielded
+        `WATCHING` (or after `WATCH_OVERLAP`) and then `WATCH_HANDOVER`, so that no
+        change is missed while the watches restart (decision 0127)."""
+        running: list[asyncio.Task[None]] = []
+        try:
+            while True:
+                self.rewatch.clear()
+                started = [
+                    (asyncio.create_task(self._drain(stream, ready), name=f"watch {kind}"), ready)
+                    for kind, stream in self._watch_streams()
+                    for ready in (asyncio.Event(),)
+                ]
+                if started and running:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(WATCH_OVERLAP):
+                            for _, ready in started:
+                                await ready.wait()
+                    await asyncio.sleep(WATCH_HANDOVER)
+                await _cancel(running)
+                running = [task for task, _ in started]
                 await self.rewatch.wait()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+        finally:
+            await _cancel(running)
 
-    async def _drain(self, stream: Any) -> None:
+    def _watch_streams(self) -> list[tuple[str, AsyncIterator[ResourceId]]]:
+        daemon = self._daemon
+        if daemon.desired is None or daemon.registry is None:
+            return []
+        streams = []
+        for kind in daemon.registry:
+            specs = {  # drift: ignore is never checked, so never watched
+                rid: res.spec
+                for rid, res in daemon.desired.resources.items()
+                if res.kind == kind and res.policy.drift != "ignore"
+            }
+            try:
+                stream = daemon.registry[kind].watch(specs) if specs else None
+            except Exception as exc:
+                log.warning("%s watch failed: %s; relying on resync", kind, exc)
+                stream = None
+            if stream is not None:
+                streams.append((kind, stream))
+        return streams
+
+    async def _drain(self, stream: AsyncIterator[ResourceId], ready: asyncio.Event) -> None:
         try:
             async for rid in stream:
+                if rid == WATCHING:
+                    ready.set()
+                    continue
                 quiet_until = self._quiet.get(rid, 0.0)
                 if time.monotonic() < quiet_until:
                     # likely our own write: look again when the window closes rather
@@ -140,6 +167,12 @@ class DriftScheduler:
             raise
         except Exception as exc:  # a watcher failing must not stop the daemon
             log.warning("watch stopped: %s; relying on periodic resync", exc)
+        finally:
+            ready.set()  # a stream that ended replaces nothing
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
     async def resync_loop(self) -> None:
         """Queue each resource when its next look is due. `_due` holds the current
@@ -367,3 +400,11 @@ def summary(report: Report) -> str:
     for result in report.results.values():
         counts[result.action] = counts.get(result.action, 0) + 1
     return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing to do"
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -13,10 +13,12 @@ another type is wanted are reported, never destroyed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import pwd
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
@@ -26,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from reconciler import confined
 from reconciler.model import (
+    WATCHING,
     Action,
     Change,
     PermanentError,
@@ -290,12 +293,12 @@ def apply_each(
 
 
 async def watch(paths: Mapping[str, str], settings: ProviderSettings) -> AsyncIterator[str]:
-    """Yield the id (key of `paths`) of every managed path that changes. Watches
-    the existing parent directories, not recursively: one inotify watch per
-    directory, whatever the number of files in it; only real directories under
-    the roots (none reached through a symlink)."""
-    import watchfiles  # only the daemon watches
-
+    """Yield the id (key of `paths`) of every managed path that changes, after
+    `WATCHING` once the watch is in place. Watches the existing parent
+    directories, not recursively: one inotify watch per directory, whatever the
+    number of files in it; only real directories under the roots (none reached
+    through a symlink). The watch runs on a thread of its own, which also adds
+    the inotify watches (thousands of them take the loop tens of ms)."""
     by_path: dict[str, list[str]] = {}
     for rid, path in paths.items():
         by_path.setdefault(path, []).append(rid)  # several objects may share a file
@@ -303,12 +306,61 @@ async def watch(paths: Mapping[str, str], settings: ProviderSettings) -> AsyncIt
     existing = await asyncio.to_thread(_real_directories, dirs, settings)
     if not existing:
         return
-    async for changes in watchfiles.awatch(
-        *existing, recursive=False, watch_filter=None, debounce=50, step=50
-    ):
-        for _, path in changes:
-            for rid in by_path.get(path, ()):
-                yield rid
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    changes: asyncio.Queue[set[tuple[int, str]] | None] = asyncio.Queue()
+    stop = threading.Event()
+    threading.Thread(
+        target=_watch_thread, args=(existing, loop, ready, changes, stop), name="watch", daemon=True
+    ).start()
+    try:
+        await ready
+        yield WATCHING
+        while (batch := await changes.get()) is not None:
+            for _, path in batch:
+                for rid in by_path.get(path, ()):
+                    yield rid
+    finally:
+        stop.set()  # the thread ends within a step (50 ms) and closes its watch
+
+
+def _watch_thread(
+    directories: list[str],
+    loop: asyncio.AbstractEventLoop,
+    ready: asyncio.Future[None],
+    changes: asyncio.Queue[set[tuple[int, str]] | None],
+    stop: threading.Event,
+) -> None:
+    from watchfiles._rust_notify import RustNotify  # only the daemon watches
+
+    def post(call: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+            loop.call_soon_threadsafe(call, *args)
+
+    try:
+        notify = RustNotify(directories, False, False, 300, False, False)
+    except Exception as exc:  # a directory gone meanwhile, the inotify limits
+        post(_settle, ready, exc)
+        return
+    post(_settle, ready, None)
+    with notify:
+        while not stop.is_set():
+            # debounce 50 ms, step 50 ms, a timeout only to look at `stop` now and then
+            found = notify.watch(50, 50, 1000, stop)
+            if isinstance(found, set):
+                post(changes.put_nowait, found)
+            elif found != "timeout":
+                break
+    post(changes.put_nowait, None)
+
+
+def _settle(future: asyncio.Future[None], exc: Exception | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
 
 
 def _real_directories(dirs: Sequence[str], settings: ProviderSettings) -> list[str]:

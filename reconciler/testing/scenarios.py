@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from reconciler.manifests import ManifestError
-from reconciler.model import Action, Plan
+from reconciler.model import WATCHING, Action, Plan
 from reconciler.testing.kit import Case, Drift, Harness, Invalid, fields
 
 
@@ -325,8 +325,9 @@ async def _secrets(h: Harness) -> None:
 
 async def _watch(h: Harness) -> None:
     """An out-of-band change makes the watch yield the resource's id within a few
-    seconds. A watch may need a moment to start and cannot say when it has, so
-    the change is repeated (a quarter of a second apart) until it is seen."""
+    seconds. A stream that yields `WATCHING` must see the first change made after
+    it; one that does not cannot say when its watch has started, so the change is
+    repeated (a quarter of a second apart) until it is seen."""
     data, spec = h.spec()
     rid = h.rid()
     specs: dict[str, BaseModel] = {rid: spec}
@@ -340,9 +341,14 @@ async def _watch(h: Harness) -> None:
     stream = h.provider.watch(specs)
     assert stream is not None, "watch answered None after it answered a stream"
     seen: asyncio.Queue[str] = asyncio.Queue()
+    watching = asyncio.Event()
 
     async def consume() -> None:
         async for found in stream:
+            if found == WATCHING:
+                assert not watching.is_set(), "watch yielded WATCHING twice"
+                watching.set()
+                continue
             assert found in specs, f"watch yielded {found!r}, not one of its ids"
             seen.put_nowait(found)
 
@@ -350,10 +356,15 @@ async def _watch(h: Harness) -> None:
     try:
         async with asyncio.timeout(10):
             while True:
+                if not watching.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watching.wait(), 0.25)
+                ready = watching.is_set()
                 await h.drift(h.case.drifts[0], data)
                 try:
-                    found = await asyncio.wait_for(seen.get(), 0.25)
+                    found = await asyncio.wait_for(seen.get(), 5.0 if ready else 0.25)
                 except TimeoutError:
+                    assert not ready, "a change made after WATCHING was not reported in 5 s"
                     assert not task.done() or task.exception() is None, task.exception()
                     await h.converge(spec)
                     continue

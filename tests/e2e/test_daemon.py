@@ -796,6 +796,40 @@ def test_a_hand_edit_of_one_file_while_another_is_being_healed_is_healed_too(
     daemon.stop()
 
 
+@pytest.mark.timeout(180)
+def test_a_hand_edit_while_the_watches_restart_after_a_new_revision_is_healed(
+    git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
+) -> None:
+    """Each new revision restarts the watches; the new ones start before the old
+    ones stop (decision 0127), so an edit made at any moment of the restart is
+    healed at once, not at the next resync (5 minutes by default). Many
+    directories make the restart take a while; the edit lands at several delays
+    after the revision's own write, to cross the restart whenever it happens."""
+    files = [root / f"d{i:03d}" / "f.conf" for i in range(400)]
+    changed = files[0]
+
+    def manifest(version: int) -> dict[str, str]:
+        return {
+            "app.yaml": docs(
+                file_doc("changed", changed, f"v{version}\n"),
+                *(file_doc(f"f{i:03d}", f, "desired\n") for i, f in enumerate(files[1:], 1)),
+            )
+        }
+
+    sha = push(work, "first", manifest(0))
+    daemon = daemons.start(git_server.url(), root=root, interval="1s")
+    daemon.wait_revision(sha, timeout=60)
+    for version, delay in enumerate((0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25, 0.4), 1):
+        daemon.settle()
+        push(work, f"v{version}", manifest(version))
+        wait_until(holds(changed, f"v{version}\n"), "the new revision", interval=0.001)
+        time.sleep(delay)
+        edited = files[-version]  # another file each time: a second heal would back off
+        edited.write_text("by hand, while the watches restart\n")
+        daemon.wait_file(edited, "desired\n", timeout=4)
+    daemon.stop()
+
+
 def test_a_short_resync_period_catches_drift_the_watch_did_not_report(
     git_server: GitDaemon, work: WorkClone, root: Path, daemons: Daemons
 ) -> None:
