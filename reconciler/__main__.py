@@ -1,5 +1,5 @@
 """`python -m reconciler` is the `reconciler` command."""
 
-from reconciler.cli import main
+from reconciler.entry import main
 
 main()

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from reconciler.model import (
     Provider,
     Resource,
 )
+from reconciler.statekey import state_key as state_key
 
 log = logging.getLogger("reconciler.cache")
 
@@ -48,7 +48,6 @@ FORMAT = b"reconciler-tree-cache/2"
 SUFFIX = ".entry"
 _OLD_SUFFIX = ".pickle"
 """Entries of the first format (decision 0017): never loaded, removed by the next write."""
-_KEY_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,39 +89,6 @@ class DigestKey:
             self.key = state_key(self.cache.key_file, write=self.cache.write)
             self.key = self.key or PROCESS_DIGEST_KEY
         return self.key
-
-
-def state_key(path: Path, *, write: bool) -> bytes | None:
-    """The 32-byte key in `path`, made there (mode 0600) if there is none and
-    `write`; None otherwise. Concurrent makers agree: a key is linked into place,
-    never replaced."""
-    try:
-        key = path.read_bytes()
-        if len(key) == _KEY_BYTES:
-            return key
-    except OSError:
-        pass
-    if not write:
-        return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, path)  # never replaces a key another process made
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink(missing_ok=True)
-        key = path.read_bytes()
-    except OSError:
-        return None
-    return key if len(key) == _KEY_BYTES else None
 
 
 def _mac(key: bytes, name: str, body: bytes) -> str:

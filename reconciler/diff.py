@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from reconciler import noop
 from reconciler.engine import CHANGING as CHANGING
 from reconciler.engine import Outcome, PlanAction, Planned, Report
 from reconciler.logs import printable
@@ -329,11 +330,16 @@ def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:
             out.append(f"{style('33', 'blocked')} {rid}: {error}")
         elif result.action == Outcome.DRIFTED:
             out.append(f"{style('35', 'drifted')} {rid}: policy warn, not healed")
-    counts = ", ".join(f"{report.count(a)} {a}" for a in REPORT_ORDER)
-    status = style("32", "Apply complete") if report.ok else style("31;1", "Apply incomplete")
+    counts = {str(a): report.count(a) for a in REPORT_ORDER}
     out.append(
-        f"{status}: {counts}. (revision {printable(report.revision)}, load {load_seconds:.2f} s, "
-        f"engine {report.seconds:.2f} s)"
+        noop.summary(
+            counts,
+            ok=report.ok,
+            revision=report.revision,
+            load=load_seconds,
+            engine=report.seconds,
+            colour=colour,
+        )
     )
     return "\n".join(out) + "\n"
 

@@ -206,6 +206,9 @@ class DesiredState:
     dependencies: Mapping[ResourceId, tuple[ResourceId, ...]]
     instances: Mapping[str, Instance] = field(default_factory=dict)
     """The bundle instances of the revision, by id (see `Resource.instance`)."""
+    cacheable: bool = True
+    """False when the revision rests on more than its files (resolved secrets, a
+    branch-following remote bundle): nothing made of it may be kept between runs."""
 
 
 class Action(StrEnum):
@@ -350,6 +353,11 @@ class Provider(abc.ABC, Generic[SpecT]):
     """The `type` of Connection this kind's specs name in `spec.connection`
     (`postgres`, `http`), or None when it uses none. A spec that names one
     depends on it implicitly; the loader checks it exists and is of this type."""
+    quick_check: ClassVar[bool] = False
+    """True when everything `observe` looks at is the lstat of `path(spec)` (type,
+    mode, owner, group), a regular file's bytes and a symlink's target: a no-op
+    `apply` may then compare those facts alone with the last no-op's (noop.py,
+    decision 0131). Leave it False if the provider observes anything else."""
     restarts_watches: ClassVar[bool] = False
     """True when creating or healing an object of this kind can give the watches
     something new to follow (a directory made: file watches follow existing

@@ -3,7 +3,7 @@ through a symlink, and the messages that say so."""
 
 from __future__ import annotations
 
-from reconciler.model import PermanentError
+from reconciler.errors import PermanentError
 
 
 class ConfinementError(PermanentError):

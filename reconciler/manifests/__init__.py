@@ -21,15 +21,17 @@ they share. Everything a caller needs is imported from here.
 
 from __future__ import annotations
 
+import importlib
 import re
+from typing import TYPE_CHECKING, Any
 
-from reconciler.cache import Cache
-from reconciler.manifests.collect import ParseMemo
-from reconciler.manifests.envelope import NAME_PATTERN as _NAME_PATTERN
-from reconciler.manifests.issues import EMPTY_MARK, Issue, ManifestError
-from reconciler.manifests.limits import Limits
-from reconciler.manifests.loader import load
-from reconciler.manifests.tree import manifest_files, tree_digest, tree_files
+if TYPE_CHECKING:
+    from reconciler.cache import Cache
+    from reconciler.manifests.collect import ParseMemo
+    from reconciler.manifests.issues import EMPTY_MARK, Issue, ManifestError
+    from reconciler.manifests.limits import Limits
+    from reconciler.manifests.loader import load
+    from reconciler.manifests.tree import manifest_files, tree_digest, tree_files
 
 __all__ = [
     "EMPTY_MARK",
@@ -44,5 +46,31 @@ __all__ = [
     "tree_files",
 ]
 
-_NAME = re.compile(_NAME_PATTERN)
-"""What a resource name must match; reconciler.schemas says the same (a test compares them)."""
+_WHERE = {
+    "Cache": "reconciler.cache",
+    "ParseMemo": "reconciler.manifests.collect",
+    "EMPTY_MARK": "reconciler.manifests.issues",
+    "Issue": "reconciler.manifests.issues",
+    "ManifestError": "reconciler.manifests.issues",
+    "Limits": "reconciler.manifests.limits",
+    "load": "reconciler.manifests.loader",
+    "manifest_files": "reconciler.manifests.tree",
+    "tree_digest": "reconciler.manifests.tree",
+    "tree_files": "reconciler.manifests.tree",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The package's names, imported when first used: the no-op shortcut of
+    `apply` digests a tree (`tree`) without paying for the validating loader
+    and pydantic (decision 0131)."""
+    if name == "_NAME":
+        from reconciler.manifests.envelope import NAME_PATTERN
+
+        value: Any = re.compile(NAME_PATTERN)
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

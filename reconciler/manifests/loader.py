@@ -64,8 +64,9 @@ def load(
         raise ManifestError(docs.issues)
     if memo is not None:  # only what this revision uses stays in memory
         memo.files, memo.spec_bytes = docs.used.files, docs.used.spec_bytes
-    state = DesiredState(revision, docs.resources, edges, docs.instances)
-    if cache is not None and cache.write and not docs.secrets and not docs.floating:
+    cacheable = not docs.secrets and not docs.floating
+    state = DesiredState(revision, docs.resources, edges, docs.instances, cacheable)
+    if cache is not None and cache.write and cacheable:
         _cache.write(cache, cache_key, state)
     return state
 

@@ -33,6 +33,7 @@ class DirectorySpec(_fs.PathSpec):
 
 class DirectoryProvider(Provider[DirectorySpec]):
     kind = "Directory"
+    quick_check = True  # observes the lstat, the bytes or the target of its path
     Spec = DirectorySpec
     summary = "A directory (parents created): mode, owner, group."
     restarts_watches = True  # the watches of what lies in it follow existing directories only

@@ -115,6 +115,7 @@ def _digest(data: bytes) -> str:
 
 class FileProvider(Provider[FileSpec]):
     kind = "File"
+    quick_check = True  # observes the lstat, the bytes or the target of its path
     Spec = FileSpec
     summary = "A regular file: content (inline, source or Jinja2 template), mode, owner, group."
 

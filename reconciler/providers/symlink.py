@@ -32,6 +32,7 @@ class SymlinkSpec(_fs.PathSpec):
 
 class SymlinkProvider(Provider[SymlinkSpec]):
     kind = "Symlink"
+    quick_check = True  # observes the lstat, the bytes or the target of its path
     Spec = SymlinkSpec
     summary = "A symbolic link pointing at target (stored verbatim)."
 

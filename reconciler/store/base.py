@@ -193,6 +193,11 @@ class AsyncStore(BufferedWrites, Protocol):
       `flush` is one transaction of `executemany`s, as SQLite's).
     """
 
+    def state_counts(self) -> dict[State, int]:
+        """How many records are in each state, kept up to date by the writes: the
+        daemon's status reads it at every call, and counting the inventory there
+        would cost the loop ~10 ms at 12,000 resources."""
+
     async def open(self) -> None:
         """Read the inventory into memory (before the first `inventory` call)."""
 

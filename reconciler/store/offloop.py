@@ -37,6 +37,7 @@ class OffLoopStore:
         self._thread = thread or ThreadPoolExecutor(1, thread_name_prefix="store")
         # in memory, on the caller's thread: the store's own calls (BufferedWrites)
         self.inventory = store.inventory
+        self.state_counts = store.state_counts
         self.transition = store.transition
         self.intend = store.intend
         self.converged = store.converged

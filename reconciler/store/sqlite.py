@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class SqliteStore:
         self._rows: dict[str, Row] = {}
         """Mutable rows of every resource written since the database was read."""
         self._changed: set[str] = set()
+        self._states: Counter[State] = Counter()
+        """How many records are in each state, kept as the writes change them, so
+        the daemon's status never counts the inventory (12,000 records: ~10 ms)."""
         self._dirty_status: set[str] = set()
         self._dirty_resources: set[str] = set()
         self._forgotten: set[str] = set()
@@ -157,18 +161,28 @@ class SqliteStore:
         """Every record as of now: a copy. Only rows changed since the last call
         are turned into records again, so the daemon may call it at every pass
         and every scrape."""
-        if self._loaded is None:
-            self._loaded = self._load()
+        loaded = self._records()
         for rid in self._changed:
             row = self._rows.get(rid)
             if row is not None:
-                self._loaded[rid] = row.record()
+                loaded[rid] = row.record()
         self._changed.clear()
-        return dict(self._loaded)
+        return dict(loaded)
 
-    def _load(self) -> dict[str, Record]:
-        with self._writing:
-            return {} if self._db is None else _queries.read_all(self._db)
+    def state_counts(self) -> dict[State, int]:
+        """How many records are in each state (the states with none left out),
+        without building the inventory."""
+        self._records()
+        return {state: n for state, n in self._states.items() if n}
+
+    def _records(self) -> dict[str, Record]:
+        """The records as read (or last rebuilt): read from the database once."""
+        if self._loaded is None:
+            with self._writing:
+                loaded = {} if self._db is None else _queries.read_all(self._db)
+            self._states = Counter(record.state for record in loaded.values())
+            self._loaded = loaded
+        return self._loaded
 
     def last_revision(self) -> str | None:
         if not self._revision:
@@ -224,8 +238,7 @@ class SqliteStore:
     def _ready(self) -> None:
         """Read the records before a first write (which holds `_buffer`, and must
         not then wait for `_writing`: flushes take the two the other way round)."""
-        if self._loaded is None:
-            self._loaded = self._load()
+        self._records()
 
     def _row(self, rid: str) -> Row:
         """The row of `rid`, for the caller to change (holding `_buffer`, after
@@ -240,6 +253,7 @@ class SqliteStore:
             row = self._rows[rid] = Row.of(loaded)
         else:
             row = self._rows[rid] = Row.of(empty(rid, time.time()))
+            self._states[row.state] += 1
             self._forgotten.discard(rid)
             self._dirty_resources.add(rid)
             self._dirty_status.add(rid)
@@ -260,6 +274,9 @@ class SqliteStore:
         self._ready()
         with self._buffer:
             row = self._row(rid)
+            if row.state is not to_state:
+                self._states[row.state] -= 1
+                self._states[to_state] += 1
             row.state, row.last_transition, row.last_error = to_state, now, error
             if instance is not None and instance != row.instance:
                 row.instance = instance
@@ -320,9 +337,11 @@ class SqliteStore:
 
     def forget(self, rid: str) -> None:
         with self._buffer:
-            self._rows.pop(rid, None)
-            if self._loaded is not None:
-                self._loaded.pop(rid, None)
+            row = self._rows.pop(rid, None)
+            loaded = None if self._loaded is None else self._loaded.pop(rid, None)
+            gone = row or loaded  # a row is newer than the record loaded
+            if gone is not None:
+                self._states[gone.state] -= 1
             self._dirty_status.discard(rid)
             self._dirty_resources.discard(rid)
             self._forgotten.add(rid)
