@@ -156,6 +156,8 @@ def parse(args: list[str], environ: Mapping[str, str]) -> Invocation | None:
 def _setting(name: str) -> bool:
     """Whether an environment variable may set an option (the values of
     RECONCILER_SECRET_* are secrets a manifest reads, never options)."""
+    if name in ("RECONCILER_SECRET_DIRS", "RECONCILER_SECRET_ENV"):  # --secret-dir/-env
+        return True
     return name.startswith("RECONCILER_") and not (
         name == "RECONCILER_STATE_DIR" or name.startswith("RECONCILER_SECRET_")
     )

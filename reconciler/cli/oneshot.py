@@ -218,6 +218,12 @@ def _save_plan(
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
+@click.option(
+    "--full-check",
+    is_flag=True,
+    help="Observe every object through the engine even when the record of the last "
+    "no-op answers (docs/cli.md, decision 0131).",
+)
 @json_option
 @color_option
 def apply(
@@ -229,6 +235,7 @@ def apply(
     allow_mass_prune: bool,
     max_prune_share: float,
     progress: bool | None,
+    full_check: bool,
     as_json: bool,
     no_color: bool,
 ) -> None:

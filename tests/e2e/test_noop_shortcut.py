@@ -222,6 +222,8 @@ def test_the_parser_reads_only_what_it_knows() -> None:
         assert noop.parse(args, env) is None, args
     assert noop.parse(["apply", "cfg"], {"RECONCILER_ROOT": "/r"}) is None
     assert noop.parse(["apply", "cfg"], {"RECONCILER_SECRET_TOKEN": "x"}) is not None
+    assert noop.parse(["apply", "cfg"], {"RECONCILER_SECRET_DIRS": "/s"}) is None
+    assert noop.parse(["apply", "cfg", "--full-check"], {}) is None
     state = noop.parse(["apply", "cfg"], {"RECONCILER_STATE_DIR": "/st"})
     assert state is not None and state.state_dir == "/st"
 
