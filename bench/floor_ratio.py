@@ -7,12 +7,17 @@ root; then their no-op runs alternate (reconciler, floor, reconciler, ...) so
 that load on the machine falls on both alike, and the figure is the ratio of
 the median wall times.
 
-    .venv/bin/python bench/floor_ratio.py [--n 1000] [--repeat 11]
+    .venv/bin/python bench/floor_ratio.py [--n 1000] [--repeat 11] [--first]
+
+The no-op runs the reconciler twice per round: as users run it (answered by the
+no-op record after the first, decision 0131) and with --full-check (the engine).
+--first compares first applies into empty roots with the floor's --fsync.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,34 +44,62 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument(
+        "--first",
+        action="store_true",
+        help="first applies into empty roots instead of no-ops, against floor --fsync",
+    )
     args = parser.parse_args()
     if not FLOOR.is_file():
         raise SystemExit(f"the floor script is not at {FLOOR}")
     env = clean_env(None)
     python = str(VENV_BIN / "python")
+    times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="floor-ratio-") as tmp:
         base = Path(tmp)
         ours, floors = base / "ours", base / "floor"
         write_manifests(ours / "root", args.n, ours / "manifests")
         write_manifests(floors / "root", args.n, floors / "manifests")
-        (ours / "root").mkdir()
-        (floors / "root").mkdir()  # the floor creates nothing above its objects
         reconcile = apply_command(ours / "manifests", ours / "root", ours / "state")
         floor = [python, str(FLOOR), str(floors / "manifests"), str(floors / "state.json")]
-        _wall(reconcile, env)  # the first converge of each: not measured
-        _wall(floor, env)
-        times: dict[str, list[float]] = {"reconciler": [], "floor": []}
-        for _ in range(args.repeat):
-            times["reconciler"].append(_wall(reconcile, env))
-            times["floor"].append(_wall(floor, env))
+        if args.first:
+            floor.append("--fsync")
+            runs = {"reconciler": reconcile, "floor --fsync": floor}
+            for _ in range(args.repeat):
+                for name, argv in runs.items():
+                    for gone in (ours / "root", ours / "state", floors / "root"):
+                        shutil.rmtree(gone, ignore_errors=True)
+                    (floors / "state.json").unlink(missing_ok=True)
+                    (ours / "root").mkdir()
+                    (floors / "root").mkdir()
+                    times.setdefault(name, []).append(_wall(argv, env))
+        else:
+            (ours / "root").mkdir()
+            (floors / "root").mkdir()  # the floor creates nothing above its objects
+            _wall(reconcile, env)  # the first converge of each: not measured
+            _wall(floor, env)
+            # the no-op record is written by the first no-op and answers the next
+            # ones; --full-check runs the engine every time (decision 0131)
+            runs = {
+                "reconciler": reconcile,
+                "reconciler --full-check": [*reconcile, "--full-check"],
+                "floor": floor,
+            }
+            _wall(reconcile, env)
+            for _ in range(args.repeat):
+                for name, argv in runs.items():
+                    times.setdefault(name, []).append(_wall(argv, env))
     medians = {name: statistics.median(values) for name, values in times.items()}
-    ratio = medians["reconciler"] / medians["floor"]
-    print(f"N={args.n}, {args.repeat} alternating no-op runs each, wall seconds")
+    what = "first applies" if args.first else "no-op runs"
+    print(f"N={args.n}, {args.repeat} alternating {what} each, wall seconds")
     for name, values in times.items():
         print(
-            f"  {name:<10} median {medians[name]:.3f}  min {min(values):.3f}  max {max(values):.3f}"
+            f"  {name:<24} median {medians[name]:.3f}  min {min(values):.3f}  max {max(values):.3f}"
         )
-    print(f"  ratio of medians: {ratio:.2f}x the floor")
+    floor_name = "floor --fsync" if args.first else "floor"
+    for name in medians:
+        if name != floor_name:
+            print(f"  {name}: {medians[name] / medians[floor_name]:.2f}x the {floor_name}")
     return 0
 
 
