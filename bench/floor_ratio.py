@@ -17,6 +17,7 @@ no-op record after the first, decision 0131) and with --full-check (the engine).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,8 +37,18 @@ FLOOR = BENCH.parent.parent / "shared" / "bench" / "floor.py"
 
 def _wall(argv: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - started
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{argv[0]} exited {child.returncode}")
+    PEAK_MB[tuple(argv)] = max(PEAK_MB.get(tuple(argv), 0.0), usage.ru_maxrss / 1000)
+    return wall
+
+
+PEAK_MB: dict[tuple[str, ...], float] = {}
+"""The largest peak RSS of each command line (ru_maxrss of the child, MB)."""
 
 
 def main() -> int:
@@ -94,7 +105,8 @@ def main() -> int:
     print(f"N={args.n}, {args.repeat} alternating {what} each, wall seconds")
     for name, values in times.items():
         print(
-            f"  {name:<24} median {medians[name]:.3f}  min {min(values):.3f}  max {max(values):.3f}"
+            f"  {name:<24} median {medians[name]:.3f}  min {min(values):.3f}  "
+            f"max {max(values):.3f}  peak RSS {PEAK_MB.get(tuple(runs[name]), 0):.0f} MB"
         )
     floor_name = "floor --fsync" if args.first else "floor"
     for name in medians:
