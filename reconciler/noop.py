@@ -201,7 +201,8 @@ def shortcut(args: list[str]) -> bool:
     invocation = parse(args, os.environ)
     if invocation is None:
         return False
-    if invocation.progress is None and not invocation.as_json and sys.stderr.isatty():
+    bar = sys.stderr.isatty() if invocation.progress is None else invocation.progress
+    if bar and not invocation.as_json:
         return False  # the full path draws a progress bar
     ELIGIBLE = invocation
     try:
