@@ -55,10 +55,6 @@ class SourceState:
     rejected: dict[str, Any] | None = None
 
 
-_GC_THRESHOLDS = (7000, 10, 100)
-"""The collector's thresholds in the daemon (Python's are 700, 10, 10)."""
-
-
 class Syncer:
     """Fetches, loads, and converges (or rejects) each new revision."""
 
@@ -161,9 +157,6 @@ class Syncer:
             return
         if daemon.desired is None:
             gc.freeze()  # what start-up made lives to the end: spare the collector
-            # a pass makes many objects that live until it ends: full collections of
-            # them would stall the loop 30-150 ms each; they run a tenth as often
-            gc.set_threshold(*_GC_THRESHOLDS)
         await self._apply_revision(revision, desired)
 
     async def _recover(self) -> None:
@@ -336,6 +329,10 @@ class Syncer:
         self._secrets = await asyncio.to_thread(_holds_secrets, desired)
         self._secret_errors = None
         daemon.scheduler.rewatch.set()
+        if first:
+            # what the first pass made (records, rows, metric lines) mostly lives
+            # to the end too: keep it out of the full collections (decision 0129)
+            gc.freeze()
         if first:  # write every resource's metric lines now, not in the first scrape
             self._warm = asyncio.create_task(daemon.metrics.exposition(), name="metrics warm-up")
         log.info(

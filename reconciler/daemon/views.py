@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from reconciler.daemon.settings import DaemonSettings
     from reconciler.daemon.sync import SourceState, Syncer
     from reconciler.looplag import LoopLag
+    from reconciler.pacing import Pacer
     from reconciler.store import OffLoopStore
+
+
+_SLICE = 64
+"""Resources built between two checks of the pacer."""
 
 
 class ApiViews:
@@ -36,6 +41,7 @@ class ApiViews:
     source_state: SourceState
     scheduler: DriftScheduler
     syncer: Syncer
+    pacer: Pacer
 
     def live(self) -> bool:
         return True
@@ -88,14 +94,21 @@ class ApiViews:
             "instance": record.instance or None,
         }
 
-    def resources(self, kind: str | None) -> list[dict[str, Any]]:
-        if self.store is None:
+    async def resources(self, kind: str | None) -> list[dict[str, Any]]:
+        """Built a slice at a time: 12,000 records at once would hold the loop."""
+        store = self.store
+        if store is None:
             return []
-        return [
-            self._resource_json(r)
-            for r in sorted(self.store.inventory().values(), key=lambda r: r.id)
-            if kind is None or r.kind == kind
-        ]
+        found = []
+        for i, rid in enumerate(sorted(store.ids())):
+            if i % _SLICE == _SLICE - 1:
+                await self.pacer.pause()
+            if kind is not None and rid.partition("/")[0] != kind:
+                continue
+            record = store.record(rid)
+            if record is not None:  # None: pruned meanwhile
+                found.append(self._resource_json(record))
+        return found
 
     def resource(self, kind: str, name: str) -> dict[str, Any] | None:
         if self.store is None:
@@ -124,9 +137,8 @@ class ApiViews:
     def metrics_snapshot(self) -> Snapshot:
         """What the metrics registry reads of the daemon at each scrape."""
         state = self.source_state
-        inventory = self.store.inventory() if self.store is not None else {}
         return Snapshot(
-            resources={rid: record.state for rid, record in inventory.items()},
+            resources=self.store.states() if self.store is not None else {},
             revision=None if self.desired is None else self.desired.revision,
             head_rejected=state.rejected is not None,
             last_fetch_success=state.last_success,

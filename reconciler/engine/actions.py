@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from reconciler.engine.batcher import Batcher
     from reconciler.engine.core import Engine
     from reconciler.engine.records import Telemetry
+    from reconciler.pacing import Pacer
     from reconciler.registry import Registry
     from reconciler.store.base import Store
 
@@ -103,6 +104,7 @@ class Actions:
     observer: Batcher[Observed | None]
     applier: Batcher[str | None]
     limit: asyncio.Semaphore
+    pacer: Pacer | None
     telemetry: Telemetry
     handovers: dict[ResourceId, ResourceId]
     _commit: asyncio.Future[None] | None
@@ -170,6 +172,8 @@ class Actions:
     async def _verify(self, work: Work) -> Step:
         res = work.resource
         observed = await self.observer.submit(res.kind, res.spec)
+        if self.pacer is not None:
+            await self.pacer.pause()
         plan = work.provider.plan(res.spec, observed).without(res.policy.ignore_fields)
         if plan.empty:
             self._converged(work)

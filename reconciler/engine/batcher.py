@@ -9,12 +9,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from reconciler.model import Observed, Provider, ProviderError
+from reconciler.pacing import Pacer
 from reconciler.registry import Registry
 
 MAX_BATCH = 2048
 """Observations per observe_many call."""
 MAX_APPLY_BATCH = 32
 """Applies per apply_many call: small, so batches still run side by side."""
+
+_ANSWERS_SLICE = 32
+"""Answers handed out between two checks of the pacer."""
 
 ResultT = TypeVar("ResultT")
 
@@ -32,8 +36,10 @@ class Batcher(Generic[ResultT]):
         call: Callable[[Provider[Any], list[Any]], Awaitable[Sequence[Any]]],
         what: str,
         max_batch: int,
+        pacer: Pacer | None = None,
     ) -> None:
         self._registry = registry
+        self._pacer = pacer
         self._limit = limit
         self._call = call
         self._what = what
@@ -79,26 +85,38 @@ class Batcher(Generic[ResultT]):
                 return
             await asyncio.gather(*(self._run(kind, [item]) for item in items))
             return
-        for (_, future), result in zip(items, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        pacer = self._pacer
+        try:
+            for i, ((_, future), result) in enumerate(zip(items, results, strict=True)):
+                if pacer is not None and i % _ANSWERS_SLICE == _ANSWERS_SLICE - 1:
+                    await pacer.pause()  # each answer wakes its resource's task
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        except asyncio.CancelledError:
+            for _, future in items:
+                future.cancel()  # those answered already are done: unchanged
+            raise
 
 
-def observer(registry: Registry, limit: asyncio.Semaphore) -> Batcher[Observed | None]:
+def observer(
+    registry: Registry, limit: asyncio.Semaphore, pacer: Pacer | None = None
+) -> Batcher[Observed | None]:
     async def call(provider: Provider[Any], specs: list[Any]) -> Sequence[Observed | None]:
         return await provider.observe_many(specs)
 
-    return Batcher(registry, limit, call, "observe", MAX_BATCH)
+    return Batcher(registry, limit, call, "observe", MAX_BATCH, pacer)
 
 
-def applier(registry: Registry, limit: asyncio.Semaphore) -> Batcher[str | None]:
+def applier(
+    registry: Registry, limit: asyncio.Semaphore, pacer: Pacer | None = None
+) -> Batcher[str | None]:
     async def call(
         provider: Provider[Any], items: list[Any]
     ) -> Sequence[BaseException | str | None]:
         return await provider.apply_many(items)
 
-    return Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH)
+    return Batcher(registry, limit, call, "apply", MAX_APPLY_BATCH, pacer)

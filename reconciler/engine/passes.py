@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
-from reconciler import fsm, graph
+from reconciler import fsm
 from reconciler.backoff import backoff
 from reconciler.engine.actions import IMPLEMENTATIONS, ActionFn, Actions, Removal, Subject, Work
 from reconciler.engine.batcher import applier, observer
@@ -55,8 +55,15 @@ def _kind(rid: ResourceId) -> str:
 
 
 _START_SLICE = 256
-"""Resources started per loop iteration: starting 12,000 in one would hold the
-loop (the API, watches, heals) until each had run to its first wait."""
+"""Resources started per loop iteration without a pacer: starting 12,000 in one
+would hold the loop (the API, watches, heals) until each had run to its first wait."""
+_PACED_SLICE = 32
+"""Resources started or settled by the fast path between two checks of the pacer."""
+_PACED_PREPARED = 1024
+"""Resources prepared (a future each) between two checks of the pacer."""
+_PACED_STARTS = 128
+"""Resources started per loop iteration at most with a pacer: a start costs the
+starter little, so the pacer's clock does not see what their first steps cost."""
 
 
 class Pass(Actions):
@@ -88,8 +95,9 @@ class Pass(Actions):
         self.trigger = trigger
         self.inherited = {new: inventory[old].created for old, new in handovers.items()}
         self.limit = asyncio.Semaphore(engine.concurrency)
-        self.observer = observer(engine.registry, self.limit)
-        self.applier = applier(engine.registry, self.limit)
+        self.pacer = engine.pacer
+        self.observer = observer(engine.registry, self.limit, self.pacer)
+        self.applier = applier(engine.registry, self.limit, self.pacer)
         self.settled: dict[ResourceId, asyncio.Future[State]] = {}
         self.results: dict[ResourceId, Result] = {}
         self.errors: dict[ResourceId, str] = {}
@@ -114,26 +122,32 @@ class Pass(Actions):
 
     async def run(self, removed: list[ResourceId]) -> None:
         loop = asyncio.get_running_loop()
-        for rid in (*self.desired.resources, *removed):
+        pacer = self.pacer
+        order = await self.engine.order(self.desired)
+        for i, rid in enumerate((*self.desired.resources, *removed)):
+            if pacer is not None and i % _PACED_PREPARED == _PACED_PREPARED - 1:
+                await pacer.pause()
             self.settled[rid] = loop.create_future()
-        for rid in self.desired.resources:
-            if rid not in self.targets:  # outside this pass: as last recorded
-                record = self.inventory.get(rid)
+            if rid not in self.targets and rid in self.desired.resources:
+                record = self.inventory.get(rid)  # outside this pass: as last recorded
                 self.settled[rid].set_result(record.state if record else fsm.INITIAL)
         for rid in [rid for rid in self.targets if rid in self.desired.resources]:
             if unchecked(self.desired.resources[rid], self.inventory.get(rid)):
                 self._leave_alone(rid)
         checks = await self._observe_quiet()
         async with asyncio.TaskGroup() as group:
-            started = 0
-            for rid in graph.topological_order(self.desired.dependencies):
+            started = done = 0
+            for rid in order:
                 if rid not in self.targets:
                     continue
+                done += 1
+                if pacer is not None and done % _PACED_SLICE == 0:
+                    await pacer.pause()  # the loop serves others, the started ones run
                 if rid in checks and self._clean_check(rid, checks[rid]):
                     continue
                 group.create_task(self.drive(rid), name=f"reconcile {rid}")
                 started += 1
-                if started % _START_SLICE == 0:
+                if started % (_START_SLICE if pacer is None else _PACED_STARTS) == 0:
                     await asyncio.sleep(0)  # the started ones run: the loop serves others
             removed_set = set(removed)
             dependents: dict[ResourceId, list[ResourceId]] = {rid: [] for rid in removed}
@@ -278,6 +292,8 @@ class Pass(Actions):
     # the full path: one task per resource
 
     async def drive(self, rid: ResourceId) -> None:
+        if self.pacer is not None:
+            await self.pacer.pause()  # thousands start at once: a few run per iteration
         res = self.desired.resources[rid]
         deps = self.desired.dependencies.get(rid, ())
         work = self._work(res, deps)
@@ -350,8 +366,11 @@ class Pass(Actions):
     async def _loop(self, work: Subject, state: State) -> State:
         """The state machine proper: action, step, record, until a rest state."""
         rid = work.id
+        pacer = self.pacer
         while (entry := self.actions.get(state)) is not None:
             action, run = entry
+            if pacer is not None:  # a batch's answer wakes thousands at once
+                await pacer.pause()
             try:
                 outcome = await self._timed(action, run, work)
             except asyncio.CancelledError:

@@ -26,6 +26,7 @@ from reconciler.httplimits import (
     accept_error_handler,
     connection_cap,
 )
+from reconciler.pacing import Pacer
 from reconciler.server.api import ReadHandlers
 from reconciler.server.contract import Backend, ServerSettings, error, log
 from reconciler.server.hooks import WriteHandlers
@@ -93,19 +94,24 @@ def build_app(
     settings: ServerSettings,
     *,
     routes: Iterable[web.AbstractRouteDef] = (),
+    pacer: Pacer | None = None,
 ) -> web.Application:
     """The aiohttp application serving `backend`, with its rate limits.
 
     `routes` are added as they are, e.g. the daemon's `/metrics`, which lives
     with the metrics registry rather than here. The connection limits need the
-    listening socket: `start` adds them.
+    listening socket: `start` adds them. `pacer`: the daemon's, which paces the
+    encoding of long lists with the rest of its work on the loop.
     """
-    app, _ = _build(backend, settings, routes)
+    app, _ = _build(backend, settings, routes, pacer)
     return app
 
 
 def _build(
-    backend: Backend, settings: ServerSettings, routes: Iterable[web.AbstractRouteDef]
+    backend: Backend,
+    settings: ServerSettings,
+    routes: Iterable[web.AbstractRouteDef],
+    pacer: Pacer | None,
 ) -> tuple[web.Application, _Gate]:
     gate = _Gate(settings.limits)
     # client_max_size bounds bodies that arrive without a Content-Length
@@ -113,7 +119,7 @@ def _build(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[gate.middleware, _json_errors]
     )
-    reads = ReadHandlers(backend)
+    reads = ReadHandlers(backend, pacer)
     writes = WriteHandlers(backend, settings)
     app.add_routes(
         [
@@ -138,10 +144,11 @@ async def start(
     settings: ServerSettings,
     *,
     routes: Iterable[web.AbstractRouteDef] = (),
+    pacer: Pacer | None = None,
 ) -> Server:
     """Build the application, bind `settings.host:settings.port` and serve."""
     limits = settings.limits
-    app, gate = _build(backend, settings, routes)
+    app, gate = _build(backend, settings, routes, pacer)
     runner = web.AppRunner(
         app,
         # The daemon owns signal handling and the shutdown order.

@@ -9,6 +9,7 @@ module and nothing imports them back, so it imports nothing of the server's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -44,8 +45,9 @@ class Backend(Protocol):
         """A JSON-able status document, already redacted by the daemon."""
         ...
 
-    def resources(self, kind: str | None) -> list[dict[str, Any]]:
-        """Every resource, or those of one kind; each with its `instance`."""
+    def resources(self, kind: str | None) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]:
+        """Every resource, or those of one kind; each with its `instance`. May be a
+        coroutine (the daemon's builds a long list a slice at a time)."""
         ...
 
     def resource(self, kind: str, name: str) -> dict[str, Any] | None:

@@ -176,7 +176,8 @@ class AsyncStore(BufferedWrites, Protocol):
 
     Memory only, never waiting (a plain call): the buffered writes, exactly as in
     `Store`, and `inventory`, the records as of now, read from the database once
-    by `open`. Everything that may wait for the database is a coroutine: `open`,
+    by `open` (with `ids`, `record`, `states` and `state_counts`, which read them
+    without copying them all). Everything that may wait for the database is a coroutine: `open`,
     `flush`, the reads of the history and of what outlives a restart, `close`.
 
     What an implementation promises:
@@ -192,6 +193,18 @@ class AsyncStore(BufferedWrites, Protocol):
       async one is awaited (PostgreSQL with psycopg's `AsyncConnection`; its
       `flush` is one transaction of `executemany`s, as SQLite's).
     """
+
+    def ids(self) -> list[str]:
+        """Every record's id, without building the records."""
+        ...
+
+    def record(self, rid: str) -> Record | None:
+        """One record as of now (None: no such resource)."""
+        ...
+
+    def states(self) -> dict[str, State]:
+        """Every record's state, without building the records (for a scrape)."""
+        ...
 
     def state_counts(self) -> dict[State, int]:
         """How many records are in each state, kept up to date by the writes: the

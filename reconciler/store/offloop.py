@@ -38,6 +38,9 @@ class OffLoopStore:
         # in memory, on the caller's thread: the store's own calls (BufferedWrites)
         self.inventory = store.inventory
         self.state_counts = store.state_counts
+        self.ids = store.ids
+        self.record = store.record
+        self.states = store.states
         self.transition = store.transition
         self.intend = store.intend
         self.converged = store.converged

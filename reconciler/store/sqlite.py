@@ -175,6 +175,23 @@ class SqliteStore:
         self._records()
         return {state: n for state, n in self._states.items() if n}
 
+    def ids(self) -> list[str]:
+        """Every record's id, without building the records."""
+        loaded = self._records()
+        return [*loaded, *(rid for rid in self._rows if rid not in loaded)]
+
+    def record(self, rid: str) -> Record | None:
+        """One record as of now (None: no such resource)."""
+        row = self._rows.get(rid)
+        return row.record() if row is not None else self._records().get(rid)
+
+    def states(self) -> dict[str, State]:
+        """Every record's state, without building the records."""
+        states = {rid: record.state for rid, record in self._records().items()}
+        for rid, row in self._rows.items():  # newer than what was loaded
+            states[rid] = row.state
+        return states
+
     def _records(self) -> dict[str, Record]:
         """The records as read (or last rebuilt): read from the database once."""
         if self._loaded is None:
