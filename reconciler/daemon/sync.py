@@ -255,7 +255,7 @@ class Syncer:
             finally:
                 daemon.claims.end(claim)
             daemon.desired = desired
-            daemon.scheduler.after_pass(report)
+            await daemon.scheduler.after_pass(report)
             await daemon.scheduler.log_results(report)
         daemon.scheduler.rewatch.set()
         log.info(
@@ -323,7 +323,7 @@ class Syncer:
             if not recovered:
                 daemon.source_state.rejected = None
                 daemon.source_state.last_error = None
-            daemon.scheduler.after_pass(report, resync_all=first)
+            await daemon.scheduler.after_pass(report, resync_all=first)
             await daemon.scheduler.log_results(report)
         self._kept_path = revision.path if recovered else (await kept if kept else None)
         self._secrets = await asyncio.to_thread(_holds_secrets, desired)
@@ -333,7 +333,7 @@ class Syncer:
             # what the first pass made (records, rows, metric lines) mostly lives
             # to the end too: keep it out of the full collections (decision 0129)
             gc.freeze()
-        if first:  # write every resource's metric lines now, not in the first scrape
+            # write every resource's metric lines now, not in the first scrape
             self._warm = asyncio.create_task(daemon.metrics.exposition(), name="metrics warm-up")
         log.info(
             "revision %s converged: %s",
