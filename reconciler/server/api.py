@@ -26,10 +26,9 @@ EVENTS_MAX_LIMIT: Final = 1000
 _LIST_SLICE = 256
 """Items of a long list encoded and sent per loop iteration (without a pacer); a
 list this long or shorter is one body."""
+_JSON = "application/json; charset=utf-8"
 _PACED_SLICE = 64
 """Items of a long list encoded between two checks of the pacer."""
-_PIECE = 256 * 1024
-"""Bytes of a long list gathered before they are written (with a pacer)."""
 
 
 class ReadHandlers:
@@ -97,34 +96,32 @@ class ReadHandlers:
 async def _json_list(
     request: web.Request, key: str, items: list[dict[str, Any]], pacer: Pacer | None
 ) -> web.StreamResponse:
-    """`{key: items}` as JSON; a long list is encoded and written a slice at a
-    time (chunked), so 12,000 resources never hold the loop for one body. With a
-    pacer, the slices share its budget with the daemon's other work (50 lists
-    encoded at once hold the loop as long as one 50 times longer)."""
+    """`{key: items}` as JSON; a long list is encoded a slice at a time, so
+    12,000 resources never hold the loop for one body. Without a pacer each slice
+    is written as it is made (chunked). With one, the slices share its budget with
+    the daemon's other work (50 lists encoded at once would hold the loop as long
+    as one 50 times longer) and the body goes out whole: every write is a send(),
+    which lets go of the GIL, and the loop may then wait for busy provider threads
+    to give it back."""
     if len(items) <= _LIST_SLICE:
         return web.json_response({key: items})
-    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
-    await response.prepare(request)
     opening = f'{{"{key}": ['.encode()
-    if pacer is None:
-        await response.write(opening)
-        for start in range(0, len(items), _LIST_SLICE):
-            part = ", ".join(json.dumps(item) for item in items[start : start + _LIST_SLICE])
-            await response.write((", " if start else "").encode() + part.encode())
-            await asyncio.sleep(0)
-        await response.write(b"]}")
-    else:
-        # written in large pieces: each write is a send(), which lets go of the GIL,
-        # and the loop may then wait for the provider threads to give it back
+    if pacer is not None:
         body = bytearray(opening)
         for start in range(0, len(items), _PACED_SLICE):
             part = ", ".join(json.dumps(item) for item in items[start : start + _PACED_SLICE])
             body += (", " if start else "").encode() + part.encode()
-            if len(body) >= _PIECE:
-                await response.write(bytes(body))
-                body.clear()
             await pacer.pause()
-        await response.write(bytes(body + b"]}"))
+        body += b"]}"
+        return web.Response(body=bytes(body), headers={"Content-Type": _JSON})
+    response = web.StreamResponse(headers={"Content-Type": _JSON})
+    await response.prepare(request)
+    await response.write(opening)
+    for start in range(0, len(items), _LIST_SLICE):
+        part = ", ".join(json.dumps(item) for item in items[start : start + _LIST_SLICE])
+        await response.write((", " if start else "").encode() + part.encode())
+        await asyncio.sleep(0)
+    await response.write(b"]}")
     await response.write_eof()
     return response
 
