@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler import looplag
 from reconciler.looplag import LoopLag
 from reconciler.metrics import Metrics, Snapshot
 
@@ -87,3 +88,26 @@ async def test_a_quiet_loop_has_no_stall_to_show() -> None:
             await task
     assert lag.status()["lagMaxSeconds"] < 0.05
     assert lag.longest is not None and lag.longest.where == ()
+
+
+async def test_a_quiet_loop_is_looked_at_less_often_until_a_stall_shows() -> None:
+    """After QUIET_LOOKS looks under QUIET_LAG the monitor sleeps IDLE_INTERVAL (an
+    idle daemon's CPU); the first stall it sees brings the fine looks back."""
+    ticks = _Ticks()
+    lag = LoopLag(ticks.observe)
+    task = asyncio.create_task(lag.run(), name="loop lag")
+    try:
+        await ticks.wait(looplag.QUIET_LOOKS + 2)
+        assert lag._sleep == looplag.IDLE_INTERVAL
+        started, seen = time.monotonic(), ticks.seen
+        await ticks.wait(3)
+        assert time.monotonic() - started >= 2 * looplag.IDLE_INTERVAL, "still looking often"
+        _hold_the_loop(0.15)  # longer than an idle sleep: it shows as a lag
+        await ticks.wait(1)
+        assert lag.longest is not None and lag.longest.seconds >= 0.04
+        assert lag._sleep == lag.interval
+        assert ticks.seen > seen
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
