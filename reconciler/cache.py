@@ -15,7 +15,6 @@ secrets in stored specs (decision 0046), made the same careful way.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -191,15 +190,13 @@ def _body(state: DesiredState, *, exact: bool) -> bytes:
         [i.id, i.source, i.location.file, i.location.line, i.values, i.parent, i.ref, i.commit]
         for i in state.instances.values()
     ]
-    # row by row, the same bytes as one json.dumps of the whole: one call would hold
-    # the GIL for ~60 ms at 12,000 resources, and the daemon's loop with it
-    encode = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False)
-    rows = ", ".join(map(encode, resources))
-    deps = ", ".join(f"{encode(rid)}: {encode(d)}" for rid, d in dependencies.items())
-    return (
-        f'{{"exact": {encode(exact)}, "resources": [{rows}], '
-        f'"dependencies": {{{deps}}}, "instances": {encode(instances)}}}'
-    ).encode()
+    data = {
+        "exact": exact,
+        "resources": resources,
+        "dependencies": dependencies,
+        "instances": instances,
+    }
+    return json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
 
 
 def _exact(value: Any) -> bool:
