@@ -27,7 +27,7 @@ class Limits:
     """Characters of text per document after alias expansion."""
     max_depth: int = 100
     """Levels of nested mappings and sequences in a document."""
-    max_resources: int = 100_000
+    max_resources: int = 250_000
     """Resources in a revision."""
     max_spec_bytes: int = 256 * _MiB
     """All specs of a revision as stored (JSON), sources and templates filled in."""

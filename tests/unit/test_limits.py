@@ -88,10 +88,10 @@ def test_the_defaults_are_the_documented_ones() -> None:
         max_nodes=200_000,
         max_expanded_bytes=16 * MiB,
         max_depth=100,
-        max_resources=100_000,
+        max_resources=250_000,
         max_spec_bytes=256 * MiB,
     )
-    assert Limits().max_resources > 12_000  # the daemon benchmark's revision fits
+    assert Limits().max_resources > 120_000  # the N=100,000 benchmark's revision fits
 
 
 # --- expanded bytes ----------------------------------------------------------------
