@@ -46,7 +46,7 @@ RECORD = "noop.json"
 """The record, in STATE_DIR/cache/ next to the tree cache."""
 KEY_FILE = "cache.key"
 """The key that authenticates it: the tree cache's (decision 57)."""
-FORMAT = b"reconciler-noop-1"
+FORMAT = b"reconciler-noop-2"
 MAX_RECORD_BYTES = 512 * 1024 * 1024
 STREAM_ABOVE = 1 << 20
 """Regular files larger than this are digested in chunks rather than read whole."""
@@ -275,9 +275,7 @@ def _check(invocation: Invocation) -> dict[str, Any]:
             raise Doubt("other inputs")
         if record["store"] != store_mark(state_dir):
             raise Doubt("the store changed")
-        objects: dict[str, Any] = record["objects"]
-        if facts(key, invocation.roots, objects) != objects:
-            raise Doubt("an object changed")
+        _same(key, invocation.roots, record["objects"])
     return record
 
 
@@ -376,10 +374,22 @@ class _locked:
         os.close(self.fd)
 
 
-def facts(key: bytes, roots: Iterable[str], paths: Iterable[str]) -> dict[str, Any]:
+def _same(key: bytes, roots: Iterable[str], objects: Mapping[str, str | None]) -> None:
+    """Raise Doubt at the first object whose facts differ from the recorded ones."""
+    with confined.Roots(tuple(roots)).batch() as fs:
+        for path, recorded in objects.items():
+            try:
+                found = _facts(fs, key, path)
+            except (OSError, confined.ConfinementError) as exc:
+                raise Doubt(f"{path}: {exc}") from exc
+            if found != recorded:
+                raise Doubt(f"{path} changed")
+
+
+def facts(key: bytes, roots: Iterable[str], paths: Iterable[str]) -> dict[str, str | None]:
     """The facts of the object at each path (None: absent), read through the
     confined filesystem of `roots`; raises Doubt when one cannot be read."""
-    found: dict[str, Any] = {}
+    found: dict[str, str | None] = {}
     with confined.Roots(tuple(roots)).batch() as fs:
         for path in paths:
             try:
@@ -389,11 +399,13 @@ def facts(key: bytes, roots: Iterable[str], paths: Iterable[str]) -> dict[str, A
     return found
 
 
-def _facts(fs: confined.Batch, key: bytes, path: str) -> list[Any] | None:
+def _facts(fs: confined.Batch, key: bytes, path: str) -> str | None:
+    """One line: octal type and mode, uid, gid, then a file's size and keyed digest
+    (128 bits) or a link's target."""
     st = fs.lstat(path)
     if st is None:
         return None
-    found: list[Any] = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid]
+    found = f"{stat.S_IFMT(st.st_mode):o} {stat.S_IMODE(st.st_mode):o} {st.st_uid} {st.st_gid}"
     if stat.S_ISREG(st.st_mode):
         digest = hmac.new(key, b"content\0", hashlib.sha256)
         size = 0
@@ -406,9 +418,9 @@ def _facts(fs: confined.Batch, key: bytes, path: str) -> list[Any] | None:
             data = fs.read(path, st.st_size + 1)
             digest.update(data)
             size = len(data)
-        found += [size, digest.hexdigest()]
-    elif stat.S_ISLNK(st.st_mode):
-        found.append(fs.readlink(path))
+        return f"{found} {size} {digest.hexdigest()[:32]}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{found} {fs.readlink(path)}"
     return found
 
 
@@ -426,7 +438,7 @@ class Recorder:
     key: bytes
     tree: str
     revision: str
-    objects: dict[str, Any]
+    objects: dict[str, str | None]
 
     @classmethod
     def before(cls, revision: str, paths: Iterable[str], state_dir: Path) -> Recorder | None:
