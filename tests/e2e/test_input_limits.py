@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.cache import FORMAT as CACHE_FORMAT
 from tests.conftest import Sandbox, doc, docs
 from tests.e2e.daemon_harness import Daemons, file_doc, read_text
 from tests.gitservers import GitDaemon, WorkClone
@@ -246,4 +247,4 @@ def test_the_daemon_never_runs_a_planted_pickle_and_says_so_once(
     assert len(warnings) == 1 and str(entry) in warnings[0], warnings
     daemon.stop()
     assert not sentinel.exists()
-    assert entry.read_bytes().startswith(b"reconciler-tree-cache/2 ")  # written again
+    assert entry.read_bytes().startswith(CACHE_FORMAT + b" ")  # written again
