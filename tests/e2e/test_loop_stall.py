@@ -32,12 +32,12 @@ PATHS = ("/api/v1/status", "/api/v1/resources", "/api/v1/events?limit=1000", "/m
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 PENDING = (  # what still holds the loop; "" once fixed, and the assertion holds
-    "the loop stalls 50-100 ms on this machine (was 120-130 ms at the same load, "
-    "70-260 ms before): the work on the loop is paced a few ms per iteration "
-    "(decision 0128) and collections are short (decision 0129); what is left is the "
-    "tree cache's write (one json.dumps holds the GIL ~60 ms; slicing it cost 55 MB "
-    "of RSS, decision 0130) and the loop waiting for the GIL after its syscalls "
-    "while up to --concurrency provider threads run (issue 11)"
+    "the loop stalls 45-80 ms on this machine, under 50 ms in 2 runs of 5 (was "
+    "120-130 ms at the same load, 70-260 ms before): the work on the loop is paced a "
+    "few ms per iteration (decision 0128), collections are short (decision 0129) and "
+    "the cache entry is written with marshal, ~5 ms (decision 0133); what is left is "
+    "the loop waiting for the GIL after its syscalls while provider threads run "
+    "(two observe batches in flight instead of six made no difference) (issue 11)"
 )
 REACHED = 0.4
 """Past this the loop is back where it was (up to 0.44 s before decision 0128, 1.0-1.5 s
