@@ -305,18 +305,7 @@ def markdown_details(out: list[str], items: Sequence[tuple[str, list[str]]], omi
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-REPORT_ORDER = (
-    Outcome.CREATED,
-    Outcome.UPDATED,
-    Outcome.HEALED,
-    Outcome.DELETED,
-    Outcome.RELEASED,
-    Outcome.UNCHANGED,
-    Outcome.DRIFTED,
-    Outcome.SUSPENDED,
-    Outcome.FAILED,
-    Outcome.BLOCKED,
-)
+REPORT_ORDER = tuple(Outcome(name) for name in noop.REPORT_ORDER)
 
 
 def render_report(report: Report, *, load_seconds: float, colour: bool) -> str:

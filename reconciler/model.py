@@ -206,6 +206,9 @@ class DesiredState:
     dependencies: Mapping[ResourceId, tuple[ResourceId, ...]]
     instances: Mapping[str, Instance] = field(default_factory=dict)
     """The bundle instances of the revision, by id (see `Resource.instance`)."""
+    digest: str = ""
+    """The SHA-256 of the config tree as the loader read it ("" when not loaded from
+    a tree); `revision` is its first 12 digits unless a source names it."""
     cacheable: bool = True
     """False when the revision rests on more than its files (resolved secrets, a
     branch-following remote bundle): nothing made of it may be kept between runs."""

@@ -26,6 +26,7 @@ uses the standard library, `confined`, `statekey` and `manifests.tree` only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -441,10 +442,13 @@ class Recorder:
     objects: dict[str, str | None]
 
     @classmethod
-    def before(cls, revision: str, paths: Iterable[str], state_dir: Path) -> Recorder | None:
+    def before(
+        cls, digest: str, revision: str, paths: Iterable[str], state_dir: Path
+    ) -> Recorder | None:
         """The recorder of this run, or None when no record can be made: the command
-        line is not one the shortcut reads, the tree changed since it was loaded,
-        an object cannot be read."""
+        line is not one the shortcut reads, an object cannot be read. `digest` is the
+        tree's as the loader read it (`DesiredState.digest`): the record is of what
+        was loaded, even if the tree changed since."""
         invocation = ELIGIBLE
         if invocation is None or _absolute(invocation.state_dir) != _absolute(str(state_dir)):
             return None
@@ -452,13 +456,10 @@ class Recorder:
         if key is None:
             return None
         try:
-            tree = _tree_digest(invocation.path)
-            if tree[: len(revision)] != revision:
-                return None  # the tree changed after it was loaded
             objects = facts(key, invocation.roots, paths)
         except (Doubt, OSError, ValueError, confined.ConfinementError):
             return None
-        return cls(invocation, state_dir, key, tree, revision, objects)
+        return cls(invocation, state_dir, key, digest, revision, objects)
 
     def write(self, counts: Mapping[str, int]) -> None:
         """Record the result of a pass that changed nothing; call it while the store
@@ -484,9 +485,5 @@ class Recorder:
 
 def forget(state_dir: Path) -> None:
     """Remove the record: a run that changed something, or failed to record."""
-    try:
+    with contextlib.suppress(OSError):
         (state_dir / "cache" / RECORD).unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass

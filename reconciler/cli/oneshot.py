@@ -317,7 +317,9 @@ def _recorder(
         if path is None:
             return None
         paths.append(path)
-    return noop.Recorder.before(desired.revision, paths, state_dir)
+    if not desired.digest:
+        return None
+    return noop.Recorder.before(desired.digest, desired.revision, paths, state_dir)
 
 
 def _changed_nothing(report: Report, desired: DesiredState) -> bool:

@@ -4,6 +4,7 @@ cache of validated trees (an unchanged tree is not parsed) and the parse memo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,7 +51,7 @@ def load(
         cache_key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
         state = _cache.read(cache, cache_key, registry, revision)
         if state is not None:
-            return state
+            return dataclasses.replace(state, digest=digest)
     if memo is not None:
         context = f"{others}\0{fingerprint}\0{limits}"
         if memo.context != context:
@@ -65,7 +66,7 @@ def load(
     if memo is not None:  # only what this revision uses stays in memory
         memo.files, memo.spec_bytes = docs.used.files, docs.used.spec_bytes
     cacheable = not docs.secrets and not docs.floating
-    state = DesiredState(revision, docs.resources, edges, docs.instances, cacheable)
+    state = DesiredState(revision, docs.resources, edges, docs.instances, digest, cacheable)
     if cache is not None and cache.write and cacheable:
         _cache.write(cache, cache_key, state)
     return state
