@@ -9,7 +9,17 @@ import hmac
 
 import pytest
 
-from reconciler.notify import Condition, Gate, Notification, Outbox, Severity, sign, verify
+from reconciler.notify import (
+    Condition,
+    Gate,
+    Notification,
+    Outbox,
+    Receiver,
+    Severity,
+    key_of,
+    sign,
+    verify,
+)
 
 
 def _n(condition: Condition, subject: str = "File/app", **fields: str) -> Notification:
@@ -32,12 +42,44 @@ def test_a_persisting_condition_notifies_once_then_after_the_repeat_interval() -
     assert gate.deduplicated == 2
 
 
-def test_a_resolution_is_told_only_for_a_condition_that_was() -> None:
+def test_a_recovery_is_told_only_for_a_staleness_that_was() -> None:
     gate = Gate(repeat=3600, burst=100, per=60)
-    assert gate.admit(_n(Condition.HEALED), 0.0) == []  # nothing drifted as far as told
+    source = "https://git.example/config.git"
+    assert gate.admit(_n(Condition.RECOVERED, source), 0.0) == []  # nothing was stale
+    assert len(gate.admit(_n(Condition.STALE, source), 1.0)) == 1
+    assert len(gate.admit(_n(Condition.RECOVERED, source), 2.0)) == 1
+    assert gate.admit(_n(Condition.RECOVERED, source), 3.0) == []
+    assert len(gate.admit(_n(Condition.STALE, source), 4.0)) == 1  # stale again: news
+
+
+def test_a_heal_ends_a_told_drift_and_is_news_on_its_own() -> None:
+    gate = Gate(repeat=100, burst=100, per=60)
     assert len(gate.admit(_n(Condition.DRIFTED), 1.0)) == 1
-    assert len(gate.admit(_n(Condition.HEALED), 2.0)) == 1
-    assert len(gate.admit(_n(Condition.DRIFTED), 3.0)) == 1  # a new drift is news again
+    assert gate.admit(_n(Condition.DRIFTED), 2.0) == []
+    assert len(gate.admit(_n(Condition.HEALED), 3.0)) == 1  # ends the drift
+    assert len(gate.admit(_n(Condition.DRIFTED), 4.0)) == 1  # a new drift is news again
+    assert len(gate.admit(_n(Condition.HEALED), 5.0)) == 1
+    # found and healed at once (heal policy, the drift never told): told, once per repeat
+    assert len(gate.admit(_n(Condition.HEALED), 6.0)) == 1
+    assert gate.admit(_n(Condition.HEALED), 50.0) == []
+    assert len(gate.admit(_n(Condition.HEALED), 106.0)) == 1
+    assert len(gate.admit(_n(Condition.HEALED, "File/other"), 107.0)) == 1
+
+
+def test_clear_forgets_a_condition_silently() -> None:
+    gate = Gate(repeat=3600, burst=100, per=60)
+    assert len(gate.admit(_n(Condition.FAILED), 0.0)) == 1
+    assert gate.admit(_n(Condition.FAILED), 1.0) == []
+    gate.clear(_n(Condition.FAILED).key)
+    gate.clear("resource-failed:File/never-held")
+    assert len(gate.admit(_n(Condition.FAILED), 2.0)) == 1  # failed again: news
+
+
+def test_heals_held_for_deduplication_do_not_pile_up() -> None:
+    gate = Gate(repeat=10, burst=10**6, per=1)
+    for i in range(2000):
+        gate.admit(_n(Condition.HEALED, f"File/{i}"), float(i))
+    assert len(gate._held) < 600
 
 
 def test_the_rate_limit_holds_back_and_the_next_one_out_summarises() -> None:
@@ -78,3 +120,60 @@ def test_bad_limits_are_refused() -> None:
     for kwargs in ({"repeat": 0, "burst": 1, "per": 1}, {"repeat": 1, "burst": 0, "per": 1}):
         with pytest.raises(ValueError):
             Gate(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_outbox_pops_the_oldest_first() -> None:
+    box = Outbox(3)
+    assert box.pop() is None
+    for i in range(4):
+        box.put(_n(Condition.FAILED, f"File/{i}"))
+    assert [box.pop().subject for _ in range(3)] == ["File/1", "File/2", "File/3"]  # type: ignore[union-attr]
+    assert box.pop() is None and box.dropped == 1
+
+
+def _receiver(**kwargs: object) -> Receiver:
+    values: dict[str, object] = {
+        "name": "ops",
+        "type": "webhook",
+        "url": "https://hooks.example/T0KEN-in-the-path",
+        "secret": b"hmac-s3cret",
+    }
+    values.update(kwargs)
+    return Receiver(**values)  # type: ignore[arg-type]
+
+
+def test_a_receiver_filters_by_event_severity_kind_and_name() -> None:
+    everything = _receiver()
+    assert everything.wants(_n(Condition.FAILED)) and everything.wants(_n(Condition.APPLIED))
+    events = _receiver(events=frozenset({Condition.FAILED, Condition.REJECTED}))
+    assert events.wants(_n(Condition.FAILED)) and not events.wants(_n(Condition.DRIFTED))
+    info = Notification(Condition.APPLIED, Severity.INFO, "3f2a9c1", "applied")
+    assert not _receiver(min_severity=Severity.WARNING).wants(info)
+    assert _receiver(min_severity=Severity.WARNING).wants(_n(Condition.FAILED))  # ERROR
+    globs = _receiver(kinds=("File", "Postgres*"), names=("app-*",))
+    assert globs.wants(_n(Condition.FAILED, "File/app-config"))
+    assert globs.wants(_n(Condition.DRIFTED, "PostgresRole/app-reader"))
+    assert not globs.wants(_n(Condition.FAILED, "File/motd"))
+    assert not globs.wants(_n(Condition.HEALED, "Directory/app-dir"))
+    assert not globs.wants(_n(Condition.FAILED, "file/app-config"))  # globs are case-sensitive
+    # kinds and names do not filter what is not about a resource
+    assert globs.wants(_n(Condition.REJECTED, "3f2a9c1"))
+    assert globs.wants(_n(Condition.STALE, "https://git.example/config.git"))
+
+
+def test_a_receiver_never_shows_its_url_or_secret() -> None:
+    receiver = _receiver()
+    assert "T0KEN" not in repr(receiver) and "s3cret" not in repr(receiver)
+    assert "ops" in repr(receiver)
+    with pytest.raises(ValueError, match="needs a secret") as caught:
+        _receiver(secret=None)
+    assert "T0KEN" not in str(caught.value)
+    for bad in ({"burst": 0}, {"per": 0}, {"repeat": -1}, {"timeout": 0}, {"name": ""}):
+        with pytest.raises(ValueError) as caught:
+            _receiver(**bad)
+        assert "T0KEN" not in str(caught.value)
+    assert _receiver(type="apprise", secret=None).secret is None
+
+
+def test_key_of_is_the_notification_key() -> None:
+    assert key_of(Condition.FAILED, "File/app") == _n(Condition.FAILED).key
