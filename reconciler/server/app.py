@@ -30,6 +30,7 @@ from reconciler.pacing import Pacer
 from reconciler.server.api import ReadHandlers
 from reconciler.server.contract import Backend, ServerSettings, error, log
 from reconciler.server.hooks import WriteHandlers
+from reconciler.web import PageHandlers
 
 
 class Server:
@@ -135,6 +136,7 @@ def _build(
             web.post("/hooks/generic", writes.generic),
         ]
     )
+    app.add_routes(PageHandlers(backend).routes())
     app.add_routes(list(routes))
     return app, gate
 

@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from reconciler.httplimits import HttpLimits
+from reconciler.web import PageQuery
 
 # Every part of the server logs as "reconciler.server": the log's repeat filter,
 # the documentation and operators' log queries name that logger.
@@ -52,6 +53,13 @@ class Backend(Protocol):
 
     def resource(self, kind: str, name: str) -> dict[str, Any] | None:
         """One resource, or None when there is no `kind/name`."""
+        ...
+
+    def page(self, query: PageQuery) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """One page of the status page's resource table (reconciler.web): `total`,
+        `matched`, `page` (clamped to `pages`), `pages`, `size`, `kinds` (every kind
+        present) and `rows` (as `resources` shows them, with `drift`). May be a
+        coroutine; answered from memory in one walk of the inventory."""
         ...
 
     async def events(

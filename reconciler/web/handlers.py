@@ -1,0 +1,141 @@
+"""The status page's routes: the page (`GET /`), the part of it the script
+swaps in when the state changed (`GET /live`), the same data as JSON
+(`GET /api/v1/page`) and the script and stylesheet (`GET /static/...`).
+
+Every answer carries the page's security headers (a Content-Security-Policy
+without inline script or style, nosniff, no referrer, no framing) and an ETag
+of its body: the script polls `/live` with If-None-Match every two seconds, and
+an unchanged state is a 304 with no body (decision 0135).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Awaitable
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from reconciler.web import render
+from reconciler.web.query import BadQuery, PageQuery, parse
+from reconciler.web.render import PageData
+
+EVENTS_SHOWN: Final = 20
+"""The latest events the page lists."""
+
+CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # always revalidated: the ETag makes that a 304 when nothing changed
+    "Cache-Control": "no-cache",
+}
+_STATIC: Final = {"page.js": "text/javascript", "page.css": "text/css"}
+
+
+class PageBackend(Protocol):
+    """What the page reads of the daemon: a part of the server's `Backend`."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def page(self, query: PageQuery) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+    async def events(
+        self,
+        *,
+        resource: str | None,
+        kind: str | None,
+        since: float | None,
+        limit: int,
+        instance: str | None,
+    ) -> list[dict[str, Any]]: ...
+
+
+class PageHandlers:
+    """The page's routes, bound to one backend."""
+
+    def __init__(self, backend: PageBackend) -> None:
+        self._backend = backend
+        folder = resources.files("reconciler.web") / "static"
+        # two small files, read once: served from memory with their ETag
+        self._static = {name: (folder / name).read_bytes() for name in _STATIC}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.index),
+            web.get("/live", self.live),
+            web.get("/api/v1/page", self.data),
+            web.get("/static/{name}", self.static),
+        ]
+
+    async def _data(self, request: web.Request) -> PageData:
+        query = parse(request.query, lambda key: request.query.getall(key, []))
+        answer = self._backend.page(query)
+        page = await answer if inspect.isawaitable(answer) else answer
+        events = await self._backend.events(
+            resource=None, kind=None, since=None, limit=EVENTS_SHOWN, instance=None
+        )
+        return PageData(query, self._backend.status(), page, events)
+
+    async def index(self, request: web.Request) -> web.Response:
+        try:
+            data = await self._data(request)
+        except BadQuery as exc:
+            return _answer(request, render.problem(str(exc)).encode(), "text/html", status=400)
+        return _answer(request, render.page(data).encode(), "text/html")
+
+    async def live(self, request: web.Request) -> web.Response:
+        try:
+            data = await self._data(request)
+        except BadQuery as exc:
+            return _answer(request, str(exc).encode(), "text/plain", status=400)
+        return _answer(request, render.live(data).encode(), "text/html")
+
+    async def data(self, request: web.Request) -> web.Response:
+        try:
+            data = await self._data(request)
+        except BadQuery as exc:
+            return _answer(request, json.dumps({"error": str(exc)}).encode(), _JSON, status=400)
+        return _answer(request, json.dumps(data.to_json()).encode(), _JSON)
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = self._static.get(name)
+        if body is None:
+            raise web.HTTPNotFound()
+        return _answer(request, body, _STATIC[name])
+
+
+_JSON: Final = "application/json"
+
+
+def _answer(
+    request: web.Request, body: bytes, content_type: str, *, status: int = 200
+) -> web.Response:
+    """`body` with the security headers and its ETag; a 304 without a body when
+    the client holds the same."""
+    headers = dict(SECURITY_HEADERS)
+    if status == 200:
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers["ETag"] = etag
+        if _matches(request.headers.get("If-None-Match"), etag):
+            return web.Response(status=304, headers=headers)
+    return web.Response(
+        body=body, status=status, content_type=content_type, charset="utf-8", headers=headers
+    )
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in tags or "*" in tags
