@@ -41,7 +41,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reconciler.fsm import State
@@ -117,6 +117,10 @@ class Snapshot:
     interval: float | None = None
     last_converged: float | None = None
     queue_depth: int = 0
+    notifications: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Notifications by (receiver, outcome), totals since start (reconciler.notifier)."""
+    notification_queue: Mapping[str, int] = field(default_factory=dict)
+    """Notifications queued per receiver."""
 
 
 class Metrics:
@@ -447,6 +451,32 @@ class _Present(Collector):
             "Resources waiting for a pass.",
             value=snap.queue_depth,
         )
+        yield from _notification_families(snap)
+
+
+def _notification_families(snap: Snapshot) -> Iterator[Metric]:
+    """The notifier's counts and queues (a few series per receiver), present only
+    when receivers are configured."""
+    if snap.notifications:
+        total = CounterMetricFamily(
+            "reconciler_notifications",
+            "Notifications by receiver and outcome: sent, failed (after its last attempt "
+            "or at once), retried (attempts after the first), suppressed (rate limit), "
+            "deduplicated, dropped (full queue or shutdown).",
+            labels=["receiver", "outcome"],
+        )
+        for (receiver, outcome), n in sorted(snap.notifications.items()):
+            total.add_metric([receiver, outcome], n)
+        yield total
+    if snap.notification_queue:
+        depth = GaugeMetricFamily(
+            "reconciler_notification_queue_depth",
+            "Notifications waiting to be sent, per receiver.",
+            labels=["receiver"],
+        )
+        for receiver, n in sorted(snap.notification_queue.items()):
+            depth.add_metric([receiver], n)
+        yield depth
 
 
 class _BuildInfo(Collector):
