@@ -35,7 +35,10 @@ def run(providers: _Providers, state_dir: Path, **values: Any) -> None:
             signature_policy(verify_commits, values["trusted_keys"], values["allowed_signers"])
         except ValueError as exc:
             _fail(str(exc))
-    settings = daemon_settings(values, providers, state_dir)
+    try:  # the receivers file is read again here: it may have changed since its check
+        settings = daemon_settings(values, providers, state_dir)
+    except SettingsError as exc:
+        _fail(str(exc))
 
     async def daemon() -> None:
         await Daemon(settings).run()

@@ -144,6 +144,26 @@ def _unreadable(path: Path, *, text: bool) -> str | None:
     return None
 
 
+def _receivers(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """--notifications: the receivers file and every secret file it names are read
+    and checked before anything starts; the error names the file, line and field."""
+    if value is None:
+        return None
+    from reconciler.daemon import SettingsError
+    from reconciler.daemon.receivers import load_receivers
+
+    try:
+        load_receivers(value)
+    except SettingsError as exc:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+            raise _OneLineError(f"{param.envvar}: {exc}") from None
+        if source is None:  # from the settings file, which names the setting
+            raise _OneLineError(str(exc)) from None
+        raise _OneLineError(f"--notifications: {exc}") from None
+    return value
+
+
 def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
     from reconciler.model import parse_duration
 
@@ -198,6 +218,7 @@ class Target(Enum):
     DAEMON = "DaemonSettings"  # the field of the same name (or `field`)
     HTTP = "HttpLimits"  # a field of DaemonSettings.http_limits
     COMMAND = "run"  # read by the command itself (logging)
+    NOTIFY = "Notifications"  # DaemonSettings.notifications, the receivers file read
 
 
 @dataclass(frozen=True)
@@ -350,6 +371,15 @@ DAEMON = (
     ),
     _duration_setting("shutdown_timeout", "30s", "How long a stop waits for in-flight applies."),
     Setting(
+        "notifications",
+        "Receivers file: where drift, failures and rejected revisions are notified "
+        "(signed webhooks, apprise URLs); see docs/operations.md#notifications.",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        callback=_receivers,
+        target=Target.NOTIFY,
+    ),
+    Setting(
         "http_max_connections",
         "Most HTTP connections open at once (never within 256 of the fd limit).",
         default=1024,
@@ -453,8 +483,15 @@ def daemon_settings(
         if setting.credential:
             value = values[setting.name]
             own.extend(value if isinstance(value, tuple) else [value])
+    notifications = None
+    if values["notifications"] is not None:
+        from reconciler.daemon.receivers import load_receivers
+
+        notifications = load_receivers(values["notifications"])
+        own.extend(notifications.files)  # the receivers file, its URL and secret files
     return DaemonSettings(
         **landing(Target.DAEMON),
+        notifications=notifications,
         roots=providers.resolved_roots,
         allow_commands=providers.allow_commands,
         secret_sources=providers.secrets(*own),

@@ -370,6 +370,7 @@ class DriftScheduler:
                 log.error("%s %s: %s", rid, result.action, result.error, extra=where)
             elif result.action not in (Outcome.UNCHANGED, Outcome.SUSPENDED):
                 log.info("%s %s", rid, result.action, extra=where)
+        await self._daemon.announcer.results(report)
 
     async def _wake_dependents(self, report: Report) -> None:
         """A resource that came into sync unblocks its Blocked dependents now,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
+from reconciler.daemon.announce import Announcer
 from reconciler.daemon.claims import Claims
 from reconciler.daemon.drift import DriftScheduler
 from reconciler.daemon.settings import DaemonSettings, SettingsError, read_secret
@@ -75,6 +76,8 @@ class Daemon(ApiViews):
         """The event loop's lag, measured while the daemon serves (decision 0120)."""
         self.pacer = Pacer()
         """Paces long work on the loop, the engine's and the API's alike (decision 0128)."""
+        self.announcer = Announcer(self)
+        """What is told to the notification receivers (`--notifications`)."""
 
     # lifecycle
 
@@ -131,6 +134,7 @@ class Daemon(ApiViews):
                 pacer=self.pacer,
             )
             self.port = http.port
+            self._notifier()
             scheduler = AsyncIOScheduler()
             scheduler.add_job(
                 self.request_sync,
@@ -177,6 +181,9 @@ class Daemon(ApiViews):
         ]
         if hasattr(self.source, "changes"):
             loops.append(("local changes loop", self._local_changes_loop))
+        notifier = self.announcer.notifier
+        if notifier is not None:
+            loops.append(("notifier", notifier.run))
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(job(), name=name) for name, job in loops]
             await self._stop.wait()
@@ -191,8 +198,31 @@ class Daemon(ApiViews):
                     "work still in flight after %.0f s: cancelling it",
                     self.settings.shutdown_timeout,
                 )
+            if notifier is not None:  # what is queued, within a bounded wait
+                await notifier.close(min(5.0, self.settings.shutdown_timeout))
             for task in tasks:
                 task.cancel()
+
+    def _notifier(self) -> None:
+        """The notifier of the receivers file, when one is configured."""
+        notifications = self.settings.notifications
+        if notifications is None:
+            return
+        import socket
+
+        from reconciler.notifier import Notifier
+
+        self.announcer.notifier = Notifier(
+            notifications.receivers,
+            queue_size=notifications.queue_size,
+            attempts=notifications.attempts,
+            origin={"daemon": socket.gethostname(), "source": self.source_state.url},
+        )
+        log.info(
+            "notifying %d receiver(s): %s",
+            len(notifications.receivers),
+            ", ".join(f"{r.name} ({r.type})" for r in notifications.receivers),
+        )
 
     def _make_source(self) -> Source:
         from reconciler.sources.local import LocalSource

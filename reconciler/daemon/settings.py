@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.httplimits import HttpLimits
 from reconciler.model import SecretSources
+
+if TYPE_CHECKING:
+    from reconciler.daemon.receivers import Notifications
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,8 @@ class DaemonSettings:
     allowed_signers: Path | None = None
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     """Timeouts, connection cap and rate limits of the HTTP server."""
+    notifications: Notifications | None = None
+    """The receivers file, read (`--notifications`): None sends nothing."""
 
 
 class SettingsError(Exception):

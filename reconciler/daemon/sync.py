@@ -120,9 +120,11 @@ class Syncer:
             state.last_fetch_ok, state.last_error = False, str(exc)
             daemon.metrics.fetched(False)
             log.error("fetch failed: %s", exc)
+            daemon.announcer.fetched(False, str(exc))
             return
         state.last_fetch_ok, state.last_success = True, time.time()
         daemon.metrics.fetched(True)
+        daemon.announcer.fetched(True)
         if state.rejected is not None and state.rejected.get("cause") == "signature":
             # the head passed verification (a signed tag, a new trusted key): judge it
             # again, even when it is the commit rejected before
@@ -270,18 +272,20 @@ class Syncer:
         state = self._daemon.source_state
         state.last_fetch_ok, state.last_success = True, time.time()
         self._daemon.metrics.fetched(True)
+        self._daemon.announcer.fetched(True)
         said = state.rejected
         if said and said["revision"] == exc.revision.id and said["errors"] == [exc.reason]:
             return  # already rejected: say it once, not at every poll
-        self._reject(exc.revision, [exc.reason])
+        self._reject(exc.revision, [exc.reason], cause="signature")
         assert state.rejected is not None
         state.rejected["cause"] = "signature"
 
-    def _reject(self, revision: Revision, errors: list[str]) -> None:
+    def _reject(self, revision: Revision, errors: list[str], *, cause: str = "invalid") -> None:
         state = self._daemon.source_state
         state.rejected = {"revision": revision.id, "at": time.time(), "errors": errors}
         state.last_error = f"revision {revision.id} rejected: {len(errors)} error(s)"
         self._daemon.metrics.rejected()
+        self._daemon.announcer.rejected(revision, errors, cause)
         log.error(
             # one argument per error: the log escapes what an error carries, not our lines
             "revision %s rejected, nothing of it applied:" + "\n  %s" * len(errors),
@@ -311,7 +315,7 @@ class Syncer:
             try:  # started before the next await: converge refuses before any drift pass
                 report = await daemon.engine.converge(desired, only=only)
             except MassPruneRefused as exc:
-                self._reject(revision, [str(exc)])
+                self._reject(revision, [str(exc)], cause="mass-prune")
                 if kept is not None:
                     await kept
                 return
@@ -324,6 +328,7 @@ class Syncer:
                 daemon.source_state.rejected = None
                 daemon.source_state.last_error = None
             await daemon.scheduler.after_pass(report, resync_all=first)
+            daemon.announcer.applied(revision, report, recovered=recovered)
             await daemon.scheduler.log_results(report)
         self._kept_path = revision.path if recovered else (await kept if kept else None)
         self._secrets = await asyncio.to_thread(_holds_secrets, desired)
