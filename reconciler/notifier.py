@@ -135,7 +135,9 @@ class _Redact(logging.Filter):
         super().__init__("reconciler.notifier")
         self.secrets: list[str] = []
 
-    def add(self, url: str) -> None:
+    def add(self, url: str, *, host_is_secret: bool) -> None:
+        """Blank `url` and its parts; its host too when it may be a token (apprise's
+        URLs often put one there: slack://TokenA/TokenB/TokenC)."""
         parts = {url, unquote(url)}
         split = urlsplit(url)
         parts.update(p for p in (split.username, split.password) if p)
@@ -143,8 +145,12 @@ class _Redact(logging.Filter):
         parts.update(v for _, v in parse_qsl(split.query))
         if split.fragment:
             parts.add(split.fragment)
-        host = split.hostname or ""
-        found = {p for p in parts if len(p) >= _MIN_SECRET_PART and p != host}
+        host = split.netloc.rpartition("@")[2].rsplit(":", 1)[0]  # as written (hostname lowers)
+        if host_is_secret and host:
+            parts.add(host)
+        found = {p for p in parts if len(p) >= _MIN_SECRET_PART}
+        if not host_is_secret:
+            found.discard(host)
         self.secrets = sorted(set(self.secrets) | found, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -161,11 +167,11 @@ class _Redact(logging.Filter):
         if blanked != message or record.args:
             record.msg, record.args = blanked, None
         if record.exc_info is not None and record.exc_info[1] is not None:
-            record.exc_text = None
             text = logging.Formatter().formatException(record.exc_info)
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
-            record.exc_info, record.exc_text = None, text
+            if any(secret in text for secret in self.secrets):
+                for secret in self.secrets:
+                    text = text.replace(secret, "***")
+                record.exc_info, record.exc_text = None, text  # handlers print exc_text
         return True
 
 
@@ -214,7 +220,7 @@ class Notifier:
         self._senders: list[_Sender] = []
         try:
             for receiver in receivers:
-                self._redact.add(receiver.url)
+                self._redact.add(receiver.url, host_is_secret=receiver.type == "apprise")
                 gate = Gate(repeat=receiver.repeat, burst=receiver.burst, per=receiver.per)
                 sender = _Sender(receiver, gate, Outbox(queue_size))
                 if receiver.type == "apprise":

@@ -466,3 +466,28 @@ async def test_the_counts_render_as_metrics(
     assert samples[(total, (("outcome", "deduplicated"), ("receiver", "ops")))] == 1
     assert samples[(total, (("outcome", "dropped"), ("receiver", "ops")))] == 0
     assert samples[("reconciler_notification_queue_depth", (("receiver", "ops"),))] == 0
+
+
+async def test_the_http_libraries_logs_never_show_a_receivers_url_or_its_parts(
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    tokens = ("T1JJ3T3L2", "A1BRTD4JD", "TIiajkdnlazkcOXrIdevi7F")
+    url = "slack://{}/{}/{}/#ops".format(*tokens)
+    notifier = Notifier([Receiver(name="slack", type="apprise", url=url)])
+    try:
+        posted = "https://hooks.slack.com/services/{}/{}/{}".format(*tokens)
+        logging.getLogger("apprise").debug("posting to %s", posted)
+        logging.getLogger("httpx").info("HTTP Request: POST %s", posted)
+        try:
+            raise ValueError(f"no answer from {url}")
+        except ValueError:
+            logging.getLogger("urllib3.connectionpool").exception("failed")
+    finally:
+        await notifier.close(0)
+    logging.getLogger("apprise").debug("after close: %s", tokens[0])  # the filter is gone
+    assert "failed" in caplog.text and "ValueError" in caplog.text
+    after = caplog.records[-1]
+    for token in tokens:
+        assert token not in caplog.text.replace(after.getMessage(), "")
+    assert tokens[0] in after.getMessage()
