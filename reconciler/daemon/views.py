@@ -22,6 +22,7 @@ from reconciler.store import Record
 from reconciler.web import PageQuery
 
 if TYPE_CHECKING:
+    from reconciler.daemon.announce import Announcer
     from reconciler.daemon.drift import DriftScheduler
     from reconciler.daemon.settings import DaemonSettings
     from reconciler.daemon.sync import SourceState, Syncer
@@ -77,6 +78,7 @@ class ApiViews:
     scheduler: DriftScheduler
     syncer: Syncer
     pacer: Pacer
+    announcer: Announcer
 
     def live(self) -> bool:
         return True
@@ -220,6 +222,7 @@ class ApiViews:
     def metrics_snapshot(self) -> Snapshot:
         """What the metrics registry reads of the daemon at each scrape."""
         state = self.source_state
+        notifier = self.announcer.notifier
         return Snapshot(
             resources=self.store.states() if self.store is not None else {},
             revision=None if self.desired is None else self.desired.revision,
@@ -228,6 +231,8 @@ class ApiViews:
             interval=self.settings.interval,
             last_converged=self.scheduler.last_converged,
             queue_depth=len(self.scheduler.queue.items),
+            notifications={} if notifier is None else notifier.counts(),
+            notification_queue={} if notifier is None else notifier.depth(),
         )
 
 
