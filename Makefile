@@ -20,8 +20,21 @@ RUN_TRIGGERS := --interval 5s
 else
 $(error HOOKS=1 turns the webhooks and the sync API on; found HOOKS=$(HOOKS))
 endif
+# `make run NOTIFY=1`: notifications on, by one setting (--notifications): a signed
+# webhook to `make receiver` (scripts/notify_receiver.py on $(DEMO_RECEIVER), run it
+# in another terminal), its secret made in $(DEMO_NOTIFY) on first use.
+NOTIFY ?=
+DEMO_NOTIFY := $(DEMO_ROOT)/.notify
+DEMO_RECEIVER ?= 127.0.0.1:9109
+ifeq ($(NOTIFY),1)
+RUN_NOTIFY := --notifications $(DEMO_NOTIFY)/notifications.yaml
+else ifeq ($(NOTIFY),)
+RUN_NOTIFY :=
+else
+$(error NOTIFY=1 sends notifications to `make receiver`; found NOTIFY=$(NOTIFY))
+endif
 
-.PHONY: install demo run test lint typecheck unit bench bench-daemon clean
+.PHONY: install demo run receiver test lint typecheck unit bench bench-daemon clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +69,24 @@ ifeq ($(HOOKS),1)
 	    > $(DEMO_HOOKS)/$$f; done
 	@echo "webhooks and sync on: secret $(DEMO_HOOKS)/webhook-secret, token $(DEMO_HOOKS)/api-token"
 endif
+ifeq ($(NOTIFY),1)
+	@$(MAKE) --no-print-directory $(DEMO_NOTIFY)/notifications.yaml
+	@echo "notifications on: to http://$(DEMO_RECEIVER)/ (run \`make receiver\` to see them)"
+endif
 	$(BIN)/reconciler run --repo $(DEMO_REPO) $(RUN_TRIGGERS) --root $(DEMO_ROOT) --allow-commands \
-	  --state-dir $(DEMO_ROOT)/.state --listen $(DEMO_LISTEN)
+	  --state-dir $(DEMO_ROOT)/.state --listen $(DEMO_LISTEN) $(RUN_NOTIFY)
+
+# The demo's receivers file: one signed webhook to `make receiver`.
+$(DEMO_NOTIFY)/notifications.yaml:
+	@umask 077 && mkdir -p $(DEMO_NOTIFY) && [ -s $(DEMO_NOTIFY)/secret ] || \
+	  $(PY) -c 'import secrets; print(secrets.token_hex(16))' > $(DEMO_NOTIFY)/secret
+	@printf 'receivers:\n  - name: demo\n    type: webhook\n    url: http://%s/\n    secret_file: secret\n' \
+	  '$(DEMO_RECEIVER)' > $@
+
+# A notification receiver for `make run NOTIFY=1`: prints each notification it gets,
+# once its signature checks out (scripts/notify_receiver.py). Ctrl-C stops it.
+receiver: install $(DEMO_NOTIFY)/notifications.yaml
+	$(PY) scripts/notify_receiver.py --listen $(DEMO_RECEIVER) --secret-file $(DEMO_NOTIFY)/secret
 
 lint: install
 	$(BIN)/ruff check .

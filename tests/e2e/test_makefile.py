@@ -244,3 +244,67 @@ def test_make_demo_on_a_fresh_sandbox_and_the_hooks_variable(tmp_path: Path) -> 
         check=True,
     )
     assert "--interval 5s" in plain.stdout and "--webhook-secret-file" not in plain.stdout
+
+
+def test_make_run_notify_sends_to_make_receiver(tmp_path: Path) -> None:
+    """The README's `make receiver` and `make run NOTIFY=1`: one setting turns the
+    notifications on, and the receiver prints the demo's first revision, applied,
+    its signature checked."""
+    _demo_tree(tmp_path)
+    port, receiver_port = free_port(), free_port()
+    receiver_at = f"DEMO_RECEIVER=127.0.0.1:{receiver_port}"
+    out = (tmp_path / "receiver.out").open("w")
+    log = (tmp_path / "make-run.log").open("w")
+    procs = [
+        subprocess.Popen(
+            _make(tmp_path, "receiver", receiver_at, port=port),
+            cwd=CHECKOUT,
+            env=_make_env(),
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+    ]
+    try:
+        _wait(
+            "the receiver",
+            lambda: "secret_file: secret" in _read(tmp_path / "root/.notify/notifications.yaml"),
+            procs[0],
+        )
+        procs.append(
+            subprocess.Popen(
+                _make(tmp_path, "run", "NOTIFY=1", receiver_at, port=port),
+                cwd=CHECKOUT,
+                env=_make_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+        _wait(
+            "the applied revision at the receiver",
+            lambda: '"revision-applied"' in _read(tmp_path / "receiver.out"),
+            procs[1],
+        )
+        printed = _read(tmp_path / "receiver.out").splitlines()
+        line = json.loads(next(x for x in printed if "revision-applied" in x))
+        assert line["kind"] == "webhook" and line["payload"]["fields"]["created"]
+        notify = tmp_path / "root/.notify"
+        assert (notify / "secret").stat().st_mode & 0o777 == 0o600
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+        log.close()
+    assert "--notifications" in (tmp_path / "make-run.log").read_text()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
