@@ -10,7 +10,6 @@ an unchanged state is a 304 with no body (decision 0135).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Awaitable
@@ -125,9 +124,9 @@ def _answer(
     the client holds the same."""
     headers = dict(SECURITY_HEADERS)
     if status == 200:
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        headers["ETag"] = etag
-        if _matches(request.headers.get("If-None-Match"), etag):
+        tag = render.etag(body)
+        headers["ETag"] = tag
+        if _matches(request.headers.get("If-None-Match"), tag):
             return web.Response(status=304, headers=headers)
     return web.Response(
         body=body, status=status, content_type=content_type, charset="utf-8", headers=headers

@@ -263,6 +263,12 @@ async def test_an_unchanged_state_is_a_304_without_a_body(
         etag = headers["ETag"]
         status, body, _ = await _get(client, path, **{"If-None-Match": etag})
         assert (status, body) == (304, ""), path
+    # the page carries its live part's ETag: the script's first look is a 304
+    _, body, _ = await _get(client, "/")
+    made_with = _parsed(body).tags
+    main = next(attrs for tag, attrs in made_with if tag == "main")
+    _, _, headers = await _get(client, "/live")
+    assert main["data-etag"] == headers["ETag"]
     backend.rows[1]["state"] = "Failed"
     status, body, headers = await _get(client, "/live", **{"If-None-Match": etag})
     assert status == 200 and headers["ETag"] != etag

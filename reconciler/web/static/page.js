@@ -16,8 +16,7 @@
   const every = Number(main.dataset.poll) || 2000;
   const defaults = { q: "", state: "", kind: "", sort: "id", order: "asc", size: "100" };
   let query = location.search;
-  let etag = null;
-  let first = true;
+  let etag = main.dataset.etag || null; // of the live part the page was made with
   let timer = null;
   let inflight = null;
 
@@ -50,8 +49,7 @@
         etag = response.headers.get("ETag");
         const parsed = new DOMParser().parseFromString(html, "text/html");
         main.replaceChildren(...parsed.body.childNodes);
-        if (!first) say("Updated at " + new Date().toLocaleTimeString());
-        first = false;
+        say("Updated at " + new Date().toLocaleTimeString());
       } else if (response.status === 400) {
         say("Cannot filter that way: " + (await response.text()));
       } else if (response.status !== 304) {
