@@ -35,7 +35,7 @@ def _run_envvars() -> set[str]:
 
 def test_services_and_named_volumes() -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"reconciler", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"reconciler", "receiver", "prometheus", "grafana"}
     named = set(compose["volumes"])
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
@@ -44,7 +44,7 @@ def test_services_and_named_volumes() -> None:
                 assert source in named, f"{name}: volume {source!r} is not declared"
 
 
-@pytest.mark.parametrize("service", ["reconciler", "prometheus", "grafana"])
+@pytest.mark.parametrize("service", ["reconciler", "receiver", "prometheus", "grafana"])
 def test_mounted_files_exist(service: str) -> None:
     for volume in _compose()["services"][service].get("volumes", []):
         source, target, *mode = volume.split(":")
@@ -120,3 +120,21 @@ def test_compose_config_rejects_a_misspelt_key(tmp_path: Path) -> None:
     result = _config(broken)
     assert result.returncode != 0
     assert "cap_dorp" in result.stdout + result.stderr
+
+
+def test_the_stack_notifies_its_receiver_by_one_setting() -> None:
+    """RECONCILER_NOTIFICATIONS names the mounted receivers file, which loads (its
+    secret file beside it) and sends to the receiver service."""
+    from reconciler.daemon.receivers import load_receivers
+
+    services = _compose()["services"]
+    raw = services["reconciler"]["environment"]["RECONCILER_NOTIFICATIONS"]
+    assert raw.startswith("${RECONCILER_NOTIFICATIONS:-") and raw.endswith("}")
+    setting = raw.removeprefix("${RECONCILER_NOTIFICATIONS:-").removesuffix("}")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["reconciler"]["volumes"]}
+    host = DEPLOY / mounts["/etc/reconciler/notifications"]
+    read = load_receivers(host / setting.removeprefix("/etc/reconciler/notifications/"))
+    (demo,) = read.receivers
+    assert demo.url == "http://receiver:9109/"
+    assert "--listen=0.0.0.0:9109" in services["receiver"]["command"]
+    assert services["receiver"]["image"] == services["reconciler"]["image"]
