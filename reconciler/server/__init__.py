@@ -3,8 +3,8 @@ sync trigger and signed webhooks that ask the daemon to fetch the source now.
 
 The server knows the daemon only through `Backend`, a handful of quick,
 non-blocking methods answered from memory; it imports nothing else of ours but
-its limits (`httplimits`), so it sits beside the daemon without a layer to point
-at. Nothing here is global: `build_app` wires one `Backend` and one
+its limits (`httplimits`) and the status page (`web`), so it sits beside the
+daemon without a layer to point at. Nothing here is global: `build_app` wires one `Backend` and one
 `ServerSettings` into an aiohttp application, and `start` binds it and returns a
 `Server` to stop.
 
@@ -14,10 +14,16 @@ A module per part (their own layers contract in .importlinter):
     api.py       the probes, the read-only API and its query parameters
     hooks.py     the sync API and the webhooks, their authentication, body reads
     app.py       the routes, the middleware (rate limits, JSON errors), start,
-                 Server
+                 Server; it adds the status page's routes (reconciler.web, a
+                 layer below, which reads the same Backend)
 
 Routes:
 
+    GET  /                                the status page (reconciler.web): HTML,
+                                          ?q=&state=&kind=&sort=&order=&page=&size=
+    GET  /live                            the page's live part (same query; ETag, 304)
+    GET  /api/v1/page                     the page's data as JSON (same query)
+    GET  /static/page.js, /static/page.css  the page's script and stylesheet
     GET  /healthz                         200 "ok" while the event loop is alive
     GET  /readyz                          200 "ready"; 503 "not ready: <reason>"
     GET  /api/v1/status                   the daemon's status document
@@ -64,7 +70,9 @@ least recently active idle one is closed to make room). aiohttp bounds the
 request head itself: request line and each header at most 8190 bytes, at most
 128 headers, else 400 (431 for headers) and the connection is closed.
 
-Every JSON response is `application/json`; every error is `{"error": "..."}`.
+Every JSON response is `application/json`; every error is `{"error": "..."}`
+(the status page's own routes answer a bad query with a 400 in their own type,
+and carry its security headers: decisions 0134-0137).
 Secrets never appear in responses, logs or the settings' repr.
 """
 
