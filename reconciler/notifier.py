@@ -234,7 +234,8 @@ class Notifier:
 
     def notify(self, notification: Notification) -> None:
         """Queue `notification` for every receiver that wants it and whose gate lets
-        it through; wake their senders."""
+        it through; wake their senders. Called on the event loop `run` runs on (or
+        before it starts)."""
         now = time.monotonic()
         for sender in self._senders:
             try:
@@ -322,7 +323,11 @@ class Notifier:
                 sender.wake.clear()
                 await sender.wake.wait()
                 continue
-            await self._deliver(sender, notification)
+            try:
+                await self._deliver(sender, notification)
+            except Exception:  # a bug here must not stop this receiver's sender
+                sender.counts["failed"] += 1
+                log.exception("notification to receiver %s not sent", sender.receiver.name)
 
     async def _deliver(self, sender: _Sender, notification: Notification) -> None:
         name = sender.receiver.name
