@@ -12,6 +12,7 @@ waits for SQLite on the event loop (decision 0119).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from reconciler.fsm import State
@@ -56,7 +57,7 @@ _SEVERITY: Final = {
 }
 """The status page sorts states by how much they need a look, not by name."""
 _SORT_KEYS: Final[dict[str, Callable[[Record], Any]]] = {
-    "id": lambda r: r.id,
+    "id": attrgetter("id"),
     "kind": lambda r: (r.kind, r.id),
     "state": lambda r: (_SEVERITY.get(r.state, len(_SEVERITY)), r.id),
     "transition": lambda r: (r.last_transition, r.id),

@@ -4,8 +4,9 @@ swaps in when the state changed (`GET /live`), the same data as JSON
 
 Every answer carries the page's security headers (a Content-Security-Policy
 without inline script or style, nosniff, no referrer, no framing) and an ETag
-of its body: the script polls `/live` with If-None-Match every two seconds, and
-an unchanged state is a 304 with no body (decision 0135).
+of its body (of the data it is made of, for `/live`): the script polls `/live`
+with If-None-Match every second, and an unchanged state is a 304 with no body,
+not rendered (decision 0135).
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ class PageHandlers:
             data = await self._data(request)
         except BadQuery as exc:
             return _answer(request, str(exc).encode(), "text/plain", status=400)
-        return _answer(request, render.live(data).encode(), "text/html")
+        tag = data.live_etag()  # known before rendering: an unchanged part is not rendered
+        if _matches(request.headers.get("If-None-Match"), tag):
+            return web.Response(status=304, headers={**SECURITY_HEADERS, "ETag": tag})
+        return _answer(request, render.live(data).encode(), "text/html", tag=tag)
 
     async def data(self, request: web.Request) -> web.Response:
         try:
@@ -118,13 +122,18 @@ _JSON: Final = "application/json"
 
 
 def _answer(
-    request: web.Request, body: bytes, content_type: str, *, status: int = 200
+    request: web.Request,
+    body: bytes,
+    content_type: str,
+    *,
+    status: int = 200,
+    tag: str | None = None,
 ) -> web.Response:
-    """`body` with the security headers and its ETag; a 304 without a body when
-    the client holds the same."""
+    """`body` with the security headers and its ETag (`tag`, or a digest of the
+    body); a 304 without a body when the client holds the same."""
     headers = dict(SECURITY_HEADERS)
     if status == 200:
-        tag = render.etag(body)
+        tag = tag or render.etag(body)
         headers["ETag"] = tag
         if _matches(request.headers.get("If-None-Match"), tag):
             return web.Response(status=304, headers=headers)
