@@ -97,6 +97,8 @@ FAMILIES: dict[str, str] = {
     "reconciler_last_converged_timestamp_seconds": "gauge",
     "reconciler_queue_depth": "gauge",
     "reconciler_event_loop_lag_seconds": "histogram",
+    "reconciler_notifications_total": "counter",
+    "reconciler_notification_queue_depth": "gauge",
     "reconciler_build_info": "gauge",
 }
 """Every reconciler_* family /metrics exposes, by the name it is exposed under

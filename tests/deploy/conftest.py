@@ -55,6 +55,8 @@ def exported() -> dict[str, frozenset[str]]:
         interval=60.0,
         last_converged=1_700_000_000.0,
         queue_depth=1,
+        notifications={("ops", "sent"): 3, ("ops", "failed"): 1, ("ops", "dropped"): 0},
+        notification_queue={"ops": 2},
     )
     metrics = Metrics(lambda: snapshot, version="0.0.0-test")
     metrics.transitions({("File", "InSync", "Detecting"): 1})
