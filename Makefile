@@ -34,7 +34,7 @@ else
 $(error NOTIFY=1 sends notifications to `make receiver`; found NOTIFY=$(NOTIFY))
 endif
 
-.PHONY: install demo run receiver test lint typecheck unit bench bench-daemon clean
+.PHONY: install demo run receiver test lint typecheck unit bench bench-daemon screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,12 @@ bench: install
 bench-daemon: install
 	$(PY) -m compileall -q reconciler
 	$(PY) bench/daemon.py --n 10000 --repeat 20 --idle 30
+
+# The status page of the demo daemon (run in the background on a free port with
+# its own temporary root, one resource drifted by hand) photographed in Debian's
+# Chromium for the README: docs/images/status-page.png.
+screenshot: install
+	$(PY) scripts/screenshot.py --out docs/images/status-page.png
 
 clean:
 	rm -rf $(VENV) .reconciler .mypy_cache .ruff_cache .pytest_cache *.egg-info
