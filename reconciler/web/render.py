@@ -25,6 +25,17 @@ from reconciler.web.query import ORDERS, SORTS, STATES, PageQuery
 LIVE_FORMAT: Final = 1
 """Part of the live part's ETag: bump it when live.html changes, so a page made
 by an older daemon does not keep its stale part after an upgrade."""
+SHOWN_STATUS: Final = (
+    "source",
+    "revision",
+    "lastGoodRevision",
+    "lastFetch",
+    "lastError",
+    "rejected",
+    "resources",
+)
+"""What the live part shows of the status document: only these make its ETag
+(the event loop's lag, also in the status, changes at every look)."""
 POLL_MS: Final = 1000
 """How often the script asks whether the state changed."""
 SHOWN_CHARS: Final = 300
@@ -51,15 +62,18 @@ class PageData:
     events: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "page": self.page, "events": self.events}
+        """What the page shows, as `/api/v1/page` serves it (of the status, only
+        what the page shows: the rest is at /api/v1/status)."""
+        shown = {key: self.status.get(key) for key in SHOWN_STATUS}
+        return {"status": shown, "page": self.page, "events": self.events}
 
     def live_etag(self) -> str:
         """The ETag of the live part made from this data, without rendering it:
         the same data and query always render the same part, so a digest of
         them tells an unchanged part at the cost of one `json.dumps` (a third
         of a rendering)."""
-        made_of = json.dumps([LIVE_FORMAT, self.query.params(), self.to_json()], default=str)
-        return etag(made_of.encode())
+        made_of = [LIVE_FORMAT, self.query.params(), self.to_json()]
+        return etag(json.dumps(made_of, default=str).encode())
 
 
 def _when(ts: float | None) -> str:

@@ -99,6 +99,13 @@ def test_the_page_loads_with_its_counts_and_revision(page: Page, shared: DaemonP
     )
 
 
+def test_an_unchanged_live_part_is_a_304(shared: DaemonProcess) -> None:
+    first = shared.request("GET", "/live?size=10")
+    assert first.status == 200 and first.headers["ETag"]
+    again = shared.request("GET", "/live?size=10", headers={"If-None-Match": first.headers["ETag"]})
+    assert (again.status, again.body) == (304, b"")
+
+
 def test_landmarks_labels_and_the_table_s_headers(page: Page, shared: DaemonProcess) -> None:
     page.goto(shared.url + "/")
     for role in ("banner", "navigation", "main", "contentinfo", "search"):

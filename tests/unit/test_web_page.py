@@ -8,6 +8,7 @@ could put in front of the page, and nothing else.
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import AsyncIterator
 from fnmatch import fnmatch
@@ -81,6 +82,7 @@ class PageStandIn:
                 "errors": [f"x.yaml:1: {SCRIPT}"],
             },
             "resources": {"Drifted": 1, "InSync": 1},
+            "eventLoop": {"lag": time.perf_counter()},  # changes at every call, not shown
         }
 
     async def page(self, query: PageQuery) -> dict[str, Any]:
