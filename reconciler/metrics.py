@@ -457,28 +457,26 @@ class _Present(Collector):
 
 
 def _notification_families(snap: Snapshot) -> Iterator[Metric]:
-    """The notifier's counts and queues (a few series per receiver), present only
-    when receivers are configured."""
-    if snap.notifications:
-        total = CounterMetricFamily(
-            "reconciler_notifications",
-            "Notifications by receiver and outcome: sent, failed (after its last attempt "
-            "or at once), retried (attempts after the first), suppressed (rate limit), "
-            "deduplicated, dropped (full queue or shutdown).",
-            labels=["receiver", "outcome"],
-        )
-        for (receiver, outcome), n in sorted(snap.notifications.items()):
-            total.add_metric([receiver, outcome], n)
-        yield total
-    if snap.notification_queue:
-        depth = GaugeMetricFamily(
-            "reconciler_notification_queue_depth",
-            "Notifications waiting to be sent, per receiver.",
-            labels=["receiver"],
-        )
-        for receiver, n in sorted(snap.notification_queue.items()):
-            depth.add_metric([receiver], n)
-        yield depth
+    """The notifier's counts and queues: a few series per receiver, none (but the
+    families) without receivers."""
+    total = CounterMetricFamily(
+        "reconciler_notifications",
+        "Notifications by receiver and outcome: sent, failed (after its last attempt "
+        "or at once), retried (attempts after the first), suppressed (rate limit), "
+        "deduplicated, dropped (full queue or shutdown).",
+        labels=["receiver", "outcome"],
+    )
+    for (receiver, outcome), n in sorted(snap.notifications.items()):
+        total.add_metric([receiver, outcome], n)
+    yield total
+    depth = GaugeMetricFamily(
+        "reconciler_notification_queue_depth",
+        "Notifications waiting to be sent, per receiver.",
+        labels=["receiver"],
+    )
+    for receiver, n in sorted(snap.notification_queue.items()):
+        depth.add_metric([receiver], n)
+    yield depth
 
 
 class _BuildInfo(Collector):

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.fsm import State
 from reconciler.metrics import FAMILIES, PHASES, Metrics, Snapshot
+from reconciler.notifier import OUTCOMES
 from tests.deploy import promql
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,7 @@ LABEL_VALUES = {
     "to_state": STATES,
     "phase": set(PHASES),
     "result": {"success", "error"},
+    "outcome": set(OUTCOMES),
 }
 """The values the enumerated labels take, for checking equality matchers."""
 
@@ -55,8 +57,8 @@ def exported() -> dict[str, frozenset[str]]:
         interval=60.0,
         last_converged=1_700_000_000.0,
         queue_depth=1,
-        notifications={("ops", "sent"): 3, ("ops", "failed"): 1, ("ops", "dropped"): 0},
-        notification_queue={"ops": 2},
+        notifications={("ops", outcome): 1 for outcome in OUTCOMES},
+        notification_queue={"ops": 1},
     )
     metrics = Metrics(lambda: snapshot, version="0.0.0-test")
     metrics.transitions({("File", "InSync", "Detecting"): 1})

@@ -21,6 +21,7 @@ ALERTS = (
     "ReconcilerSourceStale",
     "ReconcilerDown",
     "ReconcilerAbsent",
+    "ReconcilerNotificationsFailing",
 )
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY
+from tests.deploy.test_prometheus import ALERTS
 from tests.e2e.daemon_harness import Daemons, docs, file_doc, wait_until
 from tests.prometheus import Prometheus
 
@@ -100,7 +101,7 @@ def test_rules_and_dashboard_on_prometheus_scraping_a_daemon(
         assert {a["state"] for a in prometheus.api("alerts")["alerts"]} == {"pending"}
 
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
-        assert len(rules) == 6
+        assert len(rules) == len(ALERTS)
         for rule in rules:
             assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
 
