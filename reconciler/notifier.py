@@ -107,7 +107,19 @@ def _text(notification: Notification) -> str:
     """An apprise body: the fields as "name: value" lines (the title goes as the
     title, which services without titles put on the first line)."""
     lines = [f"{name}: {value}" for name, value in notification.fields.items()]
-    return "\n".join(lines) or notification.title
+    return defuse("\n".join(lines) or notification.title)
+
+
+_DEFUSE = str.maketrans({"<": "\u2039", ">": "\u203a", "@": "@\u200b"})
+"""Chat markup a repository's text must not carry into a chat: `@channel`, `@here`
+and `@all` mentions (a zero-width space after the @), Slack's `<!channel>`,
+`<@user>` and `<url|label>` (angle brackets become single guillemets)."""
+
+
+def defuse(text: str) -> str:
+    """`text` (names, errors: the repository's) shown as it is in a chat, without
+    paging a team or disguising a link; markdown links lose their `](`."""
+    return text.translate(_DEFUSE).replace("](", "]\u200b(")
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +437,7 @@ async def _send_apprise(services: apprise.Apprise, notification: Notification) -
     ok = await asyncio.to_thread(
         services.notify,
         body=_text(notification),
-        title=notification.title,
+        title=defuse(notification.title),
         notify_type=_APPRISE_TYPES[notification.severity],
     )
     return None if ok else _Retry("apprise reported a failure")

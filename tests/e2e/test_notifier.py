@@ -491,3 +491,27 @@ async def test_the_http_libraries_logs_never_show_a_receivers_url_or_its_parts(
     for token in tokens:
         assert token not in caplog.text.replace(after.getMessage(), "")
     assert tokens[0] in after.getMessage()
+
+
+async def test_a_hostile_name_cannot_mention_everyone_in_a_chat(
+    hooks: Callable[..., Awaitable[Hook]], running: Callable[..., Notifier]
+) -> None:
+    """A resource name and an error come from the repository: in a chat they must
+    not become `@channel`/`@here`/`@all` mentions or Slack's `<!channel>` and
+    `<url|text>` links that page a whole team or disguise a link."""
+    hook = await hooks()
+    notifier = running(mattermost(hook.port))
+    notifier.notify(
+        Notification(
+            Condition.FAILED,
+            Severity.ERROR,
+            "File/@channel",
+            "File/@channel failed <!here>",
+            {"error": "@all see <https://evil.example|the docs> <@U123> @here"},
+        )
+    )
+    (seen,) = await hook.wait(1)
+    text = json.loads(seen.body)["text"]
+    for mention in ("@channel", "@here", "@all", "<!here>", "<https://", "<@U123>"):
+        assert mention not in text, text
+    assert "channel" in text and "evil.example" in text  # shown, defused
