@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -515,3 +516,30 @@ async def test_a_hostile_name_cannot_mention_everyone_in_a_chat(
     for mention in ("@channel", "@here", "@all", "<!here>", "<https://", "<@U123>"):
         assert mention not in text, text
     assert "channel" in text and "evil.example" in text  # shown, defused
+
+
+async def test_a_hostile_revision_makes_a_bounded_payload(
+    hooks: Callable[..., Awaitable[Hook]], running: Callable[..., Notifier]
+) -> None:
+    """A revision with thousands of errors, each huge and multi-line: the
+    rejection's payload holds the count, the first three errors cut to one line of
+    at most 300 characters, and a title of at most 200."""
+    from types import SimpleNamespace
+
+    from reconciler.daemon.announce import Announcer
+    from reconciler.sources.base import Revision
+
+    hook = await hooks()
+    notifier = running(webhook(hook.url))
+    announcer = Announcer(SimpleNamespace())  # type: ignore[arg-type]  # rejected() reads none of it
+    announcer.notifier = notifier
+    errors = [f"bad.yaml:{i}: " + "x\n" * 20_000 for i in range(5_000)]
+    announcer.rejected(Revision("f" * 40, Path("/nonexistent"), "s" * 10_000), errors, "invalid")
+    (seen,) = await hook.wait(1)
+    body = json.loads(seen.body)
+    assert len(seen.body) < 3_000
+    assert body["fields"]["errors"] == "5000" and "error 4" not in body["fields"]
+    assert (
+        body["fields"]["error 1"].startswith("bad.yaml:0: x x") and "\n" not in seen.body.decode()
+    )
+    assert len(body["fields"]["error 1"]) == 300 and len(body["title"]) <= 200
