@@ -162,6 +162,8 @@ def test_pages_of_a_small_size(page: Page, shared: DaemonProcess) -> None:
     pages.get_by_role("link", name="Last").click()
     expect(table).to_have_accessible_name(re.compile("^Resources: 201\u2013241 of 241"))
     expect(table.get_by_role("rowheader")).to_have_count(41)
+    page.goto(shared.url + "/?size=50&page=99")  # past the end: the last page
+    expect(pages).to_contain_text("Page 5 of 5")
 
 
 def test_without_javascript_the_snapshot_and_the_form_work(
