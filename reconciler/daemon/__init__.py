@@ -10,6 +10,8 @@ One asyncio loop runs everything. The package is split by role:
 - `drift`: the work queue, the resync heap, the providers' watches and the heal
   backoff, turning drift triggers into targeted passes;
 - `views`: the JSON views the HTTP server serves and the metrics snapshot;
+- `announce`: what is told to the notification receivers, and when;
+- `receivers`: the receivers file of `--notifications`, read and checked;
 - `settings`: `DaemonSettings` and `SettingsError`.
 
 Everything logs to the "reconciler.daemon" logger.
