@@ -30,11 +30,11 @@ CHAT_TOKEN = "chattoken8d1f3b7a90c2e4f6a8b0"
 class Receiver:
     """scripts/notify_receiver.py as a process; what it printed, parsed."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, secret: str = SECRET) -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.secret_file = workdir / "notify-secret"
-        self.secret_file.write_text(SECRET + "\n")
+        self.secret_file.write_text(secret + "\n")
         self.out = workdir / "receiver.out"
         self._out = self.out.open("w")
         self.process = subprocess.Popen(

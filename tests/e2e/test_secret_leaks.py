@@ -36,6 +36,7 @@ from tests.e2e.daemon_harness import (
     read_text,
     run_cli,
 )
+from tests.e2e.test_notifications import Receiver
 from tests.gitservers import GitRepos, SmartHTTPServer, WorkClone
 
 SECRET = "canary-" + secrets.token_hex(12)
@@ -120,6 +121,13 @@ def test_one_secret_used_everywhere_appears_nowhere_but_in_its_targets(
     expected_app = f"[db]\nuser = app\npassword = {SECRET}\n"
 
     sha1 = push(work, "first", manifests(root, key_file, "v1\n"))
+    # notifications, signed with the secret too, to a real receiver
+    receiver = Receiver(tmp_path / "receiver", secret=SECRET)
+    notifications = private / "notifications.yaml"
+    notifications.write_text(
+        f"receivers:\n  - {{name: ops, type: webhook, url: 'http://127.0.0.1:{receiver.port}/',"
+        f" secret_file: {receiver.secret_file}, rate: {{burst: 100, per: 1m}}}}\n"
+    )
     daemon = daemons.start(
         http_server.url(),
         root=root,
@@ -133,6 +141,8 @@ def test_one_secret_used_everywhere_appears_nowhere_but_in_its_targets(
             str(hook_file),
             "--log-level",
             "debug",
+            "--notifications",
+            str(notifications),
         ],
     )
     daemon.wait_revision(sha1)
@@ -163,7 +173,8 @@ def test_one_secret_used_everywhere_appears_nowhere_but_in_its_targets(
     daemon.wait_file(app, expected_app)
     drifted = daemon.wait_state("File/key", "Drifted")
     assert drifted["drift"] == [{"field": "/content", "sensitive": True}]
-    assert "File/key drifted" in daemon.logs()
+    # logged once the pass ends; the API shows the drift as the resource settles
+    daemon.wait_until(lambda: "File/key drifted" in daemon.logs(), "the drift logged")
 
     # plan on the same tree, beside the running daemon
     plan_args = [str(work.path), "--root", str(root), "--state-dir", str(daemon.state_dir)]
@@ -202,7 +213,15 @@ def test_one_secret_used_everywhere_appears_nowhere_but_in_its_targets(
     assert any(WITHHELD in str(e) for e in status["rejected"]["errors"]), status["rejected"]
     assert read_text(app) == expected_app  # the last good revision stays enforced
 
+    # what the receiver was told: the drift of the key (sensitive), the heal, the rejection
+    receiver.wait("the key's drift told", lambda x: "File/key drifted" in str(x))
+    receiver.wait("the rejection told", lambda x: sha3 in str(x) and "rejected" in str(x))
+    receiver.close()
+    told = receiver.out.read_text()
+    assert '"kind": "rejected"' not in told  # every signature (keyed with the secret) checks
+
     texts = api_texts(daemon)
+    texts["notifications"] = told
     texts["plan"] = plan.stdout + plan.stderr
     texts["plan --json"] = plan_json.stdout + plan_json.stderr
     texts["status command"] = run_cli("status", "--url", daemon.url).stdout
