@@ -50,7 +50,8 @@ def _field_defaults(model: type[Any]) -> dict[str, Any]:
 
 
 def test_the_table_covers_every_field_of_the_daemon_settings() -> None:
-    daemon = {s.attribute for s in SETTINGS.values() if s.target is Target.DAEMON}
+    # NOTIFY: the receivers file lands read (DaemonSettings.notifications)
+    daemon = {s.attribute for s in SETTINGS.values() if s.target in (Target.DAEMON, Target.NOTIFY)}
     http = {s.attribute for s in SETTINGS.values() if s.target is Target.HTTP}
     assert daemon | SHARED == {f.name for f in dataclasses.fields(DaemonSettings)}
     assert http == {f.name for f in dataclasses.fields(HttpLimits)}
@@ -62,6 +63,7 @@ def test_defaults_parsed_as_a_flag_are_the_daemon_settings_defaults() -> None:
     expected = {
         Target.DAEMON: _field_defaults(DaemonSettings),
         Target.HTTP: _field_defaults(HttpLimits),
+        Target.NOTIFY: _field_defaults(DaemonSettings),
     }
     for setting in SETTINGS.values():
         if setting.target is Target.COMMAND or setting.required:
@@ -145,3 +147,20 @@ def test_a_one_shot_command_run_in_process_raises_system_exit(tmp_path: Path) ->
     result = CliRunner().invoke(cli, [*args, "--state-dir", str(tmp_path / "state")])
     assert result.exit_code == 2, result.output
     assert "+ File/a" in result.output
+
+
+def test_the_receivers_file_lands_read_and_its_files_are_reconcilers_own(tmp_path: Path) -> None:
+    secret = tmp_path / "hmac"
+    secret.write_text("s3cret-value\n")
+    receivers = tmp_path / "notifications.yaml"
+    receivers.write_text(
+        "receivers:\n  - {name: ops, type: webhook, url: 'http://h/', secret_file: hmac}\n"
+    )
+    parsed = _parsed("--notifications", str(receivers))
+    assert parsed["notifications"] == receivers
+    providers = _Providers((str(tmp_path),), False, (str(tmp_path),), ())
+    settings = daemon_settings(parsed, providers, tmp_path / "state")
+    assert settings.notifications is not None
+    assert [r.name for r in settings.notifications.receivers] == ["ops"]
+    assert settings.secret_sources is not None
+    assert {str(receivers), str(secret)} <= set(settings.secret_sources.deny)
