@@ -14,14 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # dev: missing fails
 
 from tests.e2e.daemon_harness import DaemonProcess, Daemons, docs, file_doc
 from tests.system import ensure_debian
-
-playwright = pytest.importorskip("playwright.sync_api")
-expect = playwright.expect
-Browser = playwright.Browser
-Page = playwright.Page
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -40,7 +36,7 @@ FILES = 240
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     chromium = ensure_debian("chromium", "chromium")
-    with playwright.sync_playwright() as driver:
+    with sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
