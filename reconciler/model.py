@@ -197,6 +197,29 @@ class Instance:
     """The commit a remote bundle's ref resolved to when the revision was loaded."""
 
 
+SHARD_KIND = "Shard"
+"""The kind of the documents that declare a shard (reconciler.shards): not a resource."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One term of a shard's label selector, as Kubernetes has them: `operator` is
+    In, NotIn, Exists or DoesNotExist (a matchLabels entry is In with one value)."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A `Shard` document: the resources whose labels match every requirement."""
+
+    name: str
+    location: Location
+    requirements: tuple[Requirement, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredState:
     """A validated revision: every resource and its dependency edges."""
@@ -212,6 +235,13 @@ class DesiredState:
     cacheable: bool = True
     """False when the revision rests on more than its files (resolved secrets, a
     branch-following remote bundle): nothing made of it may be kept between runs."""
+    shards: Mapping[str, Shard] = field(default_factory=dict)
+    """The shards the revision declares, by name (reconciler.shards)."""
+    shard: str = ""
+    """The shard this state was selected for ("" for the whole revision)."""
+    elsewhere: Mapping[ResourceId, tuple[str, ...]] = field(default_factory=dict)
+    """In a shard's selection: the revision's resources it does not enforce, each
+    with the shards that claim it (none: unclaimed; two or more: a conflict)."""
 
 
 class Action(StrEnum):
