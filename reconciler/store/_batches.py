@@ -8,25 +8,11 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from reconciler.fsm import State
 from reconciler.store._rows import Row
+from reconciler.store.buffered import Batch, Event
 
-Event = tuple[float, str, State | None, State, str, str | None, str]
-"""A history row: ts, id, from_state, to_state, event, reason, instance."""
-
-
-@dataclass(slots=True)
-class Batch:
-    """The write buffers as one flush took them."""
-
-    status: set[str]
-    resources: set[str]
-    forgotten: set[str]
-    events: list[Event]
-    revisions: list[tuple[str, float]]
-    fetched: dict[str, float]
+__all__ = ["Batch", "Event", "transaction", "write"]
 
 
 @contextlib.contextmanager

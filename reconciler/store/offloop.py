@@ -1,15 +1,17 @@
-"""The SQLite store as an `AsyncStore`: its database work on a thread of its own.
+"""A store as an `AsyncStore`: its database work on a thread of its own.
 
-SQLite's client blocks, so the daemon never calls it on its event loop: opening
-(migrations, the state directory's lock), reading the inventory once, flushing
-and every query run on one dedicated thread, the store's, one call after another
-(decision 0119). The buffered writes and `inventory` stay plain calls on the
-loop: they only touch memory, and `SqliteStore` lets a flush on the store's
-thread take its buffers while the loop goes on writing.
+SQLite's client blocks (and the PostgreSQL store uses psycopg's synchronous
+connection: one code path for both), so the daemon never calls it on its event
+loop: opening (migrations, the state directory's lock), reading the inventory
+once, flushing, reloading and every query run on one dedicated thread, the
+store's, one call after another (decision 0119). The buffered writes and
+`inventory` stay plain calls on the loop: they only touch memory, and
+`BufferedStore` lets a flush on the store's thread take its buffers while the
+loop goes on writing.
 
 The engine keeps the synchronous `Store` (`sync`): its writes are buffered on the
 loop as before, and the daemon's engine flushes through `asyncio.to_thread`,
-which `SqliteStore`'s locks make safe beside this thread.
+which `BufferedStore`'s locks make safe beside this thread.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from reconciler.store.base import Transition
+from reconciler.store.buffered import BufferedStore
 from reconciler.store.sqlite import SqliteStore
 
 __all__ = ["OffLoopStore"]
@@ -30,9 +33,10 @@ T = TypeVar("T")
 
 
 class OffLoopStore:
-    """An `AsyncStore` over a `SqliteStore`; `sync` is that store, for the engine."""
+    """An `AsyncStore` over a `SqliteStore` or a `PostgresStore`; `sync` is that
+    store, for the engine."""
 
-    def __init__(self, store: SqliteStore, thread: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, store: BufferedStore, thread: ThreadPoolExecutor | None = None) -> None:
         self.sync = store
         self._thread = thread or ThreadPoolExecutor(1, thread_name_prefix="store")
         # in memory, on the caller's thread: the store's own calls (BufferedWrites)
@@ -76,6 +80,16 @@ class OffLoopStore:
 
     async def flush(self) -> None:
         await self._call(self.sync.flush)
+
+    async def reload(self) -> None:
+        """Drop what is in memory (unflushed writes too) and read the inventory
+        again: a standby's view, a new leader's first step."""
+        await self._call(self.sync.reload)
+
+    def set_epoch(self, epoch: int | None) -> None:
+        """The lease's epoch every later flush carries (None: no election);
+        memory only: a flush in flight keeps the epoch it began with."""
+        self.sync.set_epoch(epoch)
 
     async def last_revision(self) -> str | None:
         return await self._call(self.sync.last_revision)
