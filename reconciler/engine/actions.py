@@ -161,6 +161,8 @@ class Actions:
             instance=res.instance,
         )
         await self._durable()
+        if self.engine.fence is not None:
+            self.engine.fence()
         try:
             note = await self.applier.submit(res.kind, (res.spec, plan))
         except Exception:
@@ -197,6 +199,8 @@ class Actions:
             spec = provider.Spec.model_validate_json(record.spec, context=PREPARED)
             await self._durable()
             async with self.limit:
+                if self.engine.fence is not None:
+                    self.engine.fence()
                 await provider.delete(spec)
             work.result, reason = Outcome.DELETED, "deleted (created by reconciler)"
         else:

@@ -51,6 +51,7 @@ class Engine:
         max_prune_share: float = 0.5,
         on_settled: Callable[[Result], None] | None = None,
         heal_gate: Callable[[ResourceId], float] | None = None,
+        fence: Callable[[], None] | None = None,
         telemetry: Telemetry | None = None,
         pacer: Pacer | None = None,
     ) -> None:
@@ -64,6 +65,10 @@ class Engine:
         self.heal_gate = heal_gate
         """Seconds a drifted resource must still wait before it may be healed again
         (the daemon's backoff against fighting another writer); None: heal at once."""
+        self.fence = fence
+        """Called right before each side effect (an apply, a delete); raising refuses
+        it, and the resource fails with that error (the daemon's check that its
+        lease still holds, decision 0148); None: always allowed."""
         self.telemetry: Telemetry = telemetry if telemetry is not None else NoTelemetry()
         self.pacer = pacer
         """Paces a pass's work on the loop a few ms per iteration (the daemon's,
