@@ -76,9 +76,19 @@ NOTE_LINES, NOTE_CHARS = 5, 400
 """The output tail in the note of a successful run."""
 ERROR_LINES, ERROR_CHARS = 20, 2000
 """The output tail in the error of a failed run."""
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME")
+INHERITED_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "HOME",
+    "RECONCILER_DAEMON_ID",
+    "RECONCILER_EPOCH",
+)
 """What a command gets from the daemon's environment, which may hold secrets of
-its own: nothing else (`env` adds to it)."""
+its own: nothing else (`env` adds to it). The daemon's id and the epoch of the
+lease it leads under are set by a leader (high availability, decision 0148)."""
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
