@@ -82,7 +82,7 @@ from reconciler.httplimits import HttpLimits
 from reconciler.server.api import EVENTS_DEFAULT_LIMIT as EVENTS_DEFAULT_LIMIT
 from reconciler.server.api import EVENTS_MAX_LIMIT as EVENTS_MAX_LIMIT
 from reconciler.server.app import Server, build_app, start
-from reconciler.server.contract import Backend, ServerSettings
+from reconciler.server.contract import Backend, Leader, ServerSettings
 from reconciler.server.contract import MiB as MiB
 
-__all__ = ["Backend", "HttpLimits", "Server", "ServerSettings", "build_app", "start"]
+__all__ = ["Backend", "HttpLimits", "Leader", "Server", "ServerSettings", "build_app", "start"]

@@ -47,8 +47,8 @@ class ReadHandlers:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready, reason = self._backend.ready()
-        if ready:
-            return web.Response(text="ready")
+        if ready:  # a standby says so: "ready: standby"
+            return web.Response(text="ready" if reason in ("", "ok") else f"ready: {reason}")
         return web.Response(status=503, text=f"not ready: {reason or 'unknown reason'}")
 
     # Read-only API.

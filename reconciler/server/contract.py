@@ -75,9 +75,20 @@ class Backend(Protocol):
         bundle instance made); at most `limit` of them."""
         ...
 
-    def request_sync(self, reason: str) -> None:
-        """Ask for a source fetch soon; the daemon coalesces bursts."""
+    def request_sync(self, reason: str) -> Leader | None:
+        """Ask for a source fetch soon; the daemon coalesces bursts. A standby
+        (high availability) asks for nothing and answers where the leader is: the
+        request is forwarded there (307) or refused with its name (503)."""
         ...
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The daemon that takes syncs, as a standby knows it: its id (None: no
+    leader now) and its advertised API URL ("" when it advertised none)."""
+
+    id: str | None
+    url: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Final
 
 from aiohttp import web
 
-from reconciler.server.contract import Backend, ServerSettings, error, log
+from reconciler.server.contract import Backend, Leader, ServerSettings, error, log
 
 # GitLab names push events this way; tag pushes change what a tag ref points at,
 # so they can change the revision the daemon follows too.
@@ -56,7 +56,9 @@ class WriteHandlers:
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="reconciler"'},
             )
-        self._backend.request_sync(f"api request from {request.remote}")
+        leader = self._backend.request_sync(f"api request from {request.remote}")
+        if leader is not None:
+            return _forward(request, leader)
         return web.json_response({"accepted": True}, status=202)
 
     async def github(self, request: web.Request) -> web.Response:
@@ -67,7 +69,7 @@ class WriteHandlers:
         if event == "ping":
             return web.json_response({"pong": True})
         if event == "push":
-            return self._accept("github push")
+            return self._accept(request, "github push")
         return _ignored(f"GitHub event {_shown(event)} does not trigger a sync")
 
     async def gitlab(self, request: web.Request) -> web.Response:
@@ -83,14 +85,14 @@ class WriteHandlers:
             return body
         event = request.headers.get("X-Gitlab-Event", "")
         if event in _GITLAB_SYNC_EVENTS:
-            return self._accept(f"gitlab {event.lower()}")
+            return self._accept(request, f"gitlab {event.lower()}")
         return _ignored(f"GitLab event {_shown(event)} does not trigger a sync")
 
     async def generic(self, request: web.Request) -> web.Response:
         rejected = await self._verify_hmac(request, "X-Signature-256", "generic")
         if rejected is not None:
             return rejected
-        return self._accept("generic")
+        return self._accept(request, "generic")
 
     async def _verify_hmac(
         self, request: web.Request, header: str, source: str
@@ -111,10 +113,31 @@ class WriteHandlers:
             return _reject_hook(request, source)
         return None
 
-    def _accept(self, what: str) -> web.Response:
+    def _accept(self, request: web.Request, what: str) -> web.Response:
         log.info("webhook %s: requesting a sync", what)
-        self._backend.request_sync(f"webhook {what}")
+        leader = self._backend.request_sync(f"webhook {what}")
+        if leader is not None:
+            return _forward(request, leader)
         return web.json_response({"accepted": True}, status=202)
+
+
+def _forward(request: web.Request, leader: Leader) -> web.Response:
+    """A standby's answer to an authenticated write: 307 to the same path on the
+    leader (the client sends it again, body and headers, and the leader checks
+    them), or 503 naming the leader when it advertised no URL or none leads."""
+    if leader.url:
+        location = leader.url.rstrip("/") + request.path_qs
+        return web.json_response(
+            {"forwarded": location, "leader": leader.id},
+            status=307,
+            headers={"Location": location},
+        )
+    why = (
+        "this daemon is a standby and no leader is elected now"
+        if leader.id is None
+        else f"this daemon is a standby; the leader {leader.id} advertises no URL"
+    )
+    return web.json_response({"error": why, "leader": leader.id}, status=503)
 
 
 async def _read_body(request: web.Request, settings: ServerSettings) -> bytes | web.Response:
