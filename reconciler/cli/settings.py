@@ -370,6 +370,22 @@ DAEMON = (
         type=click.FloatRange(0, 1),
     ),
     _duration_setting("shutdown_timeout", "30s", "How long a stop waits for in-flight applies."),
+    _duration_setting(
+        "lease_duration",
+        "10s",
+        "With a PostgreSQL store: the leader's lease; renewed every third of it, a "
+        "standby takes over once it expires.",
+    ),
+    Setting(
+        "advertise_url",
+        "The URL of this daemon's API that standbys forward syncs and webhooks to.",
+        metavar="URL",
+    ),
+    Setting(
+        "daemon_id",
+        "This daemon's name in the leader election (default: host:pid:random).",
+        metavar="ID",
+    ),
     Setting(
         "notifications",
         "Receivers file: where drift, failures and rejected revisions are notified "

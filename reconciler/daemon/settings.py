@@ -43,6 +43,12 @@ class DaemonSettings:
     """Timeouts, connection cap and rate limits of the HTTP server."""
     notifications: Notifications | None = None
     """The receivers file, read (`--notifications`): None sends nothing."""
+    lease_duration: float = 10.0
+    """With a PostgreSQL store: the leader's lease, in seconds (decision 0148)."""
+    advertise_url: str | None = None
+    """The API URL standbys send callers to while this daemon leads."""
+    daemon_id: str | None = None
+    """This daemon's name in the election; None: host:pid:random, made at start."""
 
 
 class SettingsError(Exception):
