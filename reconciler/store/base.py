@@ -3,14 +3,14 @@
 The store holds the inventory (what reconciler manages and whether it created
 each object), each resource's status, the revisions applied, when each source
 was last fetched and a bounded history of transitions. SQLite implements it
-today; a networked store can implement the same protocol.
+and PostgreSQL (issue 13) implement it.
 
 Two protocols (decision 0119). `Store` is the synchronous one the one-shot
 commands and the engine use. `AsyncStore` is the daemon's: everything that waits
 for the database is a coroutine, so nothing the daemon asks of the store holds
 its event loop; what only touches memory stays a plain call. `offloop.OffLoopStore`
-gives a `SqliteStore` that shape (its I/O on one thread); the PostgreSQL store
-(issue 13) implements it directly on psycopg's async connection.
+gives a `SqliteStore` or a `PostgresStore` that shape (their I/O on one thread
+of their own; decision 0144).
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from reconciler.fsm import State
 
 class StoreError(Exception):
     pass
+
+
+class Fenced(StoreError):
+    """A flush refused by the database: the shard's lease has moved to a newer
+    epoch than this writer's (another daemon leads now); nothing of it was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +194,9 @@ class AsyncStore(BufferedWrites, Protocol):
       first).
     - `inventory` after `open` is a copy the caller may keep; it never waits.
     - No call blocks the event loop for longer than copying memory: a database
-      client that blocks runs on a thread of its own (SQLite, `OffLoopStore`), an
-      async one is awaited (PostgreSQL with psycopg's `AsyncConnection`; its
-      `flush` is one transaction of `executemany`s, as SQLite's).
+      client that blocks runs on a thread of its own (`OffLoopStore`: SQLite, and
+      PostgreSQL on psycopg's synchronous connection, whose `flush` is one
+      transaction of a few array statements).
     """
 
     def ids(self) -> list[str]:

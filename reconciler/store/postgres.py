@@ -1,0 +1,198 @@
+"""The PostgreSQL state store (`--state-url`): the same buffered store as
+SQLite's, its database shared by several daemons (decisions 0144-0146).
+
+What it adds to `BufferedStore`: a connection (psycopg's synchronous one, used
+from the store's thread through `OffLoopStore`, and from the engine's flushes
+under `_writing`, so one thread at a time), the schema migrated at open
+(`_pgschema`), a shard (every row is keyed by it; this store sees only its
+own) and an epoch: each flush tells the database the epoch of this writer's
+lease, and the fence refuses the whole transaction when the lease has moved on
+(`Fenced`). A lost connection is reopened by the next call; the flush that
+found it lost keeps its batch for the next one, as any failed flush does.
+
+No state-directory lock: with PostgreSQL, who writes is the lease's business
+(reconciler.ha); without an election the store writes with no epoch, which the
+fence allows until some daemon has taken the shard's lease.
+
+The password never leaves this module: it comes from a file or libpq's
+environment, never the URL shown, and every error is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from reconciler.store import _pgio
+from reconciler.store._pgschema import migrate
+from reconciler.store.base import Fenced, Record, StoreError, Transition
+from reconciler.store.buffered import Batch, BufferedStore
+
+__all__ = ["PostgresStore", "redact_url"]
+
+FENCED = "RC001"
+"""The SQLSTATE the fence raises."""
+
+_DEFAULTS = {
+    "connect_timeout": "10",
+    "application_name": "reconciler",
+    # a dead peer is noticed in ~20 s even mid-statement, not after TCP's hours
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+}
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """`url` without its user:password@ (as reconciler.sources.base.redact)."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url)
+
+
+class PostgresStore(BufferedStore):
+    """The state of one shard in a PostgreSQL database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        shard: str = "default",
+        password: str | None = None,
+        history_limit: int = 50_000,
+    ) -> None:
+        super().__init__(history_limit=history_limit)
+        self.url = url
+        self.where = redact_url(url)
+        """The URL as errors and logs show it."""
+        self.shard = shard
+        self._password = password
+        self._secrets = [s for s in (password, _url_password(url)) if s]
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
+        self._seq = 0
+        """The newest event's number in this shard (events are numbered per shard)."""
+        self._connecting = threading.Lock()
+        with self._writing:
+            self._connect()
+            with self._errors():
+                assert self._conn is not None
+                migrate(self._conn, self.where)
+                self._seq = _pgio.last_seq(self._conn, shard)
+
+    # the connection
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """The open connection, opened (again) if need be."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if self._closed:
+            raise StoreError(f"state database {self.where}: closed")
+        if conn is not None:
+            conn.close()
+        params = conninfo.conninfo_to_dict(self.url) if self.url else {}
+        extra = {key: value for key, value in _DEFAULTS.items() if key not in params}
+        if self._password is not None:
+            extra["password"] = self._password
+        with self._errors():
+            self._conn = psycopg.connect(conninfo.make_conninfo(self.url, **extra), autocommit=True)
+        return self._conn
+
+    def _errors(self) -> _Errors:
+        return _Errors(self)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return redact_url(text)
+
+    # the database (BufferedStore's hooks, called holding _writing)
+
+    def _db_open(self) -> bool:
+        return not self._closed
+
+    def _db_read_all(self) -> dict[str, Record]:
+        with self._errors():
+            conn = self._connect()
+            records = _pgio.read_all(conn, self.shard)
+            self._seq = _pgio.last_seq(conn, self.shard)
+        return records
+
+    def _db_newest_revision(self) -> str | None:
+        with self._errors():
+            return _pgio.newest_revision(self._connect(), self.shard)
+
+    def _db_last_success(self, source: str) -> float | None:
+        with self._errors():
+            return _pgio.last_success(self._connect(), self.shard, source)
+
+    def _db_last_event_times(self, ids: set[str], event: str) -> dict[str, float]:
+        with self._errors():
+            return _pgio.last_event_times(self._connect(), self.shard, ids, event)
+
+    def _db_history(
+        self,
+        rid: str | None,
+        limit: int,
+        kind: str | None,
+        since: float | None,
+        instance: str | None,
+    ) -> list[Transition]:
+        with self._errors():
+            return _pgio.history(self._connect(), self.shard, rid, limit, kind, since, instance)
+
+    def _db_write(self, batch: Batch) -> None:
+        epoch = self.epoch  # read once: a set_epoch meanwhile is the next flush's
+        with self._errors():
+            self._seq = _pgio.write(
+                self._connect(),
+                self.shard,
+                epoch,
+                batch,
+                self._rows,
+                self._seq + 1,
+                self.history_limit,
+            )
+
+    def _db_close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Errors:
+    """Turns psycopg's errors into the store's: `Fenced` for the fence, else
+    `StoreError` naming the (redacted) database, the password scrubbed."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if not isinstance(exc, psycopg.Error):
+            return
+        message = self.store._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        if exc.sqlstate == FENCED:
+            raise Fenced(f"state database {self.store.where}: {message}") from None
+        raise StoreError(
+            f"state database {self.store.where}: {message or type(exc).__name__}"
+        ) from None
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        password = conninfo.conninfo_to_dict(url).get("password") if url else None
+    except psycopg.Error:
+        return None
+    return None if password is None else str(password)
