@@ -99,6 +99,9 @@ FAMILIES: dict[str, str] = {
     "reconciler_event_loop_lag_seconds": "histogram",
     "reconciler_notifications_total": "counter",
     "reconciler_notification_queue_depth": "gauge",
+    "reconciler_leader": "gauge",
+    "reconciler_leader_epoch": "gauge",
+    "reconciler_role": "gauge",
     "reconciler_build_info": "gauge",
 }
 """Every reconciler_* family /metrics exposes, by the name it is exposed under
@@ -123,6 +126,10 @@ class Snapshot:
     """Notifications by (receiver, outcome), totals since start (reconciler.notifier)."""
     notification_queue: Mapping[str, int] = field(default_factory=dict)
     """Notifications queued per receiver."""
+    role: str = "leader"
+    """"leader" or "standby" (high availability; a daemon without election leads)."""
+    epoch: int = 0
+    """The epoch of the lease led now, or last led; 0 without an election."""
 
 
 class Metrics:
@@ -454,6 +461,31 @@ class _Present(Collector):
             value=snap.queue_depth,
         )
         yield from _notification_families(snap)
+        yield from _role_families(snap)
+
+
+ROLES = ("leader", "standby")
+
+
+def _role_families(snap: Snapshot) -> Iterator[Metric]:
+    """The daemon's role in its shard's election: `sum(reconciler_leader)` over a
+    shard's replicas is 1 when all is well."""
+    yield GaugeMetricFamily(
+        "reconciler_leader",
+        "1 while this daemon leads its shard (applies), 0 as a standby.",
+        value=1 if snap.role == "leader" else 0,
+    )
+    yield GaugeMetricFamily(
+        "reconciler_leader_epoch",
+        "The epoch of the lease this daemon leads under, or last led under (0: never).",
+        value=snap.epoch,
+    )
+    role = GaugeMetricFamily(
+        "reconciler_role", "This daemon's role (value 1 for the current one).", labels=["role"]
+    )
+    for name in ROLES:
+        role.add_metric([name], 1 if snap.role == name else 0)
+    yield role
 
 
 def _notification_families(snap: Snapshot) -> Iterator[Metric]:
