@@ -40,7 +40,9 @@ from reconciler.model import (
     Location,
     Policy,
     Provider,
+    Requirement,
     Resource,
+    Shard,
 )
 from reconciler.statekey import state_key as state_key
 
@@ -198,12 +200,22 @@ def _body(state: DesiredState, *, exact: bool) -> bytes:
         [i.id, i.source, i.location.file, i.location.line, i.values, i.parent, i.ref, i.commit]
         for i in state.instances.values()
     ]
-    data = {
+    data: dict[str, Any] = {
         "exact": exact,
         "resources": resources,
         "dependencies": dependencies,
         "instances": instances,
     }
+    if state.shards:  # only a sharded tree's entry has them
+        data["shards"] = [
+            [
+                s.name,
+                s.location.file,
+                s.location.line,
+                [[r.key, r.operator, list(r.values)] for r in s.requirements],
+            ]
+            for s in state.shards.values()
+        ]
     return marshal.dumps(data)
 
 
@@ -276,6 +288,16 @@ def _decode(body: bytes, registry: Mapping[str, Provider[Any]], revision: str) -
         iid: Instance(iid, source, Location(file, line), values, parent, ref, commit)
         for iid, source, file, line, values, parent, ref, commit in data["instances"]
     }
+    shards = {
+        name: Shard(
+            name, Location(file, line), tuple(Requirement(k, o, tuple(v)) for k, o, v in terms)
+        )
+        for name, file, line, terms in data.get("shards", ())
+    }
     return DesiredState(
-        revision=revision, resources=resources, dependencies=dependencies, instances=instances
+        revision=revision,
+        resources=resources,
+        dependencies=dependencies,
+        instances=instances,
+        shards=shards,
     )

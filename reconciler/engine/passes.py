@@ -93,7 +93,11 @@ class Pass(Actions):
             set(desired.resources) if only is None else set(only) & set(desired.resources)
         )
         self.trigger = trigger
-        self.inherited = {new: inventory[old].created for old, new in handovers.items()}
+        self.inherited = {
+            new: inventory[old].created
+            for old, new in handovers.items()
+            if old not in desired.elsewhere  # handed to another shard: not an id here
+        }
         self.limit = asyncio.Semaphore(engine.concurrency)
         self.pacer = engine.pacer
         self.observer = observer(engine.registry, self.limit, self.pacer)

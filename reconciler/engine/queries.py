@@ -109,7 +109,22 @@ def handovers(
         path = provider.path(spec) if provider is not None and spec is not None else None
         if path is not None and path in owners:
             found[rid] = owners[path]
+        elif rid in desired.elsewhere:
+            # still in the revision, but another shard's (or no shard's): released,
+            # never deleted, as another daemon may manage the object now (0152)
+            found[rid] = _shard_handover(desired.elsewhere[rid])
     return found
+
+
+def _shard_handover(claimants: tuple[str, ...]) -> str:
+    """Who a shard hands a resource over to, in words (`describe` of reconciler.shards)."""
+    if len(claimants) == 1:
+        return f"shard {claimants[0]}"
+    return (
+        "no shard ("
+        + ("unclaimed" if not claimants else "claimed by " + ", ".join(claimants))
+        + ")"
+    )
 
 
 def prune_refusal(
@@ -209,7 +224,8 @@ async def preview(
         note = None
         why = gone(record, desired)
         if rid in handed:
-            action, note = PlanAction.RELEASE, f"(renamed: now managed as {handed[rid]}, kept)"
+            how = "renamed" if rid not in desired.elsewhere else "relabelled"
+            action, note = PlanAction.RELEASE, f"({how}: now managed as {handed[rid]}, kept)"
         elif record.created and stored_policy(record).prune:
             action = PlanAction.DELETE
             if why:

@@ -213,6 +213,9 @@ class _Frame:
     via: str = ""
     chain: tuple[tuple[str, str], ...] = ()
     """The bundles being expanded, outermost first, as (tree, directory)."""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The labels of the instances being expanded, which their resources take
+    over their own (the outermost instance's first: decision 0153)."""
 
 
 def _variants(model: type[BaseModel]) -> dict[str, type[BaseModel]]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError
 
-from reconciler import graph
+from reconciler import graph, shards
 from reconciler.manifests import envelope as _envelope
 from reconciler.manifests.envelope import Envelope
 from reconciler.manifests.expand import _Expansion
@@ -24,12 +24,14 @@ from reconciler.manifests.issues import (
 )
 from reconciler.model import (
     BUNDLE_KIND,
+    SHARD_KIND,
     Location,
     PrepareContext,
     Provider,
     Resource,
     ResourceId,
     SecretSources,
+    Shard,
     SpecError,
     resource_id,
 )
@@ -47,6 +49,11 @@ class _Documents(_Expansion):
     def _kinds(self) -> dict[str, Any]:
         """The envelope's validation context: the kinds a document may name."""
         return {"kinds": self.registry}
+
+    @functools.cached_property
+    def shards(self) -> dict[str, Shard]:
+        """The `Shard` documents of the revision, by name."""
+        return {}
 
     def _node(self, rid: ResourceId) -> Node:
         """The YAML node of a resource's document, parsed again from its file."""
@@ -76,11 +83,12 @@ class _Documents(_Expansion):
                 self.used.spec_bytes[key] = self.memo.spec_bytes.get(key, 0)
                 return
         issues, before, size = len(self.issues), len(self.resources), self.spec_bytes
-        instances = len(self.instances)
+        instances, declared = len(self.instances), len(self.shards)
         secrets = self._parse_file(path, shown, raw)
         # a file that resolved secrets is parsed again each time: they may have
         # changed; so is one with bundles (its resources come from other files)
-        bundled = len(self.instances) != instances
+        # and one with shards (the memo holds resources only)
+        bundled = len(self.instances) != instances or len(self.shards) != declared
         if self.memo is not None and len(self.issues) == issues and not secrets and not bundled:
             self.used.files[key] = list(self.resources.values())[before:]
             self.used.spec_bytes[key] = self.spec_bytes - size
@@ -134,12 +142,18 @@ class _Documents(_Expansion):
                 where = f" (first defined at {first.location}{made})"
                 if first.instance or self.frame.instance:
                     where += "; give bundle instances different namePrefix values"
+            elif kind == SHARD_KIND and name in self.shards:
+                where = f" (first defined at {self.shards[name].location})"
             self._issue(file, node, ("metadata", "name"), f"duplicate resource id {rid}{where}")
             return
         self.seen_ids.add(rid)
         if kind == BUNDLE_KIND:
             if not head:  # its spec and policy are the bundle's to check
                 self._instantiate(file, node, data, ctx, name, location)
+            return
+        if kind == SHARD_KIND:
+            if not head:
+                self._declare_shard(file, node, data, name, location)
             return
         if found:
             self._validation(file, node, (), Envelope, [e for e in found if e["loc"][:1] in _BODY])
@@ -166,7 +180,9 @@ class _Documents(_Expansion):
             return
         self._count(file, location.line, len(dumped))
         spec_hash = hashlib.sha256(dumped).hexdigest()[:32]
-        metadata = envelope.metadata
+        labels = envelope.metadata.labels or {}
+        if self.frame.labels:  # made by a bundle instance: its labels win (0153)
+            labels = {**labels, **self.frame.labels}
         self.resources[rid] = Resource(
             envelope.kind,
             name,
@@ -174,9 +190,28 @@ class _Documents(_Expansion):
             envelope.policy,
             spec_hash,
             location,
-            metadata.labels or {},
+            labels,
             self.frame.instance,
         )
+
+    def _declare_shard(
+        self, file: str, node: Node, data: dict[str, Any], name: str, location: Location
+    ) -> None:
+        """A `Shard` document: a selector of the resources one daemon enforces, not
+        a resource (reconciler.shards)."""
+        if self.frame.instance:
+            message = "a Shard cannot be declared in a bundle: shards belong to the tree"
+            self._issue(file, node, ("kind",), message)
+            return
+        if data.get("policy") is not None:
+            self._issue(file, node, ("policy",), "a Shard has no policy")
+            return
+        try:
+            spec = shards.ShardSpec.model_validate(data.get("spec"))
+        except ValidationError as exc:
+            self._validation(file, node, ("spec",), shards.ShardSpec, exc)
+            return
+        self.shards[name] = shards.shard(name, location, spec)
 
     def _via(self, res: Resource) -> str:
         return self.via_of.get(res.instance, "")
@@ -251,6 +286,8 @@ class _Documents(_Expansion):
                 deps.append(parents[rid])
             deps += self._references(rid, res)
             edges[rid] = tuple(dict.fromkeys(deps))
+        if self.shards:
+            self._crossing(edges)
         cycle = graph.find_cycle(edges)
         if cycle is not None:
             first = self.resources[cycle[0]]
@@ -262,6 +299,19 @@ class _Documents(_Expansion):
                 self._via(first),
             )
         return edges
+
+    def _crossing(self, edges: Mapping[ResourceId, tuple[ResourceId, ...]]) -> None:
+        """Each dependency across shards is an error at the dependent's document."""
+        claimed = shards.claims(self.resources, self.shards)
+        for rid, dep, message in shards.crossing(claimed, edges):
+            res = self.resources[rid]
+            explicit = res.policy.depends_on
+            where: tuple[str | int, ...] = (
+                ("policy", "dependsOn", explicit.index(dep)) if dep in explicit else ()
+            )
+            if not where:
+                message += " (an implicit dependency: a path under it, or a reference)"
+            self._issue(res.location.file, self._node(rid), where, message, self._via(res))
 
 
 def _secret_sources(registry: Mapping[str, Provider[Any]]) -> SecretSources | None:

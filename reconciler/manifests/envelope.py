@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
-from reconciler.model import API_VERSION, BUNDLE_KIND, DEFAULT_POLICY, Policy
+from reconciler.model import API_VERSION, BUNDLE_KIND, DEFAULT_POLICY, SHARD_KIND, Policy
 
 NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
 """A resource name (reconciler.schemas says the same; a test compares them)."""
@@ -54,11 +54,11 @@ class Envelope(BaseModel):
     @classmethod
     def _kind(cls, value: Any, info: ValidationInfo) -> Any:
         kinds = info.context.get("kinds") if isinstance(info.context, Mapping) else None
-        if value == BUNDLE_KIND or (
+        if value in (BUNDLE_KIND, SHARD_KIND) or (
             isinstance(value, str) and (kinds is None or kinds.get(value) is not None)
         ):
             return value
-        known = ", ".join(sorted([*(kinds or ()), BUNDLE_KIND]))
+        known = ", ".join(sorted([*(kinds or ()), BUNDLE_KIND, SHARD_KIND]))
         raise ValueError(
             f"unknown kind {value!r}; known kinds: {known}"
             if value is not None

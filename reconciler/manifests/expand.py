@@ -141,7 +141,17 @@ class _Expansion(_Collector):
             tree.commit,
         )
         self.via_of[iid] = via
-        self.frame = _Frame(tree.root, tree.name, tree.shown, prefix, iid, via, (*frame.chain, key))
+        own = data["metadata"].get("labels") or {}
+        self.frame = _Frame(
+            tree.root,
+            tree.name,
+            tree.shown,
+            prefix,
+            iid,
+            via,
+            (*frame.chain, key),
+            {**own, **frame.labels},  # an outer instance's labels win over an inner's
+        )
         try:
             for doc, document in zip(bundle.documents, filled, strict=True):
                 if prefix:

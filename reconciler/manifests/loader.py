@@ -1,6 +1,7 @@
 """`load`: a config tree in, one DesiredState or every error out; through the
 cache of validated trees (an unchanged tree is not parsed) and the parse memo
-(a changed tree parses only the files that changed)."""
+(a changed tree parses only the files that changed); then, for a daemon, the
+part of the revision its shard enforces (reconciler.shards)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import cache as _cache
+from reconciler import shards as _shards
 from reconciler.cache import Cache
 from reconciler.manifests.collect import ParseMemo
 from reconciler.manifests.documents import _Documents
@@ -32,12 +34,16 @@ def load(
     cache: Cache | None = None,
     memo: ParseMemo | None = None,
     remote: RemoteFetcher | None = None,
+    shard: str | None = None,
 ) -> DesiredState:
     """Load and validate every manifest under `path`; raise ManifestError.
 
     `cache` keeps whole validated trees on disk (an unchanged tree is not parsed);
     `memo` keeps parsed files in memory (a changed tree parses only changed files);
     `remote` fetches remote bundles (without it, a remote bundle is an error).
+    `shard` selects the part of the revision one daemon enforces (`shards.select`):
+    a name, or "" for a daemon without --shard (refused a revision that declares
+    shards); None (`validate`, `graph`) keeps the whole revision.
     """
     root = path if path.is_dir() else path.parent
     if not path.exists():
@@ -51,7 +57,7 @@ def load(
         cache_key = hashlib.sha256(f"{digest}\0{fingerprint}\0{limits}".encode()).hexdigest()
         state = _cache.read(cache, cache_key, registry, revision)
         if state is not None:
-            return dataclasses.replace(state, digest=digest)
+            return _select(dataclasses.replace(state, digest=digest), shard)
     if memo is not None:
         context = f"{others}\0{fingerprint}\0{limits}"
         if memo.context != context:
@@ -66,10 +72,25 @@ def load(
     if memo is not None:  # only what this revision uses stays in memory
         memo.files, memo.spec_bytes = docs.used.files, docs.used.spec_bytes
     cacheable = not docs.secrets and not docs.floating
-    state = DesiredState(revision, docs.resources, edges, docs.instances, digest, cacheable)
+    state = DesiredState(
+        revision, docs.resources, edges, docs.instances, digest, cacheable, docs.shards
+    )
     if cache is not None and cache.write and cacheable:
         _cache.write(cache, cache_key, state)
-    return state
+    return _select(state, shard)
+
+
+def _select(state: DesiredState, shard: str | None) -> DesiredState:
+    """The part of a valid revision that `shard` enforces; a shard that cannot be
+    had rejects the revision as any error of its documents does."""
+    if shard is None:
+        return state
+    try:
+        return _shards.select(state, shard)
+    except _shards.ShardError as exc:
+        where = exc.location
+        file, line = (where.file, where.line) if where is not None else (f"--shard {shard}", None)
+        raise ManifestError([Issue(file, line, "", str(exc))]) from None
 
 
 def _parse(
