@@ -319,6 +319,16 @@ DAEMON = (
         default="127.0.0.1:9108",
         callback=_listen,
     ),
+    Setting(
+        "state_url",
+        "PostgreSQL database of the state (postgresql://user@host:port/db); "
+        "default: SQLite in --state-dir.",
+        metavar="URL",
+    ),
+    _secret_setting(
+        "state_password_file",
+        "File holding the password of --state-url's user (else PGPASSWORD, PGPASSFILE).",
+    ),
     _secret_setting("ssh_key", "SSH private key."),
     _secret_setting(
         "known_hosts", "known_hosts for strict SSH host key checking.", credential=False

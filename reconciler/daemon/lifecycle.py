@@ -36,7 +36,7 @@ from reconciler.pacing import Pacer
 from reconciler.registry import Registry
 from reconciler.sources.base import Source, redact
 from reconciler.sources.signatures import signature_policy
-from reconciler.store import OffLoopStore
+from reconciler.store import OffLoopStore, open_async_store
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -92,8 +92,13 @@ class Daemon(ApiViews):
         gc.set_threshold(*GC_THRESHOLDS)
         webhook_secret = read_secret(settings.webhook_secret_file, "webhook secret")
         api_token = read_secret(settings.api_token_file, "API token")
-        # takes the state dir's lock and reads the inventory, on the store's thread
-        self.store = await OffLoopStore.opening(settings.state_dir)
+        # SQLite (takes the state dir's lock) or PostgreSQL (migrates): opened and
+        # its inventory read on the store's thread
+        self.store = await open_async_store(
+            settings.state_dir,
+            settings.state_url,
+            password_file=settings.state_password_file,
+        )
         try:
             self.registry = Registry.discover(
                 ProviderSettings(

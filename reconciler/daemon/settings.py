@@ -43,6 +43,11 @@ class DaemonSettings:
     """Timeouts, connection cap and rate limits of the HTTP server."""
     notifications: Notifications | None = None
     """The receivers file, read (`--notifications`): None sends nothing."""
+    state_url: str | None = None
+    """A PostgreSQL database for the state (`--state-url`); None: SQLite in
+    state_dir. Shown only redacted."""
+    state_password_file: Path | None = None
+    """The file of that database user's password (else libpq's environment)."""
     lease_duration: float = 10.0
     """With a PostgreSQL store: the leader's lease, in seconds (decision 0148)."""
     advertise_url: str | None = None
