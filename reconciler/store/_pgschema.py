@@ -57,7 +57,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 1: the lease (election: reconciler.ha), the state tables, the fence. The
     # epoch column of each row says which leader wrote it (audit).
     """
-    CREATE TABLE reconciler_lease (
+    CREATE TABLE IF NOT EXISTS reconciler_lease (
         shard text PRIMARY KEY,
         holder text,
         address text,
