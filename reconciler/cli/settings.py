@@ -14,6 +14,7 @@ its entry says otherwise (`--path` is the parameter `subpath`). The shared optio
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -171,6 +172,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _shard_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from reconciler.manifests.envelope import NAME_PATTERN
+
+    if value is not None and not re.match(NAME_PATTERN, value):
+        raise click.BadParameter(
+            f"expected a Shard's name (letters, digits, '-', '_' or '.'), found {value!r}"
+        )
+    return value
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
@@ -395,6 +406,13 @@ DAEMON = (
         "daemon_id",
         "This daemon's name in the leader election (default: host:pid:random).",
         metavar="ID",
+    ),
+    Setting(
+        "shard",
+        "Enforce only the resources this Shard of the repository claims "
+        "(see docs/operations.md#sharding).",
+        metavar="NAME",
+        callback=_shard_name,
     ),
     Setting(
         "notifications",

@@ -54,6 +54,10 @@ class DaemonSettings:
     """The API URL standbys send callers to while this daemon leads."""
     daemon_id: str | None = None
     """This daemon's name in the election; None: host:pid:random, made at start."""
+    shard: str | None = None
+    """The `Shard` of the repository this daemon enforces (reconciler.shards); None:
+    the whole repository, which must then declare no shards. The store's shard is
+    this name, "default" without one."""
 
 
 class SettingsError(Exception):
