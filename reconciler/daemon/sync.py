@@ -147,6 +147,7 @@ class Syncer:
                     cache=cache,
                     memo=self.memo,
                     remote=self._remote(),
+                    shard=self._daemon.settings.shard or "",  # its part only (0152)
                 )
             )
         except ManifestError as exc:
@@ -185,6 +186,7 @@ class Syncer:
                     revision=rid,
                     cache=self.cache,
                     remote=self._remote(),
+                    shard=self._daemon.settings.shard or "",  # its part only (0152)
                 )
             )
         except (SourceError, ManifestError) as exc:
@@ -232,6 +234,7 @@ class Syncer:
                     cache=self.cache,
                     memo=self.memo,  # only the files that resolved secrets are parsed
                     remote=self._remote(),
+                    shard=self._daemon.settings.shard or "",  # its part only (0152)
                 )
             )
         except ManifestError as exc:
