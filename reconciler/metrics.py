@@ -102,6 +102,8 @@ FAMILIES: dict[str, str] = {
     "reconciler_leader": "gauge",
     "reconciler_leader_epoch": "gauge",
     "reconciler_role": "gauge",
+    "reconciler_shard_unclaimed_resources": "gauge",
+    "reconciler_shard_conflicting_resources": "gauge",
     "reconciler_build_info": "gauge",
 }
 """Every reconciler_* family /metrics exposes, by the name it is exposed under
@@ -130,6 +132,10 @@ class Snapshot:
     """"leader" or "standby" (high availability; a daemon without election leads)."""
     epoch: int = 0
     """The epoch of the lease led now, or last led; 0 without an election."""
+    shard_unclaimed: int = 0
+    """Resources of the enforced revision no shard claims (0 without --shard)."""
+    shard_conflicting: int = 0
+    """Resources of the enforced revision two or more shards claim."""
 
 
 class Metrics:
@@ -462,6 +468,17 @@ class _Present(Collector):
         )
         yield from _notification_families(snap)
         yield from _role_families(snap)
+        yield GaugeMetricFamily(
+            "reconciler_shard_unclaimed_resources",
+            "Resources of the enforced revision that no shard claims: applied by no daemon.",
+            value=snap.shard_unclaimed,
+        )
+        yield GaugeMetricFamily(
+            "reconciler_shard_conflicting_resources",
+            "Resources of the enforced revision that two or more shards claim: applied by "
+            "no daemon.",
+            value=snap.shard_conflicting,
+        )
 
 
 ROLES = ("leader", "standby")
