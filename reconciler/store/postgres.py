@@ -79,11 +79,14 @@ class PostgresStore(BufferedStore):
         """The newest event's number in this shard (events are numbered per shard)."""
         self._connecting = threading.Lock()
         with self._writing:
-            self._connect()
-            with self._errors():
-                assert self._conn is not None
-                migrate(self._conn, self.where)
-                self._seq = _pgio.last_seq(self._conn, shard)
+            conn = self._connect()
+            try:
+                with self._errors():
+                    migrate(conn, self.where)
+                    self._seq = _pgio.last_seq(conn, shard)
+            except BaseException:
+                self._db_close()
+                raise
 
     # the connection
 
