@@ -24,6 +24,7 @@ from reconciler import __version__
 from reconciler.daemon.announce import Announcer
 from reconciler.daemon.claims import Claims
 from reconciler.daemon.drift import DriftScheduler
+from reconciler.daemon.leading import Leadership
 from reconciler.daemon.settings import DaemonSettings, SettingsError, read_secret
 from reconciler.daemon.sync import SourceState, Syncer
 from reconciler.daemon.views import ApiViews
@@ -34,9 +35,11 @@ from reconciler.metrics import Metrics
 from reconciler.model import DesiredState, ProviderSettings
 from reconciler.pacing import Pacer
 from reconciler.registry import Registry
+from reconciler.server import Leader
 from reconciler.sources.base import Source, redact
 from reconciler.sources.signatures import signature_policy
 from reconciler.store import OffLoopStore, open_async_store
+from reconciler.store.factory import read_password
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -78,6 +81,8 @@ class Daemon(ApiViews):
         """Paces long work on the loop, the engine's and the API's alike (decision 0128)."""
         self.announcer = Announcer(self)
         """What is told to the notification receivers (`--notifications`)."""
+        self.leadership = Leadership(self)
+        """Leader or standby, and the election with a PostgreSQL store (decision 0148)."""
 
     # lifecycle
 
@@ -97,9 +102,16 @@ class Daemon(ApiViews):
         self.store = await open_async_store(
             settings.state_dir,
             settings.state_url,
+            shard=settings.shard or "default",
             password_file=settings.state_password_file,
         )
         try:
+            password = settings.state_password_file
+            self.leadership.configure(
+                settings.state_url,
+                None if password is None else read_password(password),
+                settings.shard or "default",
+            )
             self.registry = Registry.discover(
                 ProviderSettings(
                     roots=settings.roots,
@@ -110,17 +122,7 @@ class Daemon(ApiViews):
             )
             # the providers do not change while the daemon runs: fingerprint them once
             self.syncer.cache = Cache(settings.state_dir / "cache", self.registry.fingerprint())
-            self.engine = Engine(
-                self.registry,
-                self.store.sync,
-                concurrency=settings.concurrency,
-                allow_mass_prune=settings.allow_mass_prune,
-                max_prune_share=settings.max_prune_share,
-                heal_gate=self.scheduler.heal_wait,
-                telemetry=self.metrics,
-                on_settled=self.scheduler.on_settled,
-                pacer=self.pacer,
-            )
+            self.engine = self._make_engine()
             self.source = self._make_source()
             self.bundles = self._make_bundles(self.source)
             # freshness is the store's: a restart does not make a stale source look fresh
@@ -156,7 +158,6 @@ class Daemon(ApiViews):
             log.info(
                 "started: source %s, listening on %s:%d", self.source_state.url, host, http.port
             )
-            self.request_sync("start")
             try:
                 await self._supervise()
             finally:
@@ -176,20 +177,56 @@ class Daemon(ApiViews):
         """Whether `stop()` was called: the loops start nothing new."""
         return self._stop.is_set()
 
-    async def _supervise(self) -> None:
+    def leader_loops(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
+        """What only a leader runs: what fetches, applies and heals."""
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("sync loop", self.syncer.loop),
             ("work loop", self.scheduler.work_loop),
             ("resync loop", self.scheduler.resync_loop),
             ("watch loop", self.scheduler.watch_loop),
-            ("loop lag", self.loop_lag.run),
         ]
         if hasattr(self.source, "changes"):
             loops.append(("local changes loop", self._local_changes_loop))
+        return loops
+
+    def _make_engine(self) -> Engine:
+        assert self.registry is not None and self.store is not None
+        settings = self.settings
+        return Engine(
+            self.registry,
+            self.store.sync,
+            concurrency=settings.concurrency,
+            allow_mass_prune=settings.allow_mass_prune,
+            max_prune_share=settings.max_prune_share,
+            heal_gate=self.scheduler.heal_wait,
+            fence=self.leadership.role.fence,
+            telemetry=self.metrics,
+            on_settled=self.scheduler.on_settled,
+            pacer=self.pacer,
+        )
+
+    def start_over(self) -> None:
+        """After stepping down: what a leader's term built (desired state, queue,
+        heal backoffs, claims, the enforced revision) forgotten, so a next term
+        starts as a start does."""
+        cache = self.syncer.cache
+        self.desired = None
+        self.source_state = SourceState(url=self.source_state.url)
+        self.scheduler = DriftScheduler(self)
+        self.claims = Claims(self.scheduler.queue.released)
+        self.syncer = Syncer(self)
+        self.syncer.cache = cache
+        self.engine = self._make_engine()
+
+    async def _supervise(self) -> None:
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("loop lag", self.loop_lag.run),
+        ]
         notifier = self.announcer.notifier
         if notifier is not None:
             loops.append(("notifier", notifier.run))
         async with asyncio.TaskGroup() as group:
+            loops += self.leadership.loops(group)
             tasks = [group.create_task(job(), name=name) for name, job in loops]
             await self._stop.wait()
             log.info(
@@ -203,6 +240,7 @@ class Daemon(ApiViews):
                     "work still in flight after %.0f s: cancelling it",
                     self.settings.shutdown_timeout,
                 )
+            await self.leadership.stop()  # the leader's loops, then the lease
             if notifier is not None:  # what is queued, within a bounded wait
                 await notifier.close(min(5.0, self.settings.shutdown_timeout))
             for task in tasks:
@@ -286,8 +324,12 @@ class Daemon(ApiViews):
 
     # triggers
 
-    def request_sync(self, reason: str) -> None:
-        self.syncer.request(reason)
+    def request_sync(self, reason: str) -> Leader | None:
+        """Ask for a sync; a standby asks for none and says where the leader is."""
+        forward = self.leadership.forward()
+        if forward is None:
+            self.syncer.request(reason)
+        return forward
 
     async def _local_changes_loop(self) -> None:
         changes = getattr(self.source, "changes")  # noqa: B009 - only LocalSource has it

@@ -25,6 +25,7 @@ from reconciler.web import PageQuery
 if TYPE_CHECKING:
     from reconciler.daemon.announce import Announcer
     from reconciler.daemon.drift import DriftScheduler
+    from reconciler.daemon.leading import Leadership
     from reconciler.daemon.settings import DaemonSettings
     from reconciler.daemon.sync import SourceState, Syncer
     from reconciler.looplag import LoopLag
@@ -80,6 +81,7 @@ class ApiViews:
     syncer: Syncer
     pacer: Pacer
     announcer: Announcer
+    leadership: Leadership
 
     def live(self) -> bool:
         return True
@@ -87,6 +89,8 @@ class ApiViews:
     def ready(self) -> tuple[bool, str]:
         if self.store is None:
             return False, "state store not open"
+        if not self.leadership.role.leading:
+            return True, "standby"  # serves the read API; takes over when elected
         if self.desired is None:
             return False, "no revision loaded yet"
         return True, "ok"
@@ -116,6 +120,7 @@ class ApiViews:
             "queue": len(self.scheduler.queue.items),
             "startedAt": self.started,
             "eventLoop": self.loop_lag.status(),
+            "ha": self.leadership.status(),
         }
 
     def _resource_json(self, record: Any) -> dict[str, Any]:
@@ -234,6 +239,8 @@ class ApiViews:
             queue_depth=len(self.scheduler.queue.items),
             notifications={} if notifier is None else notifier.counts(),
             notification_queue={} if notifier is None else notifier.depth(),
+            role=self.leadership.role.role.value,
+            epoch=self.leadership.role.epoch,
         )
 
 

@@ -53,6 +53,8 @@ class Elector:
         self._elected = elected
         self._deposed = deposed
         self._term: Term | None = None
+        self._resign = asyncio.Event()
+        """Set by `resign`: the term ends at once, as if the lease were lost."""
         self._unreachable: str | None = None
         """The database error last logged while standby (said once, not each poll)."""
 
@@ -66,6 +68,7 @@ class Elector:
         while True:
             term = await self._campaign()
             self._term = term
+            self._resign.clear()
             self.role.lead(term.epoch, term.valid_until - margin(self.lease.seconds))
             log.info(
                 "elected leader of shard %s at epoch %d (lease %.0f s)",
@@ -126,7 +129,12 @@ class Elector:
         while True:
             deadline = term.valid_until - margin(self.lease.seconds)
             sent = term.valid_until - self.lease.seconds
-            await asyncio.sleep(max(0.0, sent + self.every - time.monotonic()))
+            try:
+                async with asyncio.timeout(max(0.0, sent + self.every - time.monotonic())):
+                    await self._resign.wait()
+                return "resigned: the leader's work failed"
+            except TimeoutError:
+                pass  # time to renew
             if time.monotonic() >= deadline:  # slept through it: paused, or the loop stalled
                 return "the lease's deadline passed before it could be renewed"
             try:
@@ -148,6 +156,11 @@ class Elector:
             term = renewed
             self._term = term
             self.role.valid_until = term.valid_until - margin(self.lease.seconds)
+
+    def resign(self) -> None:
+        """End the term now (the daemon cannot do a leader's work: its store is
+        away): the daemon steps down, and campaigns again like any standby."""
+        self._resign.set()
 
     async def release(self) -> None:
         """Give up the lease held now, if any (a clean stop), within a third of
