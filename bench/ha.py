@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--lease", default="10s")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="reconciler-ha-"))
-    server = start_server(base / "pg")
+    server = start_server(Path(tempfile.mkdtemp(prefix="reconciler-pg-")))
     try:
         (base / "root").mkdir()
         (base / "config").mkdir()
