@@ -15,6 +15,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
+from reconciler import shards
 from reconciler.fsm import State
 from reconciler.metrics import Snapshot
 from reconciler.model import DesiredState
@@ -82,6 +83,8 @@ class ApiViews:
     pacer: Pacer
     announcer: Announcer
     leadership: Leadership
+    _shard_memo: tuple[DesiredState, dict[str, object] | None, tuple[int, int]] | None = None
+    """The sharding report and counts of the last revision asked about."""
 
     def live(self) -> bool:
         return True
@@ -121,7 +124,20 @@ class ApiViews:
             "startedAt": self.started,
             "eventLoop": self.loop_lag.status(),
             "ha": self.leadership.status(),
+            "shards": self._shards(),
         }
+
+    def _shards(self) -> dict[str, object] | None:
+        """The enforced revision's sharding (this shard, the unclaimed and the
+        conflicting resources), worked out once per revision, not at every call."""
+        desired = self.desired
+        if desired is None:
+            return None
+        memo = self._shard_memo
+        if memo is None or memo[0] is not desired:
+            memo = (desired, shards.report(desired), shards.counts(desired))
+            self._shard_memo = memo
+        return memo[1]
 
     def _resource_json(self, record: Any) -> dict[str, Any]:
         return {
@@ -229,6 +245,8 @@ class ApiViews:
         """What the metrics registry reads of the daemon at each scrape."""
         state = self.source_state
         notifier = self.announcer.notifier
+        self._shards()
+        unclaimed, conflicting = (0, 0) if self._shard_memo is None else self._shard_memo[2]
         return Snapshot(
             resources=self.store.states() if self.store is not None else {},
             revision=None if self.desired is None else self.desired.revision,
@@ -241,6 +259,8 @@ class ApiViews:
             notification_queue={} if notifier is None else notifier.depth(),
             role=self.leadership.role.role.value,
             epoch=self.leadership.role.epoch,
+            shard_unclaimed=unclaimed,
+            shard_conflicting=conflicting,
         )
 
 

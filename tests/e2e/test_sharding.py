@@ -84,8 +84,19 @@ def test_two_shards_enforce_disjoint_parts_and_hand_a_resource_over(
     url = git_server.url()
     shard_a = daemons.start(url, root=root, state_dir=tmp_path / "a", args=["--shard", "a"])
     shard_b = daemons.start(url, root=root, state_dir=tmp_path / "b", args=["--shard", "b"])
-    shard_a.wait_revision(first)
+    status_a = shard_a.wait_revision(first)
     shard_b.wait_revision(first)
+    assert status_a["shards"] == {
+        "name": "a",
+        "declared": ["a", "b", "ops"],
+        "claimed": 2,
+        "unclaimed_count": 1,
+        "unclaimed": ["File/free"],
+        "conflicting_count": 1,
+        "conflicting": [{"id": "File/both", "shards": ["a", "ops"]}],
+    }
+    assert metric(shard_a, "reconciler_shard_unclaimed_resources") == 1
+    assert metric(shard_b, "reconciler_shard_conflicting_resources") == 1
 
     assert (read_text(a), read_text(moved), read_text(b)) == ("a\n", "from a\n", "b\n")
     assert read_text(free) is None and read_text(both) is None  # applied by no shard
