@@ -52,6 +52,7 @@ from reconciler.secrets import quotes_a_secret as quotes_a_secret
 from reconciler.shared import Changes as Changes
 from reconciler.shared import Connections as Connections
 from reconciler.shared import ConnectionT as ConnectionT
+from reconciler.shared import RunRecords as RunRecords
 
 API_VERSION = "reconciler/v1"
 CONNECTION_KIND = "Connection"
@@ -317,6 +318,9 @@ class ProviderSettings:
     """The enforced revision's connections (not part of the settings' identity)."""
     changes: Changes = field(default_factory=Changes, repr=False, compare=False)
     """When the resources some provider `refreshes` on last changed."""
+    run_records: RunRecords | None = field(default=None, repr=False, compare=False)
+    """Records kept by a store several daemons share (PostgreSQL), instead of
+    files in `state_dir`, so a new leader sees what the last one ran."""
 
 
 @dataclass(frozen=True, slots=True)

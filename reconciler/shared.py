@@ -1,14 +1,16 @@
 """The tables every provider shares through `ProviderSettings` (reconciler.model):
 `Connections`, the enforced revision's Connection resources by name, and
 `Changes`, when resources were last applied. The engine and the Connection
-provider fill them; providers read them. Imports only `reconciler.errors`;
-`reconciler.model` re-exports the names.
+provider fill them; providers read them. And `RunRecords`, what a provider
+remembers between runs when the state is shared by several daemons (a store
+implements it). Imports only `reconciler.errors`; `reconciler.model`
+re-exports the names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -67,3 +69,26 @@ class Changes:
 
     def token(self, rid: str) -> str | None:
         return self._tokens.get(rid)
+
+
+class RunRecords(Protocol):
+    """Small JSON records by key, kept by the state store for a provider that
+    must remember what it did (a guard-less Command's last run), so a daemon
+    that takes over from another finds them (decision 0151). Calls block (run
+    them in a thread); `put` and `drop` are durable when they return.
+
+    Errors are the providers' own: `put` and `drop` raise `PermanentError` when
+    the store refuses the write (a newer leader holds the lease: fenced) or
+    cannot make it; `get_many` raises `TemporaryError` when the store cannot
+    be read."""
+
+    where: str
+    """Names the store in messages (its password never in it)."""
+
+    def get_many(self, keys: Sequence[str]) -> list[Mapping[str, Any] | None]:
+        """The record of each key, in order (None: none)."""
+        ...
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None: ...
+
+    def drop(self, key: str) -> None: ...
