@@ -25,8 +25,9 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_jso
 from pydantic_core import core_schema
 
 from reconciler.bundles import BundleSpec
-from reconciler.model import API_VERSION, BUNDLE_KIND, Policy
+from reconciler.model import API_VERSION, BUNDLE_KIND, SHARD_KIND, Policy
 from reconciler.registry import Registry
+from reconciler.shards import ShardSpec
 
 PLAN_SCHEMA_VERSIONS = (1, 2)
 """Every plan schema shipped; the last is what `plan --format json` prints."""
@@ -66,14 +67,15 @@ class _Lenient(GenerateJsonSchema):
 
 
 def _spec_models(registry: Registry, kinds: Iterable[str]) -> dict[str, type[BaseModel]]:
-    return {kind: BundleSpec if kind == BUNDLE_KIND else registry[kind].Spec for kind in kinds}
+    own: dict[str, type[BaseModel]] = {BUNDLE_KIND: BundleSpec, SHARD_KIND: ShardSpec}
+    return {kind: own[kind] if kind in own else registry[kind].Spec for kind in kinds}
 
 
 def manifest_schema(registry: Registry, kinds: Iterable[str] | None = None) -> dict[str, Any]:
     """The JSON Schema (draft 7) of one manifest document: `apiVersion`, `kind`,
-    `metadata`, the spec of its kind (each installed kind and Bundle, or only
+    `metadata`, the spec of its kind (each installed kind, Bundle and Shard, or only
     `kinds`) and `policy`. Unknown fields are errors, as in the loader."""
-    known = sorted([*registry, BUNDLE_KIND])
+    known = sorted([*registry, BUNDLE_KIND, SHARD_KIND])
     chosen = known if kinds is None else list(kinds)
     for kind in chosen:
         if kind not in known:

@@ -155,3 +155,23 @@ def test_the_command() -> None:
     unknown = _cli("--kind", "Nope")
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("error: unknown kind 'Nope'; known kinds: ")
+
+
+def test_a_shard_document_validates_against_the_schema() -> None:
+    """Shard documents are not resources, but editors see them beside the others."""
+    schema = manifest_schema(Registry.discover(ProviderSettings()))
+    shard = {
+        "apiVersion": "reconciler/v1",
+        "kind": "Shard",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {
+                "matchLabels": {"team": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}],
+            }
+        },
+    }
+    jsonschema.validate(shard, schema)
+    shard["spec"]["selector"]["matchExpressions"][0]["operator"] = "Near"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(shard, schema)
