@@ -4,13 +4,19 @@ the installed package knows. ServiceMonitor and PrometheusRule are Prometheus
 Operator CRDs, for which kubernetes-validate has no schema: those are checked
 structurally here instead, and the PrometheusRule must carry exactly the rules of
 deploy/prometheus/alerts.yaml. The Deployment is checked against the daemon: its
-variables are real settings, secrets are files from the Secrets it mounts."""
+variables are real settings, secrets are files from the Secrets it mounts.
+
+deploy/kubernetes/ha (two replicas on a PostgreSQL store) is checked the same way;
+the objects it shares with the single-replica kustomization are copies (kustomize
+refuses an overlay inside its base), held identical here."""
 
 from __future__ import annotations
 
 import posixpath
+import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +39,16 @@ BUILT_IN = (
     "service.yaml",
 )
 CRDS = ("servicemonitor.yaml", "prometheusrule.yaml")
+HA = KUBERNETES / "ha"
+HA_OWN = ("secret-state.yaml", "deployment.yaml", "pdb.yaml")
+"""The files of ha/ that differ from the single replica's; the rest are copies."""
+HA_COPIES = tuple(name for name in BUILT_IN + CRDS if name not in ("pvc.yaml", "deployment.yaml"))
+SECRETS = ("secret-git-https.yaml", "secret-git-ssh.yaml", "secret-http.yaml", "secret-state.yaml")
 VALIDATE = [sys.executable, "-m", "kubernetes_validate", "--strict"]
 
 
-def _load(name: str) -> dict[str, Any]:
-    (document,) = list(yaml.safe_load_all((KUBERNETES / name).read_text()))
+def _load(name: str, directory: Path = KUBERNETES) -> dict[str, Any]:
+    (document,) = list(yaml.safe_load_all((directory / name).read_text()))
     assert isinstance(document, dict)
     return document
 
@@ -48,11 +59,11 @@ def _validate(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
 def test_kubernetes_validate_strict(version: str) -> None:
-    files = [str(KUBERNETES / name) for name in BUILT_IN]
+    files = [str(KUBERNETES / name) for name in BUILT_IN] + [str(HA / name) for name in HA_OWN]
     result = _validate("--kubernetes-version", version, *files)
     assert result.returncode == 0, result.stdout + result.stderr
     passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
-    assert len(passed) == len(BUILT_IN), result.stdout + result.stderr
+    assert len(passed) == len(files), result.stdout + result.stderr
 
 
 def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
@@ -66,12 +77,27 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     assert "livenesProbe" in result.stdout + result.stderr
 
 
-def test_every_file_is_in_the_kustomization() -> None:
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+@pytest.mark.parametrize(
+    ("directory", "files"),
+    [(KUBERNETES, BUILT_IN + CRDS), (HA, HA_OWN + HA_COPIES)],
+    ids=["single", "ha"],
+)
+def test_every_file_is_in_the_kustomization(directory: Path, files: tuple[str, ...]) -> None:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
-    shipped = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == shipped == set(BUILT_IN) | set(CRDS)
-    assert kustomization["namespace"] == _load("namespace.yaml")["metadata"]["name"]
+    shipped = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == shipped == set(files)
+    assert len(kustomization["resources"]) == len(files)
+    assert kustomization["namespace"] == _load("namespace.yaml", directory)["metadata"]["name"]
+
+
+@pytest.mark.parametrize("name", HA_COPIES)
+def test_ha_shares_the_single_replica_objects(name: str) -> None:
+    """ha/ cannot be an overlay of its parent (kustomize sees a cycle), so what
+    both ship is a copy: edit both."""
+    assert (HA / name).read_text() == (KUBERNETES / name).read_text(), (
+        f"deploy/kubernetes/ha/{name} differs from deploy/kubernetes/{name}: copy it"
+    )
 
 
 def test_deployment_security() -> None:
@@ -113,10 +139,29 @@ def _pod_labels() -> dict[str, str]:
     return labels
 
 
-def test_deployment_settings_are_real_and_secrets_are_mounted_files() -> None:
-    pod = _load("deployment.yaml")["spec"]["template"]["spec"]
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables with a `value`; the others must come from the
+    downward API, and a `$(NAME)` reference must name a variable defined before it
+    (Kubernetes leaves a later one unexpanded)."""
+    env: dict[str, str] = {}
+    defined: set[str] = set()
+    for entry in container["env"]:
+        if "value" in entry:
+            for reference in re.findall(r"\$\((\w+)\)", entry["value"]):
+                assert reference in defined, f"{entry['name']} uses $({reference}) before it is set"
+            env[entry["name"]] = entry["value"]
+        else:
+            assert set(entry["valueFrom"]) == {"fieldRef"}, f"{entry['name']}: not a file"
+            assert not entry["name"].startswith("RECONCILER_"), entry["name"]
+        defined.add(entry["name"])
+    return env
+
+
+@pytest.mark.parametrize("directory", [KUBERNETES, HA], ids=["single", "ha"])
+def test_deployment_settings_are_real_and_secrets_are_mounted_files(directory: Path) -> None:
+    pod = _load("deployment.yaml", directory)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = _env(container)
     options = {p.envvar: p for p in run.params if isinstance(p, click.Option) and p.envvar}
     unknown = set(env) - set(options)
     assert not unknown, f"not settings of reconciler run: {sorted(unknown)}"
@@ -124,28 +169,92 @@ def test_deployment_settings_are_real_and_secrets_are_mounted_files() -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     for mount in mounts.values():
         assert mount["name"] in volumes, f"mount of an undeclared volume {mount['name']}"
-    assert volumes[mounts[env["RECONCILER_STATE_DIR"]]["name"]]["persistentVolumeClaim"] == {
-        "claimName": _load("pvc.yaml")["metadata"]["name"]
-    }
+    state = volumes[mounts[env["RECONCILER_STATE_DIR"]]["name"]]
+    if directory == HA:
+        # the state is in PostgreSQL; the state directory holds caches only
+        url = urllib.parse.urlsplit(env["RECONCILER_STATE_URL"])
+        assert url.scheme == "postgresql" and url.username and url.password is None
+        assert "emptyDir" in state
+    else:
+        assert "RECONCILER_STATE_URL" not in env
+        assert state["persistentVolumeClaim"] == {
+            "claimName": _load("pvc.yaml")["metadata"]["name"]
+        }
     assert env["RECONCILER_ROOT"] in mounts
     assert "/tmp" in mounts  # the root filesystem is read-only
     secret_files = [name for name in env if name.endswith(("_FILE", "_SSH_KEY", "_KNOWN_HOSTS"))]
     assert {"RECONCILER_TOKEN_FILE", "RECONCILER_WEBHOOK_SECRET_FILE"} <= set(secret_files)
+    if directory == HA:
+        assert "RECONCILER_STATE_PASSWORD_FILE" in secret_files
     for name in secret_files:
-        directory, key = posixpath.split(env[name])
-        mount = mounts[directory]
+        secret_dir, key = posixpath.split(env[name])
+        mount = mounts[secret_dir]
         assert mount["readOnly"] is True
         secret_name = volumes[mount["name"]]["secret"]["secretName"]
-        secret = _secret(secret_name)
+        secret = _secret(secret_name, directory)
         assert key in secret["stringData"], f"{name}: Secret {secret_name} has no key {key}"
 
 
-def _secret(name: str) -> dict[str, Any]:
-    for file in ("secret-git-https.yaml", "secret-git-ssh.yaml", "secret-http.yaml"):
-        document = _load(file)
+def _secret(name: str, directory: Path = KUBERNETES) -> dict[str, Any]:
+    for file in SECRETS:
+        if not (directory / file).exists():
+            continue
+        document = _load(file, directory)
         if document["metadata"]["name"] == name:
             return document
-    raise AssertionError(f"no Secret {name} in {KUBERNETES}")
+    raise AssertionError(f"no Secret {name} in {directory}")
+
+
+def test_ha_two_replicas_on_separate_nodes_one_always_available() -> None:
+    deployment = _load("deployment.yaml", HA)
+    assert deployment["spec"]["replicas"] == 2
+    # never a third pod: anti-affinity would leave it no node on a two-node cluster
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
+    (term,) = template["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    budget = _load("pdb.yaml", HA)
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = _load("service.yaml", HA)
+    assert service["spec"]["selector"].items() <= labels.items()  # reads go to either
+
+
+def test_ha_replicas_advertise_their_pod_and_name_themselves() -> None:
+    pod = _load("deployment.yaml", HA)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert fields == {"POD_NAME": "metadata.name", "POD_IP": "status.podIP"}
+    env = _env(container)
+    (port,) = container["ports"]
+    assert env["RECONCILER_ADVERTISE_URL"] == f"http://$(POD_IP):{port['containerPort']}"
+    assert env["RECONCILER_DAEMON_ID"] == "$(POD_NAME)"
+    assert env["RECONCILER_LISTEN"] == f"0.0.0.0:{port['containerPort']}"
+
+
+def test_ha_deployment_is_as_confined_and_probed_as_the_single_one() -> None:
+    single = _load("deployment.yaml")["spec"]["template"]["spec"]
+    ha = _load("deployment.yaml", HA)["spec"]["template"]["spec"]
+    for key in ("securityContext", "automountServiceAccountToken", "terminationGracePeriodSeconds"):
+        assert ha[key] == single[key], key
+    (one,), (two,) = single["containers"], ha["containers"]
+    for key in ("securityContext", "resources", "ports", "livenessProbe", "readinessProbe"):
+        assert two[key] == one[key], key
+    assert two["image"] == one["image"]
+    assert two["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert two["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_ssh_secret_example_fits_the_ssh_settings() -> None:
@@ -185,9 +294,12 @@ def test_prometheus_rule_carries_exactly_the_alerts_of_alerts_yaml() -> None:
     )
 
 
-@pytest.mark.parametrize("name", BUILT_IN + CRDS)
-def test_common_labels_and_no_namespace(name: str) -> None:
-    metadata = _load(name)["metadata"]
+@pytest.mark.parametrize(
+    ("directory", "name"),
+    [(KUBERNETES, name) for name in BUILT_IN + CRDS] + [(HA, name) for name in HA_OWN],
+)
+def test_common_labels_and_no_namespace(directory: Path, name: str) -> None:
+    metadata = _load(name, directory)["metadata"]
     assert metadata["labels"]["app.kubernetes.io/name"] == "reconciler"
     if name != "namespace.yaml":
         assert "namespace" not in metadata  # set once, by the kustomization
