@@ -79,11 +79,8 @@ class RunRecords(Protocol):
 
     Errors are the providers' own: `put` and `drop` raise `PermanentError` when
     the store refuses the write (a newer leader holds the lease: fenced) or
-    cannot make it; `get_many` raises `TemporaryError` when the store cannot
-    be read."""
-
-    where: str
-    """Names the store in messages (its password never in it)."""
+    cannot make it, their message naming the store; `get_many` raises
+    `TemporaryError` when the store cannot be read."""
 
     def get_many(self, keys: Sequence[str]) -> list[Mapping[str, Any] | None]:
         """The record of each key, in order (None: none)."""

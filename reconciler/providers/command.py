@@ -15,8 +15,10 @@ When a command is needed (docs/decisions/0074):
   `onlyIf` (needed only when it exits 0). They are evaluated at every drift
   check, so a guard that flips is drift, healed by running the command again;
 - with no guard, once per spec: a record of the last successful run, keyed by a
-  digest of the spec, is kept in the state directory (`command/`), so a changed
-  spec runs again and an unchanged one never does;
+  digest of the spec, is kept in the state directory (`command/`), or in the
+  store when several daemons share one (`ProviderSettings.run_records`:
+  PostgreSQL, so a new leader does not run it again; decision 0151), so a
+  changed spec runs again and an unchanged one never does;
 - `refreshOn` names resources whose every apply runs it again (a restart after
   its config file changed); its guards, if any, then only gate those runs.
 
@@ -55,6 +57,7 @@ from reconciler.model import (
     Provider,
     ResourceId,
     ResourceIds,
+    RunRecords,
     Sensitive,
     SensitiveStr,
     SpecError,
@@ -183,7 +186,9 @@ class CommandProvider(Provider[CommandSpec]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._runs = _Runs(self.settings.state_dir)
+        self._files = _Runs(self.settings.state_dir)
+        shared = self.settings.run_records
+        self._runs: RunRecords = self._files if shared is None else shared
         self._limits: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
 
     def prepare(self, spec: CommandSpec, ctx: PrepareContext) -> CommandSpec:
@@ -300,7 +305,10 @@ class CommandProvider(Provider[CommandSpec]):
     async def apply(self, spec: CommandSpec, plan: Plan) -> str | None:
         async with self._limit(APPLY_CONCURRENCY):
             # a run that cannot be recorded would run again at every pass: check first
-            await asyncio.to_thread(self._runs.check)
+            # (a store's refusal, fenced or away, is found by the put: the engine's
+            # fence has been checked right before this apply)
+            if self._runs is self._files:
+                await asyncio.to_thread(self._files.check)
             tokens = self._tokens(spec)
             result = await self._run(spec, _argv(spec.argv, spec.command), spec.timeout, "command")
             if result.code != 0:
@@ -313,7 +321,15 @@ class CommandProvider(Provider[CommandSpec]):
             except OSError as exc:
                 raise PermanentError(
                     f"the command ran (exit 0) but its run cannot be recorded in "
-                    f"{self._runs.where}: {exc.strerror}"
+                    f"{self._files.where}: {exc.strerror}"
+                ) from None
+            except PermanentError as exc:
+                if self._runs is self._files:
+                    raise
+                # refused (a newer leader: fenced) or the store away: reported as
+                # failed, not in sync; a leader after this one runs it again
+                raise PermanentError(
+                    f"the command ran (exit 0) but its run cannot be recorded: {exc}"
                 ) from None
             tail = _tail(result, spec.secrets(), NOTE_LINES, NOTE_CHARS)
             return f"exit 0: {tail}" if tail else "exit 0 (no output)"
@@ -459,7 +475,7 @@ class _Runs:
             if dir_fd is not None:
                 os.close(dir_fd)
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+    def get_many(self, keys: Sequence[str]) -> list[Mapping[str, Any] | None]:
         if self._dir is None:
             return [self._memory.get(key) for key in keys]
         dir_fd = self._open_dir(create=False)
@@ -470,9 +486,9 @@ class _Runs:
         finally:
             os.close(dir_fd)
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
         if self._dir is None:
-            self._memory[key] = record
+            self._memory[key] = dict(record)
             return
         dir_fd = self._open_dir(create=True)
         assert dir_fd is not None

@@ -10,10 +10,11 @@ so a first flush of 12,000 resources is three statements, not 36,000.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from reconciler.fsm import State
 from reconciler.store._rows import Row
@@ -155,11 +156,7 @@ def write(
     # a row changed meanwhile is dirty again in the new buffers.
     last = first_seq - 1
     with conn.transaction():
-        conn.execute(
-            "SELECT set_config('reconciler.shard', %s, true), "
-            "set_config('reconciler.epoch', %s, true)",
-            (shard, "" if epoch is None else str(epoch)),
-        )
+        _as_writer(conn, shard, epoch)
         if batch.resources:
             resources = [row.resource_values() for row in map(rows.get, batch.resources) if row]
             if resources:
@@ -233,6 +230,45 @@ def write(
                 [shard, epoch, *_columns(list(batch.fetched.items()), 2)],
             )
     return last
+
+
+def _as_writer(conn: Conn, shard: str, epoch: int | None) -> None:
+    """Tell the fence, for this transaction, whose write it is."""
+    conn.execute(
+        "SELECT set_config('reconciler.shard', %s, true), set_config('reconciler.epoch', %s, true)",
+        (shard, "" if epoch is None else str(epoch)),
+    )
+
+
+# run records (RunRecords: a guard-less Command's last run)
+
+
+def get_runs(conn: Conn, shard: str, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+    """The record of each of `keys` in `shard`, in order (None: none); one query."""
+    rows = conn.execute(
+        "SELECT key, record FROM reconciler_runs WHERE shard = %s AND key = ANY(%s::text[])",
+        (shard, list(keys)),
+    ).fetchall()
+    found = {str(key): record for key, record in rows if isinstance(record, dict)}
+    return [found.get(key) for key in keys]
+
+
+def put_run(conn: Conn, shard: str, epoch: int | None, key: str, record: Mapping[str, Any]) -> None:
+    """Write one record in a transaction of its own, as the writer of `epoch`."""
+    with conn.transaction():
+        _as_writer(conn, shard, epoch)
+        conn.execute(
+            "INSERT INTO reconciler_runs (shard, key, record, epoch) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (shard, key) DO UPDATE SET record = excluded.record, "
+            "epoch = excluded.epoch",
+            (shard, key, Jsonb(dict(record)), epoch),
+        )
+
+
+def drop_run(conn: Conn, shard: str, epoch: int | None, key: str) -> None:
+    with conn.transaction():
+        _as_writer(conn, shard, epoch)
+        conn.execute("DELETE FROM reconciler_runs WHERE shard = %s AND key = %s", (shard, key))
 
 
 def _pg_resource(values: tuple[object, ...]) -> tuple[object, ...]:

@@ -31,6 +31,7 @@ STATE_TABLES = (
     "reconciler_revisions",
     "reconciler_sources",
 )
+"""The tables of migration 1 (its fence's triggers); `reconciler_runs` (2) is fenced too."""
 
 _FENCE = """
 CREATE FUNCTION reconciler_fence() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -121,6 +122,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """
     + _FENCE,
+    # 2: what providers remember between runs (a guard-less Command's last run,
+    # `RunRecords`), shared so a new leader does not run it again (decision
+    # 0151); fenced as the state tables are, so a deposed leader's is refused.
+    """
+    CREATE TABLE reconciler_runs (
+        shard text NOT NULL,
+        key text NOT NULL,
+        record jsonb NOT NULL,
+        epoch bigint,
+        PRIMARY KEY (shard, key)
+    );
+    CREATE TRIGGER reconciler_fence BEFORE INSERT OR UPDATE OR DELETE ON reconciler_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION reconciler_fence();
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

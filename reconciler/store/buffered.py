@@ -20,6 +20,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from reconciler.fsm import State
+from reconciler.model import RunRecords
 from reconciler.store._rows import Row, empty
 from reconciler.store.base import Record, Transition
 
@@ -50,6 +51,9 @@ class BufferedStore:
         self.history_limit = history_limit
         self.epoch: int | None = None
         """The writer's epoch (`set_epoch`): what a fenced database checks."""
+        self.run_records: RunRecords | None = None
+        """Providers' run records in the database, when several daemons share it
+        (PostgreSQL); None: providers keep theirs in the state directory."""
         self._loaded: dict[str, Record] | None = None
         """Records as read from the database, or rebuilt by `inventory` from the
         rows written since (those ids wait in _changed until then)."""

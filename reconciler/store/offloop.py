@@ -52,6 +52,9 @@ class OffLoopStore:
         self.forget = store.forget
         self.set_revision = store.set_revision
         self.set_fetched = store.set_fetched
+        # on the caller's thread (a provider's, through asyncio.to_thread), under
+        # the store's connection lock: None with SQLite
+        self.run_records = store.run_records
 
     @classmethod
     async def opening(cls, state_dir: Path, *, history_limit: int = 50_000) -> OffLoopStore:

@@ -9,6 +9,8 @@ own) and an epoch: each flush tells the database the epoch of this writer's
 lease, and the fence refuses the whole transaction when the lease has moved on
 (`Fenced`). A lost connection is reopened by the next call; the flush that
 found it lost keeps its batch for the next one, as any failed flush does.
+`run_records` keeps providers' run records (a guard-less Command's last run)
+in the database too, fenced the same way, so a new leader sees them.
 
 No state-directory lock: with PostgreSQL, who writes is the lease's business
 (reconciler.ha); without an election the store writes with no epoch, which the
@@ -22,17 +24,19 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import conninfo
 
+from reconciler.model import PermanentError, TemporaryError
 from reconciler.store import _pgio
 from reconciler.store._pgschema import migrate
 from reconciler.store.base import Fenced, Record, StoreError, Transition
 from reconciler.store.buffered import Batch, BufferedStore
 
-__all__ = ["PostgresStore", "redact_url"]
+__all__ = ["PgRunRecords", "PostgresStore", "redact_url"]
 
 FENCED = "RC001"
 """The SQLSTATE the fence raises."""
@@ -78,6 +82,7 @@ class PostgresStore(BufferedStore):
         self._seq = 0
         """The newest event's number in this shard (events are numbered per shard)."""
         self._connecting = threading.Lock()
+        self.run_records = PgRunRecords(self)
         with self._writing:
             conn = self._connect()
             try:
@@ -168,6 +173,43 @@ class PostgresStore(BufferedStore):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class PgRunRecords:
+    """`RunRecords` (reconciler.model) in `reconciler_runs`, this store's shard
+    only: each call on the caller's thread under the store's connection lock
+    (`_writing`, so never beside a flush), a put or a drop its own transaction
+    as the writer of the store's epoch, so the fence refuses a deposed leader's
+    (decision 0151). Errors become the providers' (`PermanentError` for a write,
+    `TemporaryError` for a read), naming the redacted database."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    def get_many(self, keys: Sequence[str]) -> list[Mapping[str, Any] | None]:
+        store = self._store
+        try:
+            with store._writing, store._errors():
+                found = _pgio.get_runs(store._connect(), store.shard, keys)
+        except StoreError as exc:
+            raise TemporaryError(f"cannot read the run records: {exc}") from None
+        return list(found)
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
+        store = self._store
+        try:
+            with store._writing, store._errors():
+                _pgio.put_run(store._connect(), store.shard, store.epoch, key, record)
+        except StoreError as exc:  # Fenced included: a newer leader holds the lease
+            raise PermanentError(str(exc)) from None
+
+    def drop(self, key: str) -> None:
+        store = self._store
+        try:
+            with store._writing, store._errors():
+                _pgio.drop_run(store._connect(), store.shard, store.epoch, key)
+        except StoreError as exc:
+            raise PermanentError(str(exc)) from None
 
 
 class _Errors:
