@@ -118,6 +118,7 @@ class Daemon(ApiViews):
                     state_dir=str(settings.state_dir),
                     allow_commands=settings.allow_commands,
                     secret_sources=settings.secret_sources,
+                    run_records=self.store.run_records,
                 )
             )
             # the providers do not change while the daemon runs: fingerprint them once
