@@ -3,12 +3,19 @@ Debian's docker-compose 1.29 where the v2 plugin is missing, as here), and check
 for what compose does not know: the files it mounts (relative to deploy/) exist,
 the build context holds the Dockerfile, the daemon's variables are real settings,
 and the three services find each other. No image can be pulled here, so the stack
-is not started."""
+is not started.
+
+The "ha" profile (PostgreSQL and two replicas on it) is validated by the same
+compose with `--profile ha` (docker-compose 1.29 knows profiles), and checked here
+for what compose does not: the default stack stays as it was, the replicas'
+settings are real, both reach the database as its one user with the password
+file postgres itself reads, and each advertises the address it is published on."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,10 @@ from tests.deploy.conftest import DEPLOY, REPO
 from tests.system import ensure_debian
 
 COMPOSE = DEPLOY / "compose.yaml"
+DEFAULT = {"reconciler", "receiver", "prometheus", "grafana"}
+HA = {"postgres", "reconciler-a", "reconciler-b"}
+REPLICAS = {"reconciler-a": 9118, "reconciler-b": 9128}
+"""The ha profile's daemons and the host port each is published on."""
 
 
 def _compose() -> dict[str, Any]:
@@ -35,16 +46,30 @@ def _run_envvars() -> set[str]:
 
 def test_services_and_named_volumes() -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"reconciler", "receiver", "prometheus", "grafana"}
+    assert set(compose["services"]) == DEFAULT | HA
     named = set(compose["volumes"])
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if not source.startswith("."):
                 assert source in named, f"{name}: volume {source!r} is not declared"
+        for secret in service.get("secrets", []):
+            assert secret in compose["secrets"], f"{name}: secret {secret!r} is not declared"
+    for name, secret in compose["secrets"].items():
+        assert (DEPLOY / secret["file"]).is_file(), f"secret {name}: no {secret['file']}"
 
 
-@pytest.mark.parametrize("service", ["reconciler", "receiver", "prometheus", "grafana"])
+def test_the_ha_profile_leaves_the_default_stack_alone() -> None:
+    """`docker compose up` without --profile starts what it always did."""
+    services = _compose()["services"]
+    assert {name for name, s in services.items() if "profiles" not in s} == DEFAULT
+    for name in HA:
+        assert services[name]["profiles"] == ["ha"]
+    for name in DEFAULT:
+        assert not set(services[name].get("depends_on", [])) & HA, name
+
+
+@pytest.mark.parametrize("service", sorted(DEFAULT | HA))
 def test_mounted_files_exist(service: str) -> None:
     for volume in _compose()["services"][service].get("volumes", []):
         source, target, *mode = volume.split(":")
@@ -97,9 +122,9 @@ def _compose_command() -> list[str]:
     return [ensure_debian("docker-compose", "docker-compose")]
 
 
-def _config(path: Path) -> subprocess.CompletedProcess[str]:
+def _config(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*_compose_command(), "-p", "reconciler", "-f", str(path), "config", "--quiet"],
+        [*_compose_command(), "-p", "reconciler", "-f", str(path), *options, "config", "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -107,10 +132,67 @@ def _config(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_compose_config_validates() -> None:
+@pytest.mark.parametrize("options", [(), ("--profile", "ha")], ids=["default", "ha"])
+def test_compose_config_validates(options: tuple[str, ...]) -> None:
     """Compose's own schema check: unknown keys, wrong types, bad interpolation."""
-    result = _config(COMPOSE)
+    result = _config(COMPOSE, *options)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_config_rejects_a_misspelt_key_of_the_ha_profile(tmp_path: Path) -> None:
+    """The check sees the profile's services too."""
+    broken = tmp_path / "compose.yaml"
+    text = COMPOSE.read_text()
+    assert text.count("    healthcheck:\n") == 1
+    broken.write_text(text.replace("    healthcheck:\n", "    healthchek:\n"))
+    result = _config(broken, "--profile", "ha")
+    assert result.returncode != 0
+    assert "healthchek" in result.stdout + result.stderr
+
+
+def test_postgres_of_the_ha_profile() -> None:
+    service = _compose()["services"]["postgres"]
+    assert service["image"] == "postgres:15"
+    environment = service["environment"]
+    assert "POSTGRES_PASSWORD" not in environment  # from the file only
+    (secret,) = service["secrets"]
+    assert environment["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+    assert "pg_isready" in " ".join(service["healthcheck"]["test"])
+    assert "postgres:/var/lib/postgresql/data" in service["volumes"]
+    assert "ports" not in service  # reached by the replicas only, on compose's network
+    password = (DEPLOY / _compose()["secrets"][secret]["file"]).read_text()
+    assert password.count("\n") == 1 and password.strip()  # one line: both read it whole
+
+
+@pytest.mark.parametrize("name", sorted(REPLICAS))
+def test_ha_replicas_share_the_store_and_advertise_their_own_address(name: str) -> None:
+    services = _compose()["services"]
+    service, postgres = services[name], services["postgres"]
+    environment = service["environment"]
+    unknown = set(environment) - _run_envvars()
+    assert not unknown, f"not settings of reconciler run: {sorted(unknown)}"
+    url = urllib.parse.urlsplit(environment["RECONCILER_STATE_URL"])
+    assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432)
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.password is None  # from the file
+    assert url.path == "/" + postgres["environment"]["POSTGRES_DB"]
+    assert service["secrets"] == postgres["secrets"]
+    assert environment["RECONCILER_STATE_PASSWORD_FILE"] == f"/run/secrets/{service['secrets'][0]}"
+    assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    port = REPLICAS[name]
+    assert service["ports"] == [f"127.0.0.1:{port}:9108"]
+    assert environment["RECONCILER_LISTEN"] == "0.0.0.0:9108"
+    assert environment["RECONCILER_ADVERTISE_URL"] == f"http://127.0.0.1:{port}"
+    assert environment["RECONCILER_DAEMON_ID"] == name
+    # caches only, in memory; the rest as confined as the default daemon
+    assert environment["RECONCILER_STATE_DIR"] in service["tmpfs"]
+    default = services["reconciler"]
+    for key in ("image", "build", "read_only", "cap_drop", "security_opt"):
+        assert service[key] == default[key], key
+    shared = set(default["environment"]) - {"RECONCILER_NOTIFICATIONS"}
+    assert {k: default["environment"][k] for k in shared} == {k: environment[k] for k in shared}, (
+        "the replicas follow what the default daemon follows"
+    )
 
 
 def test_compose_config_rejects_a_misspelt_key(tmp_path: Path) -> None:
