@@ -45,7 +45,11 @@ def status(daemon: DaemonProcess) -> dict[str, Any] | None:
 
 @dataclass
 class Cluster:
-    """Daemons of one shard on one database, one managed root, one config tree."""
+    """Daemons of one shard on one database, one managed root, one config tree.
+
+    Clusters of several shards share one database: give each its `shard` and
+    the first one's `database` (made only if missing); `repo` is a git URL to
+    follow instead of the `config` directory."""
 
     server: Server
     daemons: Daemons
@@ -56,9 +60,13 @@ class Cluster:
     members: dict[str, DaemonProcess] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)
+    shard: str | None = None
+    repo: str | None = None
 
     def __post_init__(self) -> None:
-        self.server.sql(f"CREATE DATABASE {self.database}")
+        query = "SELECT 1 FROM pg_database WHERE datname = %s"
+        if not self.server.sql(query, (self.database,)):
+            self.server.sql(f"CREATE DATABASE {self.database}")
         self.log = self.root / "stamps.log"
         self.password_file = self.daemons.workdir / "pg-password"
         self.password_file.write_text(PASSWORD + "\n")
@@ -116,7 +124,7 @@ class Cluster:
             f"postgresql://{self.roles[name]}@{self.server.host}:{self.server.port}/{self.database}"
         )
         daemon = self.daemons.make(
-            self.config,
+            self.repo or self.config,
             root=self.root,
             state_dir=self.daemons.workdir / f"state-{name}",
             port=port,
@@ -124,6 +132,7 @@ class Cluster:
                 *("--state-url", url, "--state-password-file", str(self.password_file)),
                 *("--lease-duration", self.lease, "--daemon-id", name),
                 *("--advertise-url", f"http://127.0.0.1:{port}", "--allow-commands"),
+                *(("--shard", self.shard) if self.shard else ()),
             ],
         )
         daemon.start()
