@@ -44,3 +44,24 @@ def state_key(path: Path, *, write: bool) -> bytes | None:
     except OSError:
         return None
     return key if len(key) == _KEY_BYTES else None
+
+
+def place_key(path: Path, key: bytes) -> None:
+    """Make `key` the key in `path` (mode 0600), replacing another: a key shared
+    through the database (decision 0156) wins over the state directory's own."""
+    if len(key) != _KEY_BYTES:
+        raise ValueError(f"a key is {_KEY_BYTES} bytes, got {len(key)}")
+    try:
+        if path.read_bytes() == key:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)

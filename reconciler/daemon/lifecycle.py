@@ -38,6 +38,7 @@ from reconciler.registry import Registry
 from reconciler.server import Leader
 from reconciler.sources.base import Source, redact
 from reconciler.sources.signatures import signature_policy
+from reconciler.statekey import place_key
 from reconciler.store import OffLoopStore, open_async_store
 from reconciler.store.factory import read_password
 
@@ -106,6 +107,11 @@ class Daemon(ApiViews):
             password_file=settings.state_password_file,
         )
         try:
+            shared = await self.store.shared_key("digest")
+            if shared is not None:  # the digests of secrets alike on every daemon of the store
+                await asyncio.to_thread(
+                    place_key, settings.state_dir / "cache" / "digest.key", shared
+                )
             password = settings.state_password_file
             self.leadership.configure(
                 settings.state_url,

@@ -136,6 +136,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER reconciler_fence BEFORE INSERT OR UPDATE OR DELETE ON reconciler_runs
     FOR EACH STATEMENT EXECUTE FUNCTION reconciler_fence();
     """,
+    # 3: keys every daemon of the database shares: the digest key that stands for
+    # secrets in stored specs and run-record names (decision 0156), so a new
+    # leader's digests equal its predecessor's. Made once, never replaced.
+    """
+    CREATE TABLE reconciler_keys (
+        name text PRIMARY KEY,
+        key bytea NOT NULL CHECK (length(key) = 32)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -157,6 +157,11 @@ class BufferedStore:
             self._loaded = loaded
         return self._loaded
 
+    def shared_key(self, name: str) -> bytes | None:
+        """A key every daemon of a shared database holds alike (PostgreSQL's), or
+        None: a store of one daemon has its state directory's keys."""
+        return None
+
     def reload(self) -> None:
         """Forget what is in memory, unflushed writes included, and read the
         records again from the database: a standby's view of what the leader

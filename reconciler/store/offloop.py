@@ -89,6 +89,10 @@ class OffLoopStore:
         again: a standby's view, a new leader's first step."""
         await self._call(self.sync.reload)
 
+    async def shared_key(self, name: str) -> bytes | None:
+        """The key `name` shared by every daemon of the database (None: SQLite)."""
+        return await self._call(self.sync.shared_key, name)
+
     def set_epoch(self, epoch: int | None) -> None:
         """The lease's epoch every later flush carries (None: no election);
         memory only: a flush in flight keeps the epoch it began with."""

@@ -33,19 +33,31 @@ def cluster(
         made.close()
 
 
-def write(cluster: Cluster, version: int) -> None:
-    """A file and a Command with no guard at all: only its run record says it ran."""
+def write(cluster: Cluster, version: int, secret: Path | None = None) -> None:
+    """A file and a Command with no guard at all: only its run record says it ran.
+    With `secret`, the Command's environment holds a secret read from that file
+    (its run record's name then digests it with the database's shared key)."""
     stamp = f'echo "$RECONCILER_DAEMON_ID $RECONCILER_EPOCH" >> {cluster.log} # v{version}'
+    spec: dict[str, object] = {"shell": True, "command": stamp}
+    if secret is not None:
+        spec["env"] = {"TOKEN": {"valueFrom": {"file": str(secret)}}}
     (cluster.config / "ha.yaml").write_text(
         docs(
             file_doc("a", cluster.root / "a.txt", "alpha\n"),
-            doc("Command", "stamp", {"shell": True, "command": stamp}),
+            doc("Command", "stamp", spec),
         )
     )
 
 
-def test_a_new_leader_does_not_run_a_converged_command_again(cluster: Cluster) -> None:
-    write(cluster, 1)
+@pytest.mark.parametrize("with_secret", [False, True], ids=["plain", "secret-env"])
+def test_a_new_leader_does_not_run_a_converged_command_again(
+    cluster: Cluster, with_secret: bool, tmp_path: Path
+) -> None:
+    secret = None
+    if with_secret:  # each daemon's state directory has its own keys, the database one
+        secret = tmp_path / "token"
+        secret.write_text("t0ken-for-the-command\n")
+    write(cluster, 1, secret)
     cluster.start("d1")
     first, epoch = cluster.leader()
     cluster.start("d2")
@@ -73,7 +85,7 @@ def test_a_new_leader_does_not_run_a_converged_command_again(cluster: Cluster) -
     assert cluster.stamps() == [(first, epoch)]
 
     # a changed spec runs once, under the new epoch, and is recorded at it
-    write(cluster, 2)
+    write(cluster, 2, secret)
     leader.wait_until(lambda: len(cluster.stamps()) == 2, "the changed Command to run")
     leader.wait_state("Command/stamp", "InSync")
     assert cluster.stamps() == [(first, epoch), (new, new_epoch)]

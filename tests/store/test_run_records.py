@@ -101,8 +101,26 @@ def test_a_database_away_is_a_temporary_read_and_a_permanent_write(pg: Backend) 
         runs.put("k", {"exit": 0})
 
 
+def test_every_store_of_a_database_gets_the_same_shared_key(backend: Backend) -> None:
+    """The digest key of a shared database (decision 0156): made by the first
+    store that asks, the same for every shard and every later store; none on
+    SQLite (a state directory keeps its own)."""
+    if backend.server is None:
+        with opened(backend) as store:
+            assert store.shared_key("digest") is None
+        return
+    with opened(backend, shard="a") as a, opened(backend, shard="b") as b:
+        first = a.shared_key("digest")
+        assert first is not None and len(first) == 32
+        assert b.shared_key("digest") == first
+        assert a.shared_key("other") not in (None, first)
+    with opened(backend) as later:
+        assert later.shared_key("digest") == first
+
+
 def test_a_schema_1_database_gains_the_runs_table(pg: Backend) -> None:
     pg.open().close()
+    pg.sql("DROP TABLE reconciler_keys")
     pg.sql("DROP TABLE reconciler_runs")
     pg.sql("UPDATE reconciler_schema SET version = 1")
     with opened(pg) as store:
