@@ -51,6 +51,11 @@ _DEFAULTS = {
     "keepalives_interval": "3",
     "keepalives_count": "3",
 }
+IDLE_IN_TRANSACTION = 5_000
+"""Milliseconds a session may sit in an open transaction without a statement
+before the server ends it (decision 0157): a leader stopped (SIGSTOP, a frozen
+VM) in the middle of a flush holds the lease row `FOR SHARE`, which would keep
+every standby's takeover waiting for as long as it stays stopped."""
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
 
@@ -109,6 +114,8 @@ class PostgresStore(BufferedStore):
         extra = {key: value for key, value in _DEFAULTS.items() if key not in params}
         if self._password is not None:
             extra["password"] = self._password
+        timeout = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION}"
+        extra["options"] = f"{params['options']} {timeout}" if params.get("options") else timeout
         with self._errors():
             self._conn = psycopg.connect(conninfo.make_conninfo(self.url, **extra), autocommit=True)
         return self._conn

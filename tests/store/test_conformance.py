@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -405,6 +406,31 @@ def test_a_takeover_waits_for_the_flush_in_flight(pg: Backend) -> None:
         store.flush()
     store.reload()  # as a deposed leader does: its fenced tail dropped, the new one's read
     assert store.inventory()["File/a"].state is S.IN_SYNC
+    store.close()
+
+
+def test_a_leader_stopped_inside_a_flush_cannot_hold_a_takeover_for_ever(pg: Backend) -> None:
+    """A leader frozen (SIGSTOP) between two statements of a flush holds the lease
+    row FOR SHARE; the server ends its session once it has idled in the
+    transaction for IDLE_IN_TRANSACTION, so the takeover goes through."""
+    from reconciler.store.postgres import IDLE_IN_TRANSACTION, PostgresStore
+
+    store = pg.open()
+    assert isinstance(store, PostgresStore)
+    pg.sql("INSERT INTO reconciler_lease (shard, holder, epoch) VALUES ('default', 'a', 1)")
+    conn = store._connect()  # the store's own session, as a flush uses it: then frozen
+    conn.execute("BEGIN")
+    conn.execute("SELECT epoch FROM reconciler_lease WHERE shard = 'default' FOR SHARE")
+    started = time.monotonic()
+    assert pg.server is not None
+    with pg.server.connect(pg.dbname or "") as other:
+        other.execute("SET statement_timeout = '20s'")
+        rows = other.execute(
+            "UPDATE reconciler_lease SET epoch = epoch + 1, holder = 'b' RETURNING epoch"
+        ).fetchall()
+    waited = time.monotonic() - started
+    assert rows == [(2,)]
+    assert IDLE_IN_TRANSACTION / 1000 - 1 < waited < IDLE_IN_TRANSACTION / 1000 + 5
     store.close()
 
 
