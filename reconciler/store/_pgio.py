@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from reconciler.fsm import State
+from reconciler.store._queries import history_filter, transitions
 from reconciler.store._rows import Row
 from reconciler.store.base import Record, Transition
 from reconciler.store.buffered import Batch
@@ -74,39 +75,14 @@ def history(
     instance: str | None,
 ) -> list[Transition]:
     """The newest `limit` rows of the history that match, oldest first."""
-    clauses = ["shard = %s"]
-    args: list[object] = [shard]
-    if rid:
-        clauses.append("id = %s")
-        args.append(rid)
-    if kind:
-        clauses.append("id >= %s AND id < %s")  # ids are Kind/name: a range scan
-        args += [f"{kind}/", f"{kind}0"]
-    if since is not None:
-        clauses.append("ts > %s")
-        args.append(since)
-    if instance is not None:
-        clauses.append("instance = %s")
-        args.append(instance)
+    clauses, args = history_filter(rid, kind, since, instance, mark="%s")
     rows = conn.execute(
         "SELECT seq, ts, id, from_state, to_state, event, reason, instance "
-        f"FROM reconciler_events WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT %s",
-        [*args, limit],
+        f"FROM reconciler_events WHERE {' AND '.join(['shard = %s', *clauses])} "
+        "ORDER BY seq DESC LIMIT %s",
+        [shard, *args, limit],
     ).fetchall()
-    return [
-        Transition(
-            r[0],
-            r[1],
-            r[2],
-            r[2].partition("/")[0],
-            None if r[3] is None else _STATES[r[3]],
-            _STATES[r[4]],
-            r[5],
-            r[6],
-            r[7],
-        )
-        for r in reversed(rows)
-    ]
+    return transitions(rows)
 
 
 def newest_revision(conn: Conn, shard: str) -> str | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
+from typing import Any
 
 from reconciler.fsm import State
 from reconciler.store.base import Record, Transition
@@ -65,26 +67,41 @@ def history(
     instance: str | None,
 ) -> list[Transition]:
     """The newest `limit` rows of the history that match, oldest first."""
-    clauses: list[str] = []
-    args: list[object] = []
-    if rid:
-        clauses.append("id = ?")
-        args.append(rid)
-    if kind:
-        clauses.append("id >= ? AND id < ?")  # ids are Kind/name: a range scan
-        args += [f"{kind}/", f"{kind}0"]
-    if since is not None:
-        clauses.append("ts > ?")
-        args.append(since)
-    if instance is not None:
-        clauses.append("instance = ?")
-        args.append(instance)
+    clauses, args = history_filter(rid, kind, since, instance, mark="?")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.execute(
         "SELECT seq, ts, id, from_state, to_state, event, reason, instance FROM events "
         f"{where} ORDER BY seq DESC LIMIT ?",
         [*args, limit],
     ).fetchall()
+    return transitions(rows)
+
+
+def history_filter(
+    rid: str | None, kind: str | None, since: float | None, instance: str | None, *, mark: str
+) -> tuple[list[str], list[object]]:
+    """The WHERE clauses of a history query and their arguments, in the driver's
+    placeholder `mark` (SQLite's `?`, psycopg's `%s`)."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if rid:
+        clauses.append(f"id = {mark}")
+        args.append(rid)
+    if kind:
+        clauses.append(f"id >= {mark} AND id < {mark}")  # ids are Kind/name: a range scan
+        args += [f"{kind}/", f"{kind}0"]
+    if since is not None:
+        clauses.append(f"ts > {mark}")
+        args.append(since)
+    if instance is not None:
+        clauses.append(f"instance = {mark}")
+        args.append(instance)
+    return clauses, args
+
+
+def transitions(rows: Sequence[Sequence[Any]]) -> list[Transition]:
+    """History rows (seq, ts, id, from, to, event, reason, instance), newest first
+    as queried, as transitions oldest first."""
     return [
         Transition(
             r[0],
