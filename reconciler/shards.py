@@ -19,7 +19,8 @@ do (every term must hold; NotIn and DoesNotExist also hold when the key is absen
 
 Pure functions over the model: the loader validates `Shard` documents with
 `ShardSpec` and checks dependencies with `crossing`; `select` makes one shard's
-part of a loaded revision, which the daemon and `plan`/`apply --shard` enforce.
+part of a loaded revision, which a daemon run with `--shard` enforces (the one-shot
+commands `validate`, `graph`, `plan` and `apply` load the whole revision).
 """
 
 from __future__ import annotations
