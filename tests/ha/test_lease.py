@@ -13,29 +13,20 @@ from typing import Any
 import pytest
 
 from reconciler.ha import Elector, Lease, LeaseLost, Role, RoleState
+from reconciler.store._pgschema import migrate
 from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(60)
 
-LEASE_TABLE = """
-CREATE TABLE IF NOT EXISTS reconciler_lease (
-  shard text PRIMARY KEY,
-  holder text,
-  address text,
-  epoch bigint NOT NULL DEFAULT 0,
-  expires_at timestamptz NOT NULL DEFAULT 'epoch',
-  renewed_at timestamptz
-)
-"""
-"""The table of the design (made by the PostgreSQL store's first migration)."""
-
 
 @pytest.fixture
 def database(postgres_server: Server) -> Iterator[str]:
-    """A fresh database holding the lease table; its conninfo (password over TCP)."""
+    """A fresh database with the store's schema (the lease table among it); its
+    conninfo (password over TCP)."""
     name = "ha_" + uuid.uuid4().hex[:12]
     postgres_server.sql(f"CREATE DATABASE {name}")
-    postgres_server.sql(LEASE_TABLE, dbname=name)
+    with postgres_server.connect(name) as conn:  # the lease table as the store makes it
+        migrate(conn, name)
     yield (
         f"host={postgres_server.host} port={postgres_server.port} dbname={name} "
         f"user=postgres password={postgres_server.password}"
