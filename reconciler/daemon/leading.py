@@ -57,6 +57,8 @@ class Leadership:
         self._leading: asyncio.Task[None] | None = None
         self._electing: asyncio.Task[None] | None = None
         self._change: asyncio.Task[None] | None = None
+        self._seen: object = None
+        """The store's mark when the inventory was last read as a standby."""
         """The last takeover or step-down started: the next one waits for it."""
 
     @property
@@ -186,14 +188,20 @@ class Leadership:
             await asyncio.sleep(STANDBY_RELOAD)
             change = self._change
             if self.role.role is Role.STANDBY and (change is None or change.done()):
-                await self._reload()
+                await self._reload(if_changed=True)
 
-    async def _reload(self) -> None:
+    async def _reload(self, *, if_changed: bool = False) -> None:
+        """Read the inventory again; `if_changed`: only when the leader wrote since
+        the last read (12,000 records take ~0.2 s of the store's thread)."""
         store = self._daemon.store
         if store is None:
             return
         try:
+            mark = await store.mark()
+            if if_changed and mark is not None and mark == self._seen:
+                return
             await store.reload()
+            self._seen = mark
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database away: the last view stays

@@ -157,6 +157,12 @@ class BufferedStore:
             self._loaded = loaded
         return self._loaded
 
+    def mark(self) -> object:
+        """Something that changes when another process writes this store's records
+        (PostgreSQL: the newest event's number); None: no such mark, a standby's
+        view is read again each time."""
+        return None
+
     def shared_key(self, name: str) -> bytes | None:
         """A key every daemon of a shared database holds alike (PostgreSQL's), or
         None: a store of one daemon has its state directory's keys."""

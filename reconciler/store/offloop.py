@@ -89,6 +89,10 @@ class OffLoopStore:
         again: a standby's view, a new leader's first step."""
         await self._call(self.sync.reload)
 
+    async def mark(self) -> object:
+        """What changes when another process writes the records (None: unknown)."""
+        return await self._call(self.sync.mark)
+
     async def shared_key(self, name: str) -> bytes | None:
         """The key `name` shared by every daemon of the database (None: SQLite)."""
         return await self._call(self.sync.shared_key, name)

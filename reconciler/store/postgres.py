@@ -128,6 +128,13 @@ class PostgresStore(BufferedStore):
             text = text.replace(secret, "***")
         return redact_url(text)
 
+    def mark(self) -> object:
+        """The shard's newest event number: every write a leader makes to the
+        records comes with a transition, so an unchanged number means nothing to
+        read again."""
+        with self._writing, self._errors():
+            return _pgio.last_seq(self._connect(), self.shard)
+
     def shared_key(self, name: str) -> bytes | None:
         """The key `name` every daemon of this database shares (decision 0156)."""
         return _shared_key(self, name)

@@ -256,6 +256,27 @@ async def test_reload_drops_unflushed_writes_and_reads_the_database(backend: Bac
         await store.close()
 
 
+async def test_the_mark_moves_when_a_writer_records_a_transition(backend: Backend) -> None:
+    """What a standby compares before reading the inventory again: PostgreSQL's
+    moves with every flushed transition and only then; SQLite has none (None)."""
+    store = OffLoopStore(backend.open())
+    await store.open()
+    try:
+        before = await store.mark()
+        if backend.server is None:
+            assert before is None
+            return
+        store.set_fetched("git://x", 1.0)  # no transition: the records did not change
+        await store.flush()
+        assert await store.mark() == before
+        _converge(store.sync, "File/a")
+        await store.flush()
+        after = await store.mark()
+        assert after != before and await store.mark() == after
+    finally:
+        await store.close()
+
+
 # --- opening ------------------------------------------------------------------------
 
 
