@@ -11,6 +11,7 @@ stdout and bench/results/daemon-latest.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,14 +103,27 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--idle", type=float, default=30.0)
-    args = parser.parse_args()
-    n = args.n
-    base_dir = Path(tempfile.mkdtemp(prefix="reconciler-daemon-bench-"))
+@dataclass
+class Running:
+    """A daemon following the workload's repository (`started_workload`)."""
+
+    base: str
+    """Its API, http://127.0.0.1:PORT."""
+    root: Path
+    work: Path
+    """The clone commits are pushed from."""
+    daemon: subprocess.Popen[bytes]
+    started: float
+    """perf_counter() when the process was started."""
+
+
+@contextlib.contextmanager
+def started_workload(
+    base_dir: Path, n: int, *options: str, stop_timeout: float = 60.0
+) -> Iterator[Running]:
+    """The N workload committed to a bare repository under `base_dir`, and a real
+    daemon following it (file://, polling hourly) with `options` added; stopped
+    (SIGTERM, then SIGKILL after `stop_timeout`) at the end."""
     root, bare, work, state = (base_dir / x for x in ("root", "repo.git", "work", "state"))
     root.mkdir()
     _git("init", "-q", "--bare", "-b", "main", str(bare), cwd=base_dir)
@@ -116,36 +132,47 @@ def main() -> int:
     _git("add", "-A", cwd=work)
     _git("commit", "-q", "-m", "workload", cwd=work)
     _git("push", "-q", "origin", "main", cwd=work)
-    (base_dir / "secret").write_bytes(SECRET)
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     log = (base_dir / "daemon.log").open("w")
     started = time.perf_counter()
     daemon = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "reconciler",
-            "run",
-            "--repo",
-            bare.as_uri(),
-            "--path",
-            "manifests",
-            "--root",
-            str(root),
-            "--state-dir",
-            str(state),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--interval",
-            "1h",
-            "--webhook-secret-file",
-            str(base_dir / "secret"),
+            sys.executable, "-m", "reconciler", "run", "--repo", bare.as_uri(),
+            "--path", "manifests", "--root", str(root), "--state-dir", str(state),
+            "--listen", f"127.0.0.1:{port}", "--interval", "1h", *options,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-    )
+    )  # fmt: skip
     try:
+        yield Running(f"http://127.0.0.1:{port}", root, work, daemon, started)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--idle", type=float, default=30.0)
+    args = parser.parse_args()
+    n = args.n
+    base_dir = Path(tempfile.mkdtemp(prefix="reconciler-daemon-bench-"))
+    (base_dir / "secret").write_bytes(SECRET)
+    running = started_workload(base_dir, n, "--webhook-secret-file", str(base_dir / "secret"))
+    with running as bench:
+        base, root, work, daemon, started = (
+            bench.base,
+            bench.root,
+            bench.work,
+            bench.daemon,
+            bench.started,
+        )
         head = _git("rev-parse", "HEAD", cwd=work)
 
         def at(sha: str) -> bool:
@@ -227,13 +254,6 @@ def main() -> int:
         out = Path(__file__).resolve().parent / "results"
         out.mkdir(exist_ok=True)
         (out / "daemon-latest.md").write_text(report)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        log.close()
     return 0
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +23,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import workload
-from daemon import _free_port, _get, _git, _p, _wait
+from daemon import _get, _git, _p, _wait, started_workload
 
 TARGETS = {
     "GET / (page 1 of 100 rows)": ("/", {}),
@@ -55,27 +52,8 @@ def main() -> int:
     args = parser.parse_args()
     n = args.n
     base_dir = Path(tempfile.mkdtemp(prefix="reconciler-page-bench-"))
-    root, bare, work, state = (base_dir / x for x in ("root", "repo.git", "work", "state"))
-    root.mkdir()
-    _git("init", "-q", "--bare", "-b", "main", str(bare), cwd=base_dir)
-    _git("clone", "-q", str(bare), str(work), cwd=base_dir)
-    workload.write_manifests(root, n, work / "manifests")
-    _git("add", "-A", cwd=work)
-    _git("commit", "-q", "-m", "workload", cwd=work)
-    _git("push", "-q", "origin", "main", cwd=work)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (base_dir / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [
-            sys.executable, "-m", "reconciler", "run", "--repo", bare.as_uri(),
-            "--path", "manifests", "--root", str(root), "--state-dir", str(state),
-            "--listen", f"127.0.0.1:{port}", "--interval", "1h",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+    with started_workload(base_dir, n) as bench:
+        base, work = bench.base, bench.work
         head = _git("rev-parse", "HEAD", cwd=work)
 
         def converged() -> bool:
@@ -120,13 +98,6 @@ def main() -> int:
         out = Path(__file__).resolve().parent / "results"
         out.mkdir(exist_ok=True)
         (out / "page-latest.md").write_text(report)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        log.close()
     return 0
 
 

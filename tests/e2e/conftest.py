@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.daemon_harness import Daemons
+from tests.e2e.ha_cluster import Cluster
 from tests.gitservers import HTTP_TOKEN, GitDaemon, GitRepos, SmartHTTPServer, WorkClone
+from tests.postgres import Server
 
 
 @pytest.fixture
@@ -56,3 +58,15 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "config"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def cluster(
+    postgres_server: Server, daemons: Daemons, root: Path, config: Path
+) -> Iterator[Cluster]:
+    """Daemons sharing one PostgreSQL store (tests/e2e/ha_cluster.py), stopped after."""
+    made = Cluster(postgres_server, daemons, root, config)
+    try:
+        yield made
+    finally:
+        made.close()

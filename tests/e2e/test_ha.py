@@ -12,29 +12,15 @@ At the end the tree and the store are as desired and no two epochs overlap.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.daemon_harness import Daemons, hmac_signature
+from tests.e2e.daemon_harness import hmac_signature
 from tests.e2e.ha_cluster import Cluster, status
-from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(300)
 
 TAKEOVER_LIMIT = 15.0
-
-
-@pytest.fixture
-def cluster(
-    postgres_server: Server, daemons: Daemons, root: Path, config: Path
-) -> Iterator[Cluster]:
-    made = Cluster(postgres_server, daemons, root, config)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def assert_no_overlap(stamps: list[tuple[str, int]]) -> None:

@@ -10,27 +10,14 @@ $RECONCILER_EPOCH" to a log, which tells who ran it and when.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.daemon_harness import Daemons, doc, docs, file_doc
+from tests.e2e.daemon_harness import doc, docs, file_doc
 from tests.e2e.ha_cluster import Cluster
-from tests.postgres import Server
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def cluster(
-    postgres_server: Server, daemons: Daemons, root: Path, config: Path
-) -> Iterator[Cluster]:
-    made = Cluster(postgres_server, daemons, root, config)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def write(cluster: Cluster, version: int, secret: Path | None = None) -> None:
