@@ -30,6 +30,9 @@ from playwright.sync_api import sync_playwright
 HERE = Path(__file__).resolve().parent.parent
 DEMO_ROOT = "/tmp/reconciler-demo"
 CHROMIUM_ARGS = [
+    # Debian's Chromium, headless, as root, on a machine with no outside network
+    # (the background-networking flags stop its connection attempts); the page
+    # tests launch it the same way (tests/e2e/test_web_page.py imports this list)
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -38,7 +41,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
 ]
 
 
@@ -122,7 +124,9 @@ def main() -> int:
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            browser = driver.chromium.launch(
+                executable_path=args.chromium, args=[*CHROMIUM_ARGS, "--hide-scrollbars"]
+            )
             page = browser.new_page(viewport={"width": args.width, "height": 900})
             page.goto(url + "/?sort=state")
             page.get_by_role("table", name="Resources").first.wait_for()

@@ -16,19 +16,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # dev: missing fails
 
+from scripts.screenshot import CHROMIUM_ARGS
 from tests.e2e.daemon_harness import DaemonProcess, Daemons, docs, file_doc
 from tests.system import ensure_debian
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FILES = 240
 """Resources of the shared daemon: a few pages of 50."""
 
