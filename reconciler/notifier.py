@@ -43,6 +43,7 @@ import httpx
 
 from reconciler import __version__
 from reconciler.backoff import backoff
+from reconciler.secrets import mask
 from reconciler.notify import (
     SIGNATURE_HEADER,
     Condition,
@@ -163,7 +164,7 @@ class _Redact(logging.Filter):
         found = {p for p in parts if len(p) >= _MIN_SECRET_PART}
         if not host_is_secret:
             found.discard(host)
-        self.secrets = sorted(set(self.secrets) | found, key=len, reverse=True)
+        self.secrets = sorted(set(self.secrets) | found)  # mask() tries the longest first
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
@@ -172,18 +173,14 @@ class _Redact(logging.Filter):
             message = record.getMessage()
         except Exception:  # a record that cannot format shows no arguments at all
             message = str(record.msg)
-        blanked = message
-        for secret in self.secrets:
-            if secret in blanked:
-                blanked = blanked.replace(secret, "***")
+        blanked = mask(message, self.secrets)
         if blanked != message or record.args:
             record.msg, record.args = blanked, None
         if record.exc_info is not None and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if any(secret in text for secret in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.exc_info, record.exc_text = None, text  # handlers print exc_text
+            blanked = mask(text, self.secrets)
+            if blanked != text:
+                record.exc_info, record.exc_text = None, blanked  # handlers print exc_text
         return True
 
 
