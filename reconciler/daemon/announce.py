@@ -75,20 +75,16 @@ class Announcer:
     def applied(self, revision: Revision, report: Report, *, recovered: bool) -> None:
         if self.notifier is None:
             return
-        counts: dict[str, int] = {}
-        for result in report.results.values():
-            counts[result.action] = counts.get(result.action, 0) + 1
-        done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
         what = "last good revision enforced after a start" if recovered else "applied"
         self._tell(
             Condition.APPLIED,
             Severity.WARNING if not report.ok else Severity.INFO,
             revision.id,
-            f"revision {revision.id[:12]} {what}: {done or 'nothing to do'}",
+            f"revision {revision.id[:12]} {what}: {report.summary()}",
             {
                 "revision": revision.id,
                 "summary": revision.summary,
-                **{action: str(n) for action, n in sorted(counts.items())},
+                **{action: str(n) for action, n in report.by_action().items()},
             },
         )
 

@@ -344,7 +344,7 @@ class DriftScheduler:
         self.last_pass = {
             "at": time.time(),
             "seconds": report.seconds,
-            "summary": summary(report),
+            "summary": report.summary(),
         }
         await self._wake_dependents(report)
 
@@ -405,14 +405,6 @@ class DriftScheduler:
         heal.count += 1
         heal.last = now
         return 0.0
-
-
-def summary(report: Report) -> str:
-    """What a pass did, counted by action: "2 created, 11 unchanged"."""
-    counts: dict[str, int] = {}
-    for result in report.results.values():
-        counts[result.action] = counts.get(result.action, 0) + 1
-    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing to do"
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from reconciler import logs
-from reconciler.daemon.drift import summary
 from reconciler.engine import MassPruneRefused
 from reconciler.manifests import Cache, ManifestError, ParseMemo, load, tree_digest
 from reconciler.model import DesiredState, Sensitive
@@ -266,7 +265,7 @@ class Syncer:
         log.info(
             "secrets of revision %s changed: %s",
             current.id,
-            summary(report),
+            report.summary(),
             extra={"revision": current.id},
         )
 
@@ -346,7 +345,7 @@ class Syncer:
         log.info(
             "revision %s converged: %s",
             revision.id,
-            summary(report),
+            report.summary(),
             extra={"revision": revision.id},
         )
 

@@ -140,6 +140,18 @@ class Report:
     def count(self, action: str) -> int:
         return sum(1 for r in self.results.values() if r.action == action)
 
+    def by_action(self) -> dict[str, int]:
+        """How many resources the pass left with each action, sorted by action."""
+        counts: dict[str, int] = {}
+        for result in self.results.values():
+            counts[result.action] = counts.get(result.action, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self) -> str:
+        """What the pass did, counted by action: "2 created, 11 unchanged"."""
+        done = ", ".join(f"{n} {action}" for action, n in self.by_action().items())
+        return done or "nothing to do"
+
     @property
     def ok(self) -> bool:
         return not any(r.action in UNSETTLED for r in self.results.values())
