@@ -43,7 +43,6 @@ import httpx
 
 from reconciler import __version__
 from reconciler.backoff import backoff
-from reconciler.secrets import mask
 from reconciler.notify import (
     SIGNATURE_HEADER,
     Condition,
@@ -55,6 +54,7 @@ from reconciler.notify import (
     key_of,
     sign,
 )
+from reconciler.secrets import mask
 
 __all__ = ["EVENT_HEADER", "OUTCOMES", "PAYLOAD_VERSION", "Notifier", "payload"]
 
