@@ -19,7 +19,7 @@ code that keeps the GIL (a garbage collection, a large `json.dumps`) cannot be
 sampled: its `where` is empty or shows what ran around it.
 
 A quiet loop is looked at less often: after a second in which every lag stayed
-under `QUIET_LAG`, both sleep `IDLE_INTERVAL` until a lag reaches it again (ten
+under `quiet_lag` (`QUIET_LAG`), both sleep `IDLE_INTERVAL` until a lag reaches it again (ten
 looks a second cost an idle daemon about 2.5% of a core). A stall that begins
 and ends within one idle sleep is not measured; the first one that shows brings
 the fine looks back.
@@ -84,11 +84,13 @@ class LoopLag:
         interval: float = INTERVAL,
         capture_after: float = CAPTURE_AFTER,
         warn_after: float = WARN_AFTER,
+        quiet_lag: float = QUIET_LAG,
     ) -> None:
         self._observe = observe
         self.interval = interval
         self.capture_after = capture_after
         self.warn_after = warn_after
+        self.quiet_lag = quiet_lag
         self.longest: Stall | None = None
         """The longest stall since the monitor started."""
         self.samples = 0
@@ -129,7 +131,7 @@ class LoopLag:
                 await asyncio.sleep(sleep)
                 lag = max(0.0, time.monotonic() - before - sleep)
                 self._measured(lag, before)
-                quiet = quiet + 1 if lag < QUIET_LAG else 0
+                quiet = quiet + 1 if lag < self.quiet_lag else 0
         finally:
             stop.set()
             watchdog.join(timeout=1.0)
