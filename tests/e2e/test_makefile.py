@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -65,6 +65,26 @@ def _make(tmp: Path, *args: str, port: int = 0) -> list[str]:
     return ["make", "--no-print-directory", "-o", f"{VENV}/.installed", *args, *variables]
 
 
+def _start(tmp: Path, out: IO[str], *args: str, port: int) -> subprocess.Popen[str]:
+    """`make ARGS` in its own session (Ctrl-C in a terminal reaches make and the
+    daemon alike), its output to `out`."""
+    return subprocess.Popen(
+        _make(tmp, *args, port=port),
+        cwd=CHECKOUT,
+        env=_make_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _wait(what: str, check: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + _WAIT
     while not check():
@@ -100,22 +120,11 @@ def make_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     _demo_tree(tmp_path)
     port = free_port()
     log = (tmp_path / "make-run.log").open("w")
-    # its own session: Ctrl-C in a terminal reaches make and the daemon alike
-    proc = subprocess.Popen(
-        _make(tmp_path, "run", "HOOKS=1", port=port),
-        cwd=CHECKOUT,
-        env=_make_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start(tmp_path, log, "run", "HOOKS=1", port=port)
     try:
         yield proc, port
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
         log.close()
 
 
@@ -255,34 +264,14 @@ def test_make_run_notify_sends_to_make_receiver(tmp_path: Path) -> None:
     receiver_at = f"DEMO_RECEIVER=127.0.0.1:{receiver_port}"
     out = (tmp_path / "receiver.out").open("w")
     log = (tmp_path / "make-run.log").open("w")
-    procs = [
-        subprocess.Popen(
-            _make(tmp_path, "receiver", receiver_at, port=port),
-            cwd=CHECKOUT,
-            env=_make_env(),
-            stdout=out,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-    ]
+    procs = [_start(tmp_path, out, "receiver", receiver_at, port=port)]
     try:
         _wait(
             "the receiver",
             lambda: "secret_file: secret" in _read(tmp_path / "root/.notify/notifications.yaml"),
             procs[0],
         )
-        procs.append(
-            subprocess.Popen(
-                _make(tmp_path, "run", "NOTIFY=1", receiver_at, port=port),
-                cwd=CHECKOUT,
-                env=_make_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
+        procs.append(_start(tmp_path, log, "run", "NOTIFY=1", receiver_at, port=port))
         _wait(
             "the applied revision at the receiver",
             lambda: '"revision-applied"' in _read(tmp_path / "receiver.out"),
@@ -295,9 +284,7 @@ def test_make_run_notify_sends_to_make_receiver(tmp_path: Path) -> None:
         assert (notify / "secret").stat().st_mode & 0o777 == 0o600
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _kill(proc)
         out.close()
         log.close()
     assert "--notifications" in (tmp_path / "make-run.log").read_text()
