@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from reconciler.httplimits import HttpLimits
-from reconciler.web import PageQuery
+from reconciler.web import PageBackend
 
 # Every part of the server logs as "reconciler.server": the log's repeat filter,
 # the documentation and operators' log queries name that logger.
@@ -25,8 +25,9 @@ log: Final = logging.getLogger("reconciler.server")
 MiB: Final = 1024 * 1024
 
 
-class Backend(Protocol):
-    """What the server needs from the daemon.
+class Backend(PageBackend, Protocol):
+    """What the server needs from the daemon: what the status page reads
+    (`PageBackend`: `status`, `page`, `events`) and the rest below.
 
     Every method is called on the event loop from a request handler, so each must
     answer quickly from memory (or a cache) and never block; what needs the store's
@@ -42,10 +43,6 @@ class Backend(Protocol):
         """(True, "") once the store is open and a revision loaded, else (False, why)."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-able status document, already redacted by the daemon."""
-        ...
-
     def resources(self, kind: str | None) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]:
         """Every resource, or those of one kind; each with its `instance`. May be a
         coroutine (the daemon's builds a long list a slice at a time)."""
@@ -53,26 +50,6 @@ class Backend(Protocol):
 
     def resource(self, kind: str, name: str) -> dict[str, Any] | None:
         """One resource, or None when there is no `kind/name`."""
-        ...
-
-    def page(self, query: PageQuery) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        """One page of the status page's resource table (reconciler.web): `total`,
-        `matched`, `page` (clamped to `pages`), `pages`, `size`, `kinds` (every kind
-        present) and `rows` (as `resources` shows them, with `drift`). May be a
-        coroutine; answered from memory in one walk of the inventory."""
-        ...
-
-    async def events(
-        self,
-        *,
-        resource: str | None,
-        kind: str | None,
-        since: float | None,
-        limit: int,
-        instance: str | None,
-    ) -> list[dict[str, Any]]:
-        """Recent events, newest last, filtered (`instance`: of the resources that
-        bundle instance made); at most `limit` of them."""
         ...
 
     def request_sync(self, reason: str) -> Leader | None:

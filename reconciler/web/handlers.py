@@ -43,11 +43,20 @@ _STATIC: Final = {"page.js": "text/javascript", "page.css": "text/css"}
 
 
 class PageBackend(Protocol):
-    """What the page reads of the daemon: a part of the server's `Backend`."""
+    """What the page reads of the daemon: the part of the server's `Backend`
+    (which extends this; the server is a layer above) the page needs. Called on
+    the event loop, so each answers from memory and never blocks."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]:
+        """A JSON-able status document, already redacted by the daemon."""
+        ...
 
-    def page(self, query: PageQuery) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+    def page(self, query: PageQuery) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """One page of the status page's resource table: `total`, `matched`,
+        `page` (clamped to `pages`), `pages`, `size`, `kinds` (every kind present)
+        and `rows` (as the API's resources show them, with `drift`). May be a
+        coroutine; answered from memory in one walk of the inventory."""
+        ...
 
     async def events(
         self,
@@ -57,7 +66,10 @@ class PageBackend(Protocol):
         since: float | None,
         limit: int,
         instance: str | None,
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """Recent events, newest last, filtered (`instance`: of the resources that
+        bundle instance made); at most `limit` of them."""
+        ...
 
 
 class PageHandlers:
