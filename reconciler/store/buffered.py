@@ -303,10 +303,7 @@ class BufferedStore:
     ) -> None:
         self._ready()
         with self._buffer:
-            row = self._row(rid)
-            row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
-            row.instance = instance
-            self._dirty_resources.add(rid)
+            self._intended(rid, spec, policy, deps, created, instance)
 
     def converged(
         self,
@@ -321,18 +318,26 @@ class BufferedStore:
     ) -> None:
         self._ready()
         with self._buffer:
-            row = self._row(rid)
-            row.spec_hash, row.spec, row.policy, row.deps, row.created, row.instance = (
-                spec_hash,
-                spec,
-                policy,
-                deps,
-                created,
-                instance,
-            )
-            row.attempts, row.next_attempt = 0, None
-            self._dirty_resources.add(rid)
+            row = self._intended(rid, spec, policy, deps, created, instance)
+            row.spec_hash, row.attempts, row.next_attempt = spec_hash, 0, None
             self._dirty_status.add(rid)
+
+    def _intended(
+        self,
+        rid: str,
+        spec: str,
+        policy: str,
+        deps: tuple[str, ...],
+        created: bool | None,
+        instance: str,
+    ) -> Row:
+        """Record the spec fields of `rid`'s row (holding `_buffer`, after
+        `_ready`): what `intend` writes, and `converged` besides its own."""
+        row = self._row(rid)
+        row.spec, row.policy, row.deps, row.created = spec, policy, deps, created
+        row.instance = instance
+        self._dirty_resources.add(rid)
+        return row
 
     def schedule_retry(self, rid: str, attempts: int, next_attempt: float | None) -> None:
         self._ready()
