@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from reconciler import fsm
+from reconciler import fsm, shards
 from reconciler.engine.batcher import observer
 from reconciler.engine.records import PlanAction, Planned, error_text
 from reconciler.model import PREPARED, Action, DesiredState, Policy, Resource, ResourceId
@@ -112,19 +112,8 @@ def handovers(
         elif rid in desired.elsewhere:
             # still in the revision, but another shard's (or no shard's): released,
             # never deleted, as another daemon may manage the object now (0152)
-            found[rid] = _shard_handover(desired.elsewhere[rid])
+            found[rid] = shards.describe(desired.elsewhere[rid])
     return found
-
-
-def _shard_handover(claimants: tuple[str, ...]) -> str:
-    """Who a shard hands a resource over to, in words (`describe` of reconciler.shards)."""
-    if len(claimants) == 1:
-        return f"shard {claimants[0]}"
-    return (
-        "no shard ("
-        + ("unclaimed" if not claimants else "claimed by " + ", ".join(claimants))
-        + ")"
-    )
 
 
 def prune_refusal(
