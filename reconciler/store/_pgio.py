@@ -9,52 +9,29 @@ so a first flush of 12,000 resources is three statements, not 36,000.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from reconciler.fsm import State
-from reconciler.store._queries import history_filter, transitions
+from reconciler.store._queries import RECORD_COLUMNS, history_filter, records, transitions
 from reconciler.store._rows import Row
 from reconciler.store.base import Record, Transition
 from reconciler.store.buffered import Batch
 
 Conn = psycopg.Connection[Any]
 
-_STATES = {state.value: state for state in State}
-
 
 def read_all(conn: Conn, shard: str) -> dict[str, Record]:
     """Every record of `shard`, as the tables hold it."""
-    rows = conn.execute(
-        "SELECT r.id, r.kind, r.name, r.spec_hash, r.spec, r.policy, r.deps, r.created, "
-        "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt, r.instance "
-        "FROM reconciler_resources r JOIN reconciler_status s ON s.shard = r.shard AND s.id = r.id "
-        "WHERE r.shard = %s",
-        (shard,),
-    ).fetchall()
-    return {
-        r[0]: Record(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            () if r[6] == "[]" else tuple(json.loads(r[6])),
-            r[7],
-            _STATES[r[8]],
-            r[9],
-            r[10],
-            r[11],
-            r[12],
-            r[13],
-        )
-        for r in rows
-    }
+    return records(
+        conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM reconciler_resources r JOIN reconciler_status s "
+            "ON s.shard = r.shard AND s.id = r.id WHERE r.shard = %s",
+            (shard,),
+        ).fetchall()
+    )
 
 
 def last_seq(conn: Conn, shard: str) -> int:

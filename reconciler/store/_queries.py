@@ -1,27 +1,39 @@
 """The SQLite store's reads: the SQL of the inventory, of the history and of the
 last revision, fetch and event. Functions of a connection; the store (sqlite.py)
 holds the locks and the caches around them and calls these only with a database
-open."""
+open. The PostgreSQL store's reads (`_pgio`) share the rows' mapping: `records`,
+`history_filter`, `transitions`."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.fsm import State
 from reconciler.store.base import Record, Transition
 
+_STATES = {state.value: state for state in State}
+
+RECORD_COLUMNS = (
+    "r.id, r.kind, r.name, r.spec_hash, r.spec, r.policy, r.deps, r.created, "
+    "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt, r.instance"
+)
+"""What an inventory query selects (`r` the resources, `s` the status), in the
+order `records` reads."""
+
 
 def read_all(db: sqlite3.Connection) -> dict[str, Record]:
     """Every record, as the tables hold it."""
-    rows = db.execute(
-        "SELECT r.id, r.kind, r.name, r.spec_hash, r.spec, r.policy, r.deps, r.created, "
-        "s.state, s.last_transition, s.last_error, s.attempts, s.next_attempt, r.instance "
-        "FROM resources r JOIN status s ON s.id = r.id"
+    return records(
+        db.execute(f"SELECT {RECORD_COLUMNS} FROM resources r JOIN status s ON s.id = r.id")
     )
-    states = {state.value: state for state in State}
+
+
+def records(rows: Iterable[Sequence[Any]]) -> dict[str, Record]:
+    """Inventory rows (`RECORD_COLUMNS`) as records by id, whichever database
+    they come from."""
     return {
         rid: Record(
             rid,
@@ -32,7 +44,7 @@ def read_all(db: sqlite3.Connection) -> dict[str, Record]:
             policy,
             () if deps == "[]" else tuple(json.loads(deps)),
             None if created is None else bool(created),
-            states[state],
+            _STATES[state],
             last_transition,
             last_error,
             attempts,
