@@ -2,7 +2,9 @@
 reference (`valueFrom: {env: NAME}` or `{file: /path}`) under the operator's
 allow-list (`SecretSources`), the spec field that takes only a reference
 (`SecretRef`, and `PREPARED`, the validation context of a spec read back after
-prepare), and masking secrets out of messages.
+prepare), masking secrets out of messages, and the one bounded read of a small
+file (`read_small_file`) behind secret references and reconciler's own secret
+and settings files.
 
 A manifest never holds a secret value, only a reference to one, resolved in
 `Provider.prepare` through `PrepareContext.secret` (reconciler.model). What is
@@ -15,13 +17,14 @@ re-exports the public names.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
@@ -275,33 +278,66 @@ def _from_env(name: Any, where: tuple[str | int, ...], sources: SecretSources | 
 
 def _from_file(path: Any, where: tuple[str | int, ...], sources: SecretSources | None) -> str:
     path = _file_path(path, where)
+    check = None
     if sources is not None:
         sources.check_file(path, where)
+        check = functools.partial(_check_opened, sources, path, where)
     try:
-        # non-blocking: a FIFO at the path must not hang the load
+        return read_small_file(path, MAX_SECRET_FILE, check)
+    except FileUnread as exc:
+        raise SpecError(
+            where, f"cannot read {path}: {exc}" if exc.os_error else f"{path} is {exc}"
+        ) from None
+
+
+def _check_opened(sources: SecretSources, path: str, where: tuple[str | int, ...], fd: int) -> None:
+    """What was opened, after every link, is in an allowed directory too (no swap
+    in between)."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise SpecError(where, f"cannot tell where {path} leads: {exc.strerror}") from None
+    sources.check_file(path, where, real)
+
+
+class FileUnread(Exception):
+    """Why `read_small_file` returned no text. It names no path: the caller says
+    which file and which setting. `os_error`: the system's reason (`strerror`, such
+    as "No such file or directory"); otherwise what was found ("not a regular
+    file", "over N bytes", "not UTF-8 text")."""
+
+    def __init__(self, reason: str, *, os_error: bool = False) -> None:
+        super().__init__(reason)
+        self.os_error = os_error
+
+
+def read_small_file(
+    path: str | os.PathLike[str], limit: int, opened: Callable[[int], None] | None = None
+) -> str:
+    """The UTF-8 text of the regular file `path`, of `limit` bytes at most: a
+    secret file, or a settings file of reconciler's own. Opened non-blocking and
+    checked with fstat before anything is read, so a FIFO or a device at the path
+    is refused, not waited on (a load or a start must not hang). `opened`, when
+    given, is called with the descriptor first (to check where the path led).
+    FileUnread otherwise."""
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
+        raise FileUnread(exc.strerror or str(exc), os_error=True) from None
     try:
-        if sources is not None:  # what was opened, after every link (no swap in between)
-            try:
-                opened = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError as exc:
-                raise SpecError(where, f"cannot tell where {path} leads: {exc.strerror}") from None
-            sources.check_file(path, where, opened)
+        if opened is not None:
+            opened(fd)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SpecError(where, f"{path} is not a regular file")
-        if st.st_size > MAX_SECRET_FILE:
-            raise SpecError(
-                where, f"{path} is {st.st_size} bytes, over the limit of {MAX_SECRET_FILE}"
-            )
-        data = os.read(fd, MAX_SECRET_FILE + 1)
+            raise FileUnread("not a regular file")
+        if st.st_size > limit:
+            raise FileUnread(f"over {limit} bytes")
+        data = os.read(fd, limit + 1)
     except OSError as exc:
-        raise SpecError(where, f"cannot read {path}: {exc.strerror}") from None
+        raise FileUnread(exc.strerror or str(exc), os_error=True) from None
     finally:
         os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise SpecError(where, f"{path} is not UTF-8 text") from None
+        raise FileUnread("not UTF-8 text") from None

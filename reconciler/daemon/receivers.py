@@ -41,6 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from reconciler.daemon.settings import SettingsError
 from reconciler.model import parse_duration
 from reconciler.notify import Condition, Receiver, Severity
+from reconciler.secrets import FileUnread, read_small_file
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_RECEIVERS = 32
@@ -126,7 +127,10 @@ def load_receivers(path: Path) -> Notifications:
     """The receivers of `path`, every secret file read; a SettingsError otherwise."""
     from reconciler import yamlload
 
-    text = _read_text(path, "receivers file", MAX_FILE_BYTES)
+    try:
+        text = read_small_file(path, MAX_FILE_BYTES)
+    except FileUnread as exc:
+        raise SettingsError(f"receivers file {path}: {exc}") from None
     try:
         docs = list(
             yamlload.documents(text, max_nodes=10_000, max_bytes=MAX_FILE_BYTES, max_depth=8)
@@ -233,35 +237,9 @@ def _check_apprise(url: str, fail: Any) -> None:
 
 def _read_secret(path: Path, fail: Any, field: str) -> str:
     try:
-        return _read_text(path, "file", MAX_SECRET_BYTES, empty_ok=False)
-    except SettingsError as exc:
-        raise fail(field, str(exc)) from None
-
-
-def _read_text(path: Path, what: str, limit: int, *, empty_ok: bool = True) -> str:
-    """A small text file, read whole; a FIFO or a huge file is refused, not waited on."""
-    import os
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SettingsError(f"{what} {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SettingsError(f"{what} {path}: not a regular file")
-        if info.st_size > limit:
-            raise SettingsError(f"{what} {path}: over {limit} bytes")
-        data = os.read(fd, limit + 1)
-    except OSError as exc:
-        raise SettingsError(f"{what} {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise SettingsError(f"{what} {path}: not UTF-8 text") from None
-    if not text and not empty_ok:
-        raise SettingsError(f"{what} {path} is empty")
+        text = read_small_file(path, MAX_SECRET_BYTES).strip()
+    except FileUnread as exc:
+        raise fail(field, f"file {path}: {exc}") from None
+    if not text:
+        raise fail(field, f"file {path} is empty")
     return text
