@@ -122,7 +122,7 @@ def write(
                     "name = excluded.name, spec_hash = excluded.spec_hash, spec = excluded.spec, "
                     "policy = excluded.policy, deps = excluded.deps, created = excluded.created, "
                     "instance = excluded.instance, epoch = excluded.epoch",
-                    [shard, epoch, *_columns([_pg_resource(v) for v in resources], 9)],
+                    [shard, epoch, *_columns(resources, 9)],
                 )
         if batch.status:
             status = [row.status_values() for row in map(rows.get, batch.status) if row]
@@ -222,9 +222,3 @@ def drop_run(conn: Conn, shard: str, epoch: int | None, key: str) -> None:
     with conn.transaction():
         _as_writer(conn, shard, epoch)
         conn.execute("DELETE FROM reconciler_runs WHERE shard = %s AND key = %s", (shard, key))
-
-
-def _pg_resource(values: tuple[object, ...]) -> tuple[object, ...]:
-    """SQLite's resource values with `created` a boolean again (SQLite's is 0/1)."""
-    *head, created, instance = values
-    return (*head, None if created is None else bool(created), instance)

@@ -118,7 +118,8 @@ class Row:
         )
 
     def resource_values(self) -> tuple[object, ...]:
-        created = None if self.created is None else int(self.created)
+        """The resources table's columns (`created` a bool: SQLite stores it as
+        1 or 0, PostgreSQL as a boolean)."""
         return (
             self.id,
             self.kind,
@@ -127,7 +128,7 @@ class Row:
             self.spec,
             self.policy,
             json.dumps(self.deps),
-            created,
+            self.created,
             self.instance,
         )
 
