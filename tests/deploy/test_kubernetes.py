@@ -7,8 +7,9 @@ deploy/prometheus/alerts.yaml. The Deployment is checked against the daemon: its
 variables are real settings, secrets are files from the Secrets it mounts.
 
 deploy/kubernetes/ha (two replicas on a PostgreSQL store) is checked the same way;
-the objects it shares with the single-replica kustomization are copies (kustomize
-refuses an overlay inside its base), held identical here."""
+the objects it shares with the single replica are deploy/kubernetes/common, a
+kustomization both include. Files are found as kustomize finds them: through the
+kustomization's resources, directories included."""
 
 from __future__ import annotations
 
@@ -29,26 +30,41 @@ from reconciler.cli import run
 from tests.deploy.conftest import DEPLOY
 
 KUBERNETES = DEPLOY / "kubernetes"
-BUILT_IN = (
-    "namespace.yaml",
-    "pvc.yaml",
-    "secret-git-https.yaml",
-    "secret-git-ssh.yaml",
-    "secret-http.yaml",
-    "deployment.yaml",
-    "service.yaml",
-)
-CRDS = ("servicemonitor.yaml", "prometheusrule.yaml")
 HA = KUBERNETES / "ha"
-HA_OWN = ("secret-state.yaml", "deployment.yaml", "pdb.yaml")
-"""The files of ha/ that differ from the single replica's; the rest are copies."""
-HA_COPIES = tuple(name for name in BUILT_IN + CRDS if name not in ("pvc.yaml", "deployment.yaml"))
+COMMON = KUBERNETES / "common"
+OWN = {
+    KUBERNETES: ("pvc.yaml", "deployment.yaml"),
+    HA: ("secret-state.yaml", "deployment.yaml", "pdb.yaml"),
+    COMMON: (
+        "namespace.yaml",
+        "secret-git-https.yaml",
+        "secret-git-ssh.yaml",
+        "secret-http.yaml",
+        "service.yaml",
+        "servicemonitor.yaml",
+        "prometheusrule.yaml",
+    ),
+}
+"""Each kustomization's own files."""
+CRDS = ("servicemonitor.yaml", "prometheusrule.yaml")
+BUILT_IN = [d / name for d, names in OWN.items() for name in names if name not in CRDS]
 SECRETS = ("secret-git-https.yaml", "secret-git-ssh.yaml", "secret-http.yaml", "secret-state.yaml")
 VALIDATE = [sys.executable, "-m", "kubernetes_validate", "--strict"]
 
 
+def _files(directory: Path) -> dict[str, Path]:
+    """The files `directory`'s kustomization takes in, by name, through the
+    kustomizations it includes too."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    files: dict[str, Path] = {}
+    for resource in kustomization["resources"]:
+        path = (directory / resource).resolve()
+        files.update(_files(path) if path.is_dir() else {path.name: path})
+    return files
+
+
 def _load(name: str, directory: Path = KUBERNETES) -> dict[str, Any]:
-    (document,) = list(yaml.safe_load_all((directory / name).read_text()))
+    (document,) = list(yaml.safe_load_all(_files(directory)[name].read_text()))
     assert isinstance(document, dict)
     return document
 
@@ -59,7 +75,7 @@ def _validate(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
 def test_kubernetes_validate_strict(version: str) -> None:
-    files = [str(KUBERNETES / name) for name in BUILT_IN] + [str(HA / name) for name in HA_OWN]
+    files = [str(path) for path in BUILT_IN]
     result = _validate("--kubernetes-version", version, *files)
     assert result.returncode == 0, result.stdout + result.stderr
     passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
@@ -77,27 +93,26 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     assert "livenesProbe" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(
-    ("directory", "files"),
-    [(KUBERNETES, BUILT_IN + CRDS), (HA, HA_OWN + HA_COPIES)],
-    ids=["single", "ha"],
-)
-def test_every_file_is_in_the_kustomization(directory: Path, files: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("directory", list(OWN), ids=["single", "ha", "common"])
+def test_every_file_is_in_the_kustomization(directory: Path) -> None:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
     shipped = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == shipped == set(files)
-    assert len(kustomization["resources"]) == len(files)
+    files = [r for r in kustomization["resources"] if not (directory / r).is_dir()]
+    assert set(files) == shipped == set(OWN[directory])
+    assert len(files) == len(OWN[directory])
     assert kustomization["namespace"] == _load("namespace.yaml", directory)["metadata"]["name"]
 
 
-@pytest.mark.parametrize("name", HA_COPIES)
-def test_ha_shares_the_single_replica_objects(name: str) -> None:
-    """ha/ cannot be an overlay of its parent (kustomize sees a cycle), so what
-    both ship is a copy: edit both."""
-    assert (HA / name).read_text() == (KUBERNETES / name).read_text(), (
-        f"deploy/kubernetes/ha/{name} differs from deploy/kubernetes/{name}: copy it"
-    )
+@pytest.mark.parametrize("directory", [KUBERNETES, HA], ids=["single", "ha"])
+def test_both_ship_the_common_objects(directory: Path) -> None:
+    """ha/ cannot be an overlay of its parent (kustomize sees a cycle): both
+    include common/ instead of keeping copies."""
+    files = _files(directory)
+    assert {name: path.parent for name, path in files.items()} == {
+        **dict.fromkeys(OWN[COMMON], COMMON),
+        **dict.fromkeys(OWN[directory], directory),
+    }
 
 
 def test_deployment_security() -> None:
@@ -197,7 +212,7 @@ def test_deployment_settings_are_real_and_secrets_are_mounted_files(directory: P
 
 def _secret(name: str, directory: Path = KUBERNETES) -> dict[str, Any]:
     for file in SECRETS:
-        if not (directory / file).exists():
+        if file not in _files(directory):
             continue
         document = _load(file, directory)
         if document["metadata"]["name"] == name:
@@ -289,17 +304,18 @@ def test_prometheus_rule_carries_exactly_the_alerts_of_alerts_yaml() -> None:
     assert set(rule["spec"]) == {"groups"}
     alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
     assert rule["spec"]["groups"] == alerts["groups"], (
-        "deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml: "
+        "deploy/kubernetes/common/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml: "
         "copy the groups of alerts.yaml under spec:"
     )
 
 
 @pytest.mark.parametrize(
-    ("directory", "name"),
-    [(KUBERNETES, name) for name in BUILT_IN + CRDS] + [(HA, name) for name in HA_OWN],
+    "path",
+    [d / name for d, names in OWN.items() for name in names],
+    ids=lambda path: str(path.relative_to(KUBERNETES)),
 )
-def test_common_labels_and_no_namespace(directory: Path, name: str) -> None:
-    metadata = _load(name, directory)["metadata"]
+def test_common_labels_and_no_namespace(path: Path) -> None:
+    metadata = _load(path.name, path.parent)["metadata"]
     assert metadata["labels"]["app.kubernetes.io/name"] == "reconciler"
-    if name != "namespace.yaml":
+    if path.name != "namespace.yaml":
         assert "namespace" not in metadata  # set once, by the kustomization
