@@ -3,9 +3,7 @@ PostgreSQL with `--state-url` (decision 0144)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from reconciler.store.base import StoreError
@@ -48,21 +46,12 @@ async def open_async_store(
     password = None if password_file is None else read_password(password_file)
     if not state_url.startswith(("postgresql://", "postgres://")):
         raise StoreError(f"--state-url {redact_url(state_url)}: not a postgresql:// URL")
-    thread = ThreadPoolExecutor(1, thread_name_prefix="store")
-    try:
-        store = await asyncio.get_running_loop().run_in_executor(
-            thread,
-            functools.partial(
-                PostgresStore,
-                state_url,
-                shard=shard,
-                password=password,
-                history_limit=history_limit,
-            ),
+    return await OffLoopStore.opened_by(
+        functools.partial(
+            PostgresStore,
+            state_url,
+            shard=shard,
+            password=password,
+            history_limit=history_limit,
         )
-    except BaseException:
-        thread.shutdown(wait=False)
-        raise
-    opened = OffLoopStore(store, thread)
-    await opened.open()
-    return opened
+    )

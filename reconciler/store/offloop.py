@@ -60,11 +60,17 @@ class OffLoopStore:
     async def opening(cls, state_dir: Path, *, history_limit: int = 50_000) -> OffLoopStore:
         """Open a `SqliteStore` on the store's thread (it migrates and takes the
         state directory's lock) and read its inventory there."""
+        return await cls.opened_by(
+            functools.partial(SqliteStore, state_dir, history_limit=history_limit)
+        )
+
+    @classmethod
+    async def opened_by(cls, make: Callable[[], BufferedStore]) -> OffLoopStore:
+        """The store `make` opens (connects, migrates), made on the store's thread,
+        its inventory read there; the thread ends if it cannot be made."""
         thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         try:
-            store = await asyncio.get_running_loop().run_in_executor(
-                thread, functools.partial(SqliteStore, state_dir, history_limit=history_limit)
-            )
+            store = await asyncio.get_running_loop().run_in_executor(thread, make)
         except BaseException:
             thread.shutdown(wait=False)
             raise
