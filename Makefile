@@ -7,6 +7,8 @@ DEMO_ROOT ?= /tmp/reconciler-demo
 DEMO_REPO ?= /tmp/reconciler-demo-repo
 DEMO_CONFIG ?= configs/demo
 DEMO_LISTEN ?= 127.0.0.1:9108
+# prints a new random secret (the demo's webhook, API and notification secrets)
+NEW_SECRET := $(PY) -c 'import secrets; print(secrets.token_hex(16))'
 # `make run HOOKS=1`: the webhooks and POST /api/v1/sync on (secrets made in
 # $(DEMO_HOOKS) on first use), polling only hourly, so a commit arrives when a hook
 # or a sync asks for it.
@@ -65,7 +67,7 @@ run: install
 	    commit -q -m "demo configuration" && echo "created the demo repository $(DEMO_REPO)"; fi
 ifeq ($(HOOKS),1)
 	@umask 077 && mkdir -p $(DEMO_HOOKS) && for f in webhook-secret api-token; do \
-	  [ -s $(DEMO_HOOKS)/$$f ] || $(PY) -c 'import secrets; print(secrets.token_hex(16))' \
+	  [ -s $(DEMO_HOOKS)/$$f ] || $(NEW_SECRET) \
 	    > $(DEMO_HOOKS)/$$f; done
 	@echo "webhooks and sync on: secret $(DEMO_HOOKS)/webhook-secret, token $(DEMO_HOOKS)/api-token"
 endif
@@ -79,7 +81,7 @@ endif
 # The demo's receivers file: one signed webhook to `make receiver`.
 $(DEMO_NOTIFY)/notifications.yaml:
 	@umask 077 && mkdir -p $(DEMO_NOTIFY) && [ -s $(DEMO_NOTIFY)/secret ] || \
-	  $(PY) -c 'import secrets; print(secrets.token_hex(16))' > $(DEMO_NOTIFY)/secret
+	  $(NEW_SECRET) > $(DEMO_NOTIFY)/secret
 	@printf 'receivers:\n  - name: demo\n    type: webhook\n    url: http://%s/\n    secret_file: secret\n' \
 	  '$(DEMO_RECEIVER)' > $@
 
