@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.httplimits import HttpLimits
 from reconciler.model import SecretSources
+from reconciler.secrets import MAX_SECRET_FILE, FileUnread, read_small_file
 
 if TYPE_CHECKING:
     from reconciler.daemon.receivers import Notifications
@@ -66,16 +67,14 @@ class SettingsError(Exception):
 
 def read_secret(path: Path | None, what: str) -> str | None:
     """The stripped text of a secret file (webhook secret, API token), or None
-    when it is not configured; a missing, unreadable or empty file is a
-    settings error."""
+    when it is not configured; a missing, unreadable, empty or oversized file, or
+    one that is not a regular file, is a settings error."""
     if path is None:
         return None
     try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise SettingsError(f"{what} file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise SettingsError(f"{what} file {path}: not UTF-8 text") from None
+        value = read_small_file(path, MAX_SECRET_FILE).strip()
+    except FileUnread as exc:
+        raise SettingsError(f"{what} file {path}: {exc}") from None
     if not value:
         raise SettingsError(f"{what} file {path} is empty")
     return value
