@@ -26,14 +26,7 @@ def state_key(path: Path, *, write: bool) -> bytes | None:
     if not write:
         return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        temp = _written_beside(path, secrets.token_bytes(_KEY_BYTES))
         try:
             os.link(temp, path)  # never replaces a key another process made
         except FileExistsError:
@@ -56,6 +49,12 @@ def place_key(path: Path, key: bytes) -> None:
             return
     except OSError:
         pass
+    os.replace(_written_beside(path, key), path)
+
+
+def _written_beside(path: Path, key: bytes) -> Path:
+    """A temporary file beside `path` (mode 0600) holding `key`, synced: what is
+    then linked or renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -64,4 +63,4 @@ def place_key(path: Path, key: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, path)
+    return temp
