@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from reconciler.secrets import MAX_SECRET_FILE, FileUnread, read_small_file
 from reconciler.store.base import StoreError
 from reconciler.store.offloop import OffLoopStore
 from reconciler.store.postgres import PostgresStore, redact_url
@@ -14,14 +15,12 @@ __all__ = ["open_async_store", "read_password"]
 
 
 def read_password(path: Path) -> str:
-    """The stripped first line of a password file; a missing, unreadable or
-    empty file is a store error."""
+    """The stripped first line of a password file; a missing, unreadable, empty
+    or oversized file, or one that is not a regular file, is a store error."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise StoreError(f"state password file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise StoreError(f"state password file {path}: not UTF-8 text") from None
+        text = read_small_file(path, MAX_SECRET_FILE)
+    except FileUnread as exc:
+        raise StoreError(f"state password file {path}: {exc}") from None
     lines = text.strip().splitlines()
     if not lines or not lines[0].strip():
         raise StoreError(f"state password file {path} is empty")
