@@ -63,13 +63,18 @@ class Elector:
         """Seconds between renewals: a third of the lease."""
         return self.lease.seconds / 3
 
+    def _deadline(self, term: Term) -> float:
+        """When the leader of `term` stops applying: the term's certain end, less
+        the margin (monotonic time)."""
+        return term.valid_until - margin(self.lease.seconds)
+
     async def run(self) -> None:
         """Campaign, lead, step down, campaign again, until cancelled."""
         while True:
             term = await self._campaign()
             self._term = term
             self._resign.clear()
-            self.role.lead(term.epoch, term.valid_until - margin(self.lease.seconds))
+            self.role.lead(term.epoch, self._deadline(term))
             log.info(
                 "elected leader of shard %s at epoch %d (lease %.0f s)",
                 self.lease.shard,
@@ -127,7 +132,7 @@ class Elector:
         """Renew until the lease is lost; why it was."""
         loop = asyncio.get_running_loop()
         while True:
-            deadline = term.valid_until - margin(self.lease.seconds)
+            deadline = self._deadline(term)
             sent = term.valid_until - self.lease.seconds
             try:
                 async with asyncio.timeout(max(0.0, sent + self.every - time.monotonic())):
@@ -155,7 +160,7 @@ class Elector:
                 return "the lease is no longer ours (taken by another daemon, or expired)"
             term = renewed
             self._term = term
-            self.role.valid_until = term.valid_until - margin(self.lease.seconds)
+            self.role.valid_until = self._deadline(term)
 
     def resign(self) -> None:
         """End the term now (the daemon cannot do a leader's work: its store is
