@@ -15,16 +15,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from daemon import _p
 
 from tests.e2e.daemon_harness import Daemons
 from tests.e2e.ha_cluster import Cluster
 from tests.e2e.test_ha import assert_no_overlap
 from tests.postgres import start_server, stop_server
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -66,7 +63,7 @@ def main() -> None:
         print(f"\nlease {args.lease}, {args.trials} trials each:")
         for how, values in timings.items():
             print(
-                f"  {how:8} p50 {statistics.median(values):.2f} s  p95 {pct(values, 0.95):.2f} s"
+                f"  {how:8} p50 {statistics.median(values):.2f} s  p95 {_p(values, 0.95):.2f} s"
                 f"  max {max(values):.2f} s"
             )
     finally:
