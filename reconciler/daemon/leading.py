@@ -57,9 +57,9 @@ class Leadership:
         self._leading: asyncio.Task[None] | None = None
         self._electing: asyncio.Task[None] | None = None
         self._change: asyncio.Task[None] | None = None
+        """The last takeover or step-down started: the next one waits for it."""
         self._seen: object = None
         """The store's mark when the inventory was last read as a standby."""
-        """The last takeover or step-down started: the next one waits for it."""
 
     @property
     def elected(self) -> bool:
