@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import Server
 from tests.store.backends import Backend, postgres_backend
 
 
@@ -18,9 +19,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 @pytest.fixture
-def pg(postgres_server: object, tmp_path: Path) -> Backend:
+def pg(postgres_server: Server, tmp_path: Path) -> Backend:
     """PostgreSQL only: shards, the schema's lock, fencing."""
-    from tests.postgres import Server
-
-    assert isinstance(postgres_server, Server)
     return postgres_backend(postgres_server, tmp_path)

@@ -434,7 +434,7 @@ def test_a_leader_stopped_inside_a_flush_cannot_hold_a_takeover_for_ever(pg: Bac
     """A leader frozen (SIGSTOP) between two statements of a flush holds the lease
     row FOR SHARE; the server ends its session once it has idled in the
     transaction for IDLE_IN_TRANSACTION, so the takeover goes through."""
-    from reconciler.store.postgres import IDLE_IN_TRANSACTION, PostgresStore
+    from reconciler.store.postgres import IDLE_IN_TRANSACTION
 
     store = pg.open()
     assert isinstance(store, PostgresStore)
@@ -466,8 +466,6 @@ def _flush(store: BufferedStore) -> BaseException | None:
 def _wait_for_lock_wait(pg: Backend, query_start: str) -> None:
     """Until a session of the test's database waits on a lock running a query
     that starts with `query_start` (polled: no event tells it)."""
-    import time
-
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         rows = pg.sql(
