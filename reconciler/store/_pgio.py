@@ -9,6 +9,7 @@ so a first flush of 12,000 resources is three statements, not 36,000.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -191,6 +192,19 @@ def _as_writer(conn: Conn, shard: str, epoch: int | None) -> None:
         "SELECT set_config('reconciler.shard', %s, true), set_config('reconciler.epoch', %s, true)",
         (shard, "" if epoch is None else str(epoch)),
     )
+
+
+def shared_key(conn: Conn, name: str) -> bytes:
+    """The database's key called `name` (32 random bytes), made by the first
+    daemon that asks; every daemon of the database gets the same."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO reconciler_keys (name, key) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+            (name, secrets.token_bytes(32)),
+        )
+        found = conn.execute("SELECT key FROM reconciler_keys WHERE name = %s", (name,)).fetchone()
+    assert found is not None
+    return bytes(found[0])
 
 
 # run records (RunRecords: a guard-less Command's last run)

@@ -23,7 +23,6 @@ environment, never the URL shown, and every error is scrubbed of it.
 from __future__ import annotations
 
 import re
-import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -137,7 +136,8 @@ class PostgresStore(BufferedStore):
 
     def shared_key(self, name: str) -> bytes | None:
         """The key `name` every daemon of this database shares (decision 0156)."""
-        return _shared_key(self, name)
+        with self._writing, self._errors():
+            return _pgio.shared_key(self._connect(), name)
 
     # the database (BufferedStore's hooks, called holding _writing)
 
@@ -229,23 +229,6 @@ class PgRunRecords:
                 _pgio.drop_run(store._connect(), store.shard, store.epoch, key)
         except StoreError as exc:
             raise PermanentError(str(exc)) from None
-
-
-def _shared_key(store: PostgresStore, name: str) -> bytes:
-    """The database's key called `name` (32 random bytes), made by the first
-    daemon that asks; every daemon of the database gets the same."""
-    with store._writing, store._errors():
-        conn = store._connect()
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO reconciler_keys (name, key) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO NOTHING",
-                (name, secrets.token_bytes(32)),
-            )
-            row = conn.execute("SELECT key FROM reconciler_keys WHERE name = %s", (name,))
-            found = row.fetchone()
-    assert found is not None
-    return bytes(found[0])
 
 
 class _Errors:
