@@ -113,12 +113,23 @@ def _secret_file(ctx: click.Context, param: click.Parameter, value: Path | None)
     problem = _unreadable(value, text=param.name != "ssh_key")
     if problem is None:
         return value
+    raise _refused(ctx, param, problem, value)
+
+
+def _refused(
+    ctx: click.Context, param: click.Parameter, problem: str, value: Path | None = None
+) -> _OneLineError:
+    """`problem`, after the setting as it was given: the variable (`NAME=value`)
+    or the option (`--name value`); from the settings file only the value, as
+    _settings_file adds the file, the line and the key."""
     source = ctx.get_parameter_source(param.name) if param.name else None
-    if source is None:  # checked by _settings_file, which names the setting
-        raise _OneLineError(f"{value}: {problem}")
+    given = "" if value is None else str(value)
     if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
-        raise _OneLineError(f"{param.envvar}={value}: {problem}")
-    raise _OneLineError(f"{getattr(param, 'opts', [param.name])[0]} {value}: {problem}")
+        given = f"{param.envvar}={given}" if given else param.envvar
+    elif source is not None:
+        option = getattr(param, "opts", [param.name])[0]
+        given = f"{option} {given}" if given else option
+    return _OneLineError(f"{given}: {problem}" if given else problem)
 
 
 def _unreadable(path: Path, *, text: bool) -> str | None:
@@ -155,13 +166,8 @@ def _receivers(ctx: click.Context, param: click.Parameter, value: Path | None) -
 
     try:
         load_receivers(value)
-    except SettingsError as exc:
-        source = ctx.get_parameter_source(param.name) if param.name else None
-        if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
-            raise _OneLineError(f"{param.envvar}: {exc}") from None
-        if source is None:  # from the settings file, which names the setting
-            raise _OneLineError(str(exc)) from None
-        raise _OneLineError(f"--notifications: {exc}") from None
+    except SettingsError as exc:  # it names the file, the line and the field
+        raise _refused(ctx, param, str(exc)) from None
     return value
 
 
@@ -212,14 +218,8 @@ def _signature_files(
                 problem = str(exc)
             except OSError as exc:
                 problem = exc.strerror or str(exc)
-        if problem is None:
-            continue
-        source = ctx.get_parameter_source(param.name) if param.name else None
-        if source is None:  # from the settings file, which names the setting
-            raise _OneLineError(f"{path}: {problem}")
-        if source is ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
-            raise _OneLineError(f"{param.envvar}={path}: {problem}")
-        raise _OneLineError(f"{getattr(param, 'opts', [param.name])[0]} {path}: {problem}")
+        if problem is not None:
+            raise _refused(ctx, param, problem, path)
     return paths if many else (paths[0] if paths else None)
 
 
