@@ -83,6 +83,24 @@ class Syncer:
         bundles = self._daemon.bundles
         return None if bundles is None else bundles.session()
 
+    async def _load(self, path: Path, revision: str, memo: ParseMemo | None) -> DesiredState:
+        """`revision` at `path` loaded on a thread as this daemon loads: its
+        providers and cache, its remote bundles, only its shard's part (0152)."""
+        daemon = self._daemon
+        assert daemon.registry is not None
+        return await asyncio.to_thread(
+            functools.partial(
+                load,
+                path,
+                daemon.registry,
+                revision=revision,
+                cache=self.cache,
+                memo=memo,
+                remote=self._remote(),
+                shard=daemon.settings.shard or "",
+            )
+        )
+
     # the sync loop: fetch, load, converge a new revision
 
     async def loop(self) -> None:
@@ -134,21 +152,8 @@ class Syncer:
             return
         if state.rejected is not None and state.rejected["revision"] == revision.id:
             return  # already rejected: say it once, not at every poll
-        cache = self.cache
-        assert cache is not None
         try:
-            desired = await asyncio.to_thread(
-                functools.partial(
-                    load,
-                    revision.path,
-                    daemon.registry,
-                    revision=revision.id,
-                    cache=cache,
-                    memo=self.memo,
-                    remote=self._remote(),
-                    shard=self._daemon.settings.shard or "",  # its part only (0152)
-                )
-            )
+            desired = await self._load(revision.path, revision.id, self.memo)
         except ManifestError as exc:
             if revision.id.startswith("dir-") and await asyncio.to_thread(_changed_since, revision):
                 # a plain directory changed while it was read (an editor's truncate
@@ -177,17 +182,7 @@ class Syncer:
             return
         try:
             revision = await asyncio.to_thread(self._kept.revision, rid)
-            desired = await asyncio.to_thread(
-                functools.partial(
-                    load,
-                    revision.path,
-                    daemon.registry,
-                    revision=rid,
-                    cache=self.cache,
-                    remote=self._remote(),
-                    shard=self._daemon.settings.shard or "",  # its part only (0152)
-                )
-            )
+            desired = await self._load(revision.path, rid, None)
         except (SourceError, ManifestError) as exc:
             error = (
                 str(exc)
@@ -224,18 +219,8 @@ class Syncer:
             return
         path = self._kept_path if self._kept_path is not None else current.path
         try:
-            desired = await asyncio.to_thread(
-                functools.partial(
-                    load,
-                    path,
-                    daemon.registry,
-                    revision=current.id,
-                    cache=self.cache,
-                    memo=self.memo,  # only the files that resolved secrets are parsed
-                    remote=self._remote(),
-                    shard=self._daemon.settings.shard or "",  # its part only (0152)
-                )
-            )
+            # the memo: only the files that resolved secrets are parsed
+            desired = await self._load(path, current.id, self.memo)
         except ManifestError as exc:
             errors = [str(issue) for issue in exc.issues]
             if errors != self._secret_errors:
