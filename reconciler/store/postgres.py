@@ -22,9 +22,10 @@ environment, never the URL shown, and every error is scrubbed of it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -119,8 +120,20 @@ class PostgresStore(BufferedStore):
             self._conn = psycopg.connect(conninfo.make_conninfo(self.url, **extra), autocommit=True)
         return self._conn
 
-    def _errors(self) -> _Errors:
-        return _Errors(self)
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turns psycopg's errors into the store's: `Fenced` for the fence, else
+        `StoreError` naming the (redacted) database, the password scrubbed."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            text = str(exc).strip()
+            message = self._scrub(text.splitlines()[0] if text else "")
+            if exc.sqlstate == FENCED:
+                raise Fenced(f"state database {self.where}: {message}") from None
+            raise StoreError(
+                f"state database {self.where}: {message or type(exc).__name__}"
+            ) from None
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -229,29 +242,6 @@ class PgRunRecords:
                 _pgio.drop_run(store._connect(), store.shard, store.epoch, key)
         except StoreError as exc:
             raise PermanentError(str(exc)) from None
-
-
-class _Errors:
-    """Turns psycopg's errors into the store's: `Fenced` for the fence, else
-    `StoreError` naming the (redacted) database, the password scrubbed."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if not isinstance(exc, psycopg.Error):
-            return
-        message = self.store._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-        if exc.sqlstate == FENCED:
-            raise Fenced(f"state database {self.store.where}: {message}") from None
-        raise StoreError(
-            f"state database {self.store.where}: {message or type(exc).__name__}"
-        ) from None
 
 
 def _url_password(url: str) -> str | None:
