@@ -13,7 +13,7 @@ data that looks filtered.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Final
 from urllib.parse import urlencode
 
@@ -57,17 +57,9 @@ class PageQuery:
         what is the default: the links of the page (sort, pages) are made here."""
         changed = replace(self, **changes)  # type: ignore[arg-type]
         pairs = [
-            (name, str(value))
-            for name, value, default in (
-                ("q", changed.q, ""),
-                ("state", changed.state, None),
-                ("kind", changed.kind, None),
-                ("sort", changed.sort, "id"),
-                ("order", changed.order, "asc"),
-                ("page", changed.page, 1),
-                ("size", changed.size, DEFAULT_SIZE),
-            )
-            if value != default and value is not None
+            (field.name, str(value))
+            for field in fields(changed)
+            if (value := getattr(changed, field.name)) != field.default and value is not None
         ]
         return "?" + urlencode(pairs) if pairs else "?"
 
