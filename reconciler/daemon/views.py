@@ -174,18 +174,7 @@ class ApiViews:
         filter, sorted, and that page of them built; the kinds present (for the
         page's filter). One walk over the inventory (a copy the store keeps in
         memory), paced; only the page's rows are built."""
-        store = self.store
-        if store is None:
-            return {
-                "total": 0,
-                "matched": 0,
-                "page": 1,
-                "pages": 1,
-                "size": query.size,
-                "kinds": [],
-                "rows": [],
-            }
-        inventory = store.inventory()
+        inventory = {} if self.store is None else self.store.inventory()
         needle = query.q.casefold()
         state, kind = query.state, query.kind
         kinds: set[str] = set()
