@@ -125,6 +125,14 @@ def mask(text: str, values: Sequence[str]) -> str:
     return text
 
 
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Strip user:password@ from every URL in `text`."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
 WITHHELD_MESSAGE = "(message withheld: it quoted part of a secret)"
 """An error message that held a value derived from a secret, in its place."""
 

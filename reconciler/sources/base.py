@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from reconciler.secrets import redact as redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +33,3 @@ class Source(Protocol):
     async def fetch(self) -> Revision:
         """The newest revision (possibly the same id as last time); SourceError."""
         ...
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """Strip user:password@ from every URL in `text`."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
