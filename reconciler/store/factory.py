@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from reconciler.secrets import MAX_SECRET_FILE, FileUnread, read_small_file
+from reconciler.secrets import MAX_SECRET_FILE, FileUnread, read_small_file, redact
 from reconciler.store.base import StoreError
 from reconciler.store.offloop import OffLoopStore
-from reconciler.store.postgres import PostgresStore, redact_url
+from reconciler.store.postgres import PostgresStore
 
 __all__ = ["open_async_store", "read_password"]
 
@@ -44,7 +44,7 @@ async def open_async_store(
         return await OffLoopStore.opening(state_dir, history_limit=history_limit)
     password = None if password_file is None else read_password(password_file)
     if not state_url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(f"--state-url {redact_url(state_url)}: not a postgresql:// URL")
+        raise StoreError(f"--state-url {redact(state_url)}: not a postgresql:// URL")
     return await OffLoopStore.opened_by(
         functools.partial(
             PostgresStore,

@@ -23,7 +23,6 @@ environment, never the URL shown, and every error is scrubbed of it.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -32,12 +31,13 @@ import psycopg
 from psycopg import conninfo
 
 from reconciler.model import PermanentError, TemporaryError
+from reconciler.secrets import redact
 from reconciler.store import _pgio
 from reconciler.store._pgschema import migrate
 from reconciler.store.base import Fenced, Record, StoreError, Transition
 from reconciler.store.buffered import Batch, BufferedStore
 
-__all__ = ["PgRunRecords", "PostgresStore", "redact_url"]
+__all__ = ["PgRunRecords", "PostgresStore"]
 
 FENCED = "RC001"
 """The SQLSTATE the fence raises."""
@@ -57,13 +57,6 @@ before the server ends it (decision 0157): a leader stopped (SIGSTOP, a frozen
 VM) in the middle of a flush holds the lease row `FOR SHARE`, which would keep
 every standby's takeover waiting for as long as it stays stopped."""
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
-
-
-def redact_url(url: str) -> str:
-    """`url` without its user:password@ (as reconciler.sources.base.redact)."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", url)
-
 
 class PostgresStore(BufferedStore):
     """The state of one shard in a PostgreSQL database."""
@@ -78,7 +71,7 @@ class PostgresStore(BufferedStore):
     ) -> None:
         super().__init__(history_limit=history_limit)
         self.url = url
-        self.where = redact_url(url)
+        self.where = redact(url)
         """The URL as errors and logs show it."""
         self.shard = shard
         self._password = password
@@ -138,7 +131,7 @@ class PostgresStore(BufferedStore):
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return redact_url(text)
+        return redact(text)
 
     def mark(self) -> object:
         """The shard's newest event number: every write a leader makes to the
