@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.secrets import MAX_SECRET_FILE
 from tests.e2e.daemon_harness import Daemons, file_doc
 from tests.gitservers import GitRepos, free_port
 
@@ -266,3 +267,23 @@ def test_with_good_settings_and_secret_files_it_starts_and_converges(
         assert daemon.sync(token=TOKEN).status == 202  # the token from the settings file
         daemon.stop()
         daemon.assert_no_secrets()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [("--webhook-secret-file", "webhook secret"), ("--api-token-file", "API token")],
+)
+def test_a_secret_file_that_is_a_fifo_or_too_large_stops_startup(
+    setup: Setup, flag: str, what: str
+) -> None:
+    """Crosses the secret file's limit (MAX_SECRET_FILE, 1 MiB) and gives a FIFO,
+    which a plain read would wait on forever: both refused at once."""
+    fifo = setup.secrets / "fifo"
+    os.mkfifo(fifo)
+    assert setup.refused(flag, str(fifo)) == f"error: {what} file {fifo}: not a regular file"
+    large = setup.secrets / "large"
+    large.write_text("x" * (MAX_SECRET_FILE + 1))
+    assert setup.refused(flag, str(large)) == (
+        f"error: {what} file {large}: over {MAX_SECRET_FILE} bytes"
+    )

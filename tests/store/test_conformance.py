@@ -6,6 +6,7 @@ a shared database has: shards, migrations under a lock, and fencing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from reconciler.fsm import State
+from reconciler.secrets import MAX_SECRET_FILE
 from reconciler.store import Fenced, OffLoopStore, PostgresStore, StoreError, open_async_store
 from reconciler.store._pgschema import SCHEMA_VERSION as PG_SCHEMA
 from reconciler.store.buffered import BufferedStore
@@ -517,6 +519,14 @@ async def test_open_async_store_postgres_with_a_password_file(pg: Backend, tmp_p
     password.write_text("")
     with pytest.raises(StoreError, match="is empty"):
         await open_async_store(tmp_path / "state", pg.url, password_file=password)
+    # crossing the password file's limit, and a FIFO (which a plain read would wait on)
+    password.write_text("x" * (MAX_SECRET_FILE + 1))
+    with pytest.raises(StoreError, match=rf"state password file .*: over {MAX_SECRET_FILE} bytes"):
+        await open_async_store(tmp_path / "state", pg.url, password_file=password)
+    fifo = tmp_path / "pw-fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(StoreError, match=r"state password file .*: not a regular file"):
+        await open_async_store(tmp_path / "state", pg.url, password_file=fifo)
 
 
 def test_psycopg_is_the_driver() -> None:
