@@ -10,11 +10,11 @@ Threads (decision 0119): the buffered writes and `inventory` are made on the
 caller's thread (the daemon's event loop) and only touch memory; `flush` and the
 reads that query the database may run on another thread at the same time, which
 is how the daemon keeps SQLite off its loop (`store.offloop`). Two locks,
-`BufferedStore`'s (buffered.py), make that safe: `_buffer` guards the write buffers for the instant a flush swaps them
-out, and `_writing` keeps one thread at a time on the connection, so batches are
-written in the order they were taken. The revision and fetch times last written
-are kept in memory, so the engine's and the daemon's look at them never waits
-for a flush.
+`BufferedStore`'s (buffered.py), make that safe: `_buffer` guards the write
+buffers for the instant a flush swaps them out, and `_writing` keeps one thread
+at a time on the connection, so batches are written in the order they were
+taken. The revision and fetch times last written are kept in memory, so the
+engine's and the daemon's look at them never waits for a flush.
 
 The buffers and the locks are `buffered.BufferedStore`'s, shared with the
 PostgreSQL store; this module holds the connection and the state directory's
